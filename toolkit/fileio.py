@@ -1,0 +1,57 @@
+"""Atomic file writing: a file appears under its final name complete, or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from toolkit.errors import BadInputError
+
+
+def ensure_writable_dir(directory: Path) -> Path:
+    """Create ``directory`` (and parents) or say in one line why it cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInputError(f"cannot create output folder {directory} ({e.strerror}); choose another with --out") from None
+    if not os.access(directory, os.W_OK):
+        raise BadInputError(f"output folder {directory} is not writable; choose another with --out")
+    return directory
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync and rename it into place.
+
+    On any error the temporary file is removed and ``final`` is left as it was.
+    """
+    final = Path(final)
+    ensure_writable_dir(final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dir_fd = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(final: str | Path, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(final: str | Path, text: str) -> None:
+    atomic_write_bytes(final, text.encode("utf-8"))

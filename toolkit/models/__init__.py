@@ -1,0 +1,88 @@
+"""The ResNet family and its registry: everything else builds models by name.
+
+>>> from toolkit.models import create_model
+>>> net = create_model("resnet20", in_channels=1, num_classes=10)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from torch import nn
+
+from toolkit.errors import BadInputError
+from toolkit.models.resnet import BasicBlock, Bottleneck, ResNet, init_weights
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    family: str
+    builder: Callable[..., nn.Module]
+    default_input: tuple[int, int, int]  # C, H, W the model was designed for
+    default_classes: int
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def _register(name: str, family: str, builder: Callable[..., nn.Module],
+              default_input: tuple[int, int, int], default_classes: int, description: str) -> None:
+    _REGISTRY[name] = ModelEntry(name, family, builder, default_input, default_classes, description)
+
+
+_IMAGENET = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
+             50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3]),
+             152: (Bottleneck, [3, 8, 36, 3])}
+for _depth, (_block, _layers) in _IMAGENET.items():
+    def _imagenet_builder(block=_block, layers=_layers, **kw: Any) -> nn.Module:
+        return ResNet(block, layers, [64, 128, 256, 512], stem="imagenet", shortcut="B", **kw)
+    _register(f"resnet{_depth}", "imagenet-resnet", _imagenet_builder, (3, 224, 224), 1000,
+              f"ResNet-{_depth}, {_block.__name__}, torchvision-compatible state_dict")
+
+for _depth in (20, 32, 44, 56, 110):
+    _n = (_depth - 2) // 6
+    def _cifar_builder(n=_n, shortcut: str = "A", **kw: Any) -> nn.Module:
+        return ResNet(BasicBlock, [n, n, n], [16, 32, 64], stem="cifar", shortcut=shortcut, **kw)
+    def _plain_builder(n=_n, **kw: Any) -> nn.Module:
+        return ResNet(BasicBlock, [n, n, n], [16, 32, 64], stem="cifar", shortcut="none", **kw)
+    _register(f"resnet{_depth}", "cifar-resnet", _cifar_builder, (3, 32, 32), 10,
+              f"CIFAR ResNet-{_depth} (3x{_n} basic blocks, option A shortcuts)")
+    _register(f"plain{_depth}", "cifar-plain", _plain_builder, (3, 32, 32), 10,
+              f"CIFAR plain-{_depth} (ResNet-{_depth} without shortcuts)")
+
+
+def list_models() -> list[str]:
+    """Registered model names, ImageNet family first, each by depth."""
+    order = {"imagenet-resnet": 0, "cifar-resnet": 1, "cifar-plain": 2}
+    return sorted(_REGISTRY, key=lambda n: (order[_REGISTRY[n].family], int("".join(filter(str.isdigit, n)))))
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise BadInputError(f"unknown model '{name}'; choose one of: {', '.join(list_models())} (see `rtool models`)") from None
+
+
+def create_model(name: str, *, in_channels: int | None = None, num_classes: int | None = None,
+                 init: str = "kaiming", **kwargs: Any) -> nn.Module:
+    """Build a registered model; channels and classes default to the model's design."""
+    entry = get_entry(name)
+    in_channels = entry.default_input[0] if in_channels is None else in_channels
+    num_classes = entry.default_classes if num_classes is None else num_classes
+    if in_channels not in (1, 3):
+        raise BadInputError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
+    if num_classes < 1:
+        raise BadInputError(f"num_classes must be at least 1, got {num_classes}")
+    if init not in ("kaiming", "xavier"):
+        raise BadInputError(f"unknown init '{init}'; choose kaiming or xavier")
+    model = entry.builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    if init != "kaiming":
+        init_weights(model, init)  # type: ignore[arg-type]
+    return model
+
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ModelEntry", "create_model", "get_entry", "list_models", "init_weights"]

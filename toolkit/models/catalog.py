@@ -1,0 +1,41 @@
+"""What `rtool models` and `rtool summary` show, as plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from toolkit.errors import BadInputError
+from toolkit.models import create_model, get_entry, list_models
+from toolkit.models.summary import count_macs, count_params, summarize
+
+
+def model_table() -> list[dict[str, Any]]:
+    rows = []
+    for name in list_models():
+        entry = get_entry(name)
+        model = create_model(name)
+        c, h, w = entry.default_input
+        rows.append({"name": name, "family": entry.family, "default_input": f"{c}x{h}x{w}",
+                     "params": count_params(model), "gflops": count_macs(model, (1, c, h, w)) / 1e9,
+                     "description": entry.description})
+    return rows
+
+
+def model_summary(name: str, input_shape: tuple[int, ...] | None = None,
+                  num_classes: int | None = None) -> dict[str, Any]:
+    entry = get_entry(name)
+    shape = input_shape or (1, *entry.default_input)
+    model = create_model(name, in_channels=shape[1], num_classes=num_classes)
+    try:
+        rows = summarize(model, shape)
+    except RuntimeError as e:
+        raise BadInputError(f"input {'x'.join(map(str, shape))} does not fit {name}: {str(e).splitlines()[0]}") from None
+    block_kinds = ("BasicBlock", "Bottleneck")
+    return {
+        "model": name,
+        "input": list(shape),
+        "layers": [r.__dict__ for r in rows],
+        "params": count_params(model),
+        "gflops": sum(r.macs for r in rows if r.kind not in block_kinds) / 1e9,
+        "output_shape": rows[-1].output_shape,
+    }

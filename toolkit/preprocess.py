@@ -1,0 +1,55 @@
+"""Turn images into model inputs exactly as the ModelCard says. NumPy + Pillow only.
+
+The same functions serve training data, ``rtool infer`` and the torch-free app
+predictor, so a pixel takes one path to the model wherever it runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from toolkit.card import InputSpec
+
+
+def convert_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A PIL image -> uint8 array (C, H, W) with the card's colour mode and size (bilinear resize)."""
+    if image.mode != spec.color:
+        image = image.convert(spec.color)
+    if image.size != (spec.width, spec.height):
+        image = image.resize((spec.width, spec.height), Image.BILINEAR)
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[None, :, :]
+    else:
+        array = array.transpose(2, 0, 1)
+    return np.ascontiguousarray(array)
+
+
+def conform_pixels(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 (N, C, H, W) of any channel count/size -> uint8 (N, spec.C, spec.H, spec.W).
+
+    Arrays already in the card's shape pass through untouched (no copy).
+    """
+    if pixels.ndim != 4:
+        raise ValueError(f"expected an (N, C, H, W) array, got shape {pixels.shape}")
+    if pixels.shape[1:] == spec.shape:
+        return pixels
+    out = np.empty((pixels.shape[0], *spec.shape), dtype=np.uint8)
+    for i, chw in enumerate(pixels):
+        mode = "L" if chw.shape[0] == 1 else "RGB"
+        hwc = chw[0] if mode == "L" else chw.transpose(1, 2, 0)
+        out[i] = convert_image(Image.fromarray(np.ascontiguousarray(hwc), mode=mode), spec)
+    return out
+
+
+def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 (N, C, H, W) in the card's shape -> float32 model input: (p / 255 - mean) / std."""
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(1, -1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(1, -1, 1, 1)
+    return ((pixels.astype(np.float32) / np.float32(255.0)) - mean) / std
+
+
+def prepare_batch(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Any uint8 (N, C, H, W) images -> the float32 batch the model takes."""
+    return normalize(conform_pixels(pixels, spec), spec)
