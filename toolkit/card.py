@@ -140,3 +140,9 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+# Where each file format carries the card (readers and writers use these names).
+ONNX_METADATA_KEY = "rtool.model_card"  # ONNX metadata_props: the card as JSON
+EXTRA_FILE_NAME = "rtool_model_card.json"  # TorchScript _extra_files / torch.export extra_files
+MANIFEST_NAME = "manifest.json"  # beside every export; holds the card and every file's sha256
