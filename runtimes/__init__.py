@@ -3,13 +3,18 @@
     with open_runtime("onnxruntime", "export/model.onnx") as rt:
         logits = rt.infer(batch)          # float32 (N, C, H, W) -> float32 (N, classes)
 
-A module subclasses ``Runtime`` and registers it with ``@register_runtime``.
-``available(name)`` says (False, reason) where a runtime cannot run here, so
-callers list it with the reason instead of crashing deep inside.
+A module subclasses ``Runtime``, implements ``load`` and ``_run`` and registers it
+with ``@register_runtime``; ``infer`` checks every batch against the ModelCard
+(shape, dtype, NaN/Inf) before ``_run`` sees it. ``available(name)`` says
+(False, reason) where a runtime cannot run here, so callers list it with the
+reason instead of crashing deep inside. ``notes`` holds one-line remarks a
+caller should show (e.g. a provider fallback).
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,6 +35,7 @@ class Runtime:
         self.card: ModelCard | None = None
         self.device: str = "cpu"  # what really runs it, e.g. "CPUExecutionProvider", "cuda:0"
         self.max_batch: int | None = None  # largest batch one call may take (engine profiles)
+        self.notes: list[str] = []  # one-line remarks for the user (fallbacks, conversions)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -39,7 +45,50 @@ class Runtime:
         raise NotImplementedError
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, C, H, W) as the card says -> float32 (N, classes) logits."""
+        checked = self.check_batch(batch)
+        if len(checked) == 0:
+            return np.zeros((0, self.card.num_classes if self.card else 0), dtype=np.float32)
+        return np.ascontiguousarray(self._run(checked), dtype=np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def check_batch(self, batch: Any) -> np.ndarray:
+        """The batch as C-contiguous float32, or a BadInputError saying what is wrong with it."""
+        if not isinstance(batch, np.ndarray):
+            raise BadInputError(f"{self.name}: expected a numpy array, got {type(batch).__name__}")
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise BadInputError(f"{self.name}: expected float input, got {batch.dtype} "
+                                f"(turn pixels into model input with toolkit.preprocess.prepare_batch)")
+        if self.card is not None:
+            expected = self.card.input.shape
+            if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
+                raise BadInputError(f"{self.name}: batch has shape {tuple(batch.shape)}; the model takes "
+                                    f"(N, {', '.join(map(str, expected))}) (see toolkit.preprocess.prepare_batch)")
+        elif batch.ndim != 4:
+            raise BadInputError(f"{self.name}: expected an (N, C, H, W) batch, got shape {tuple(batch.shape)}")
+        if self.max_batch and len(batch) > self.max_batch:
+            raise BadInputError(f"{self.name}: batch of {len(batch)} exceeds this model's limit of "
+                                f"{self.max_batch}; use runtimes.infer_in_batches")
+        if not np.isfinite(batch).all():
+            bad = int(np.size(batch) - np.count_nonzero(np.isfinite(batch)))
+            raise BadInputError(f"{self.name}: input holds {bad} NaN/Inf values; check the images or preprocessing")
+        return np.ascontiguousarray(batch, dtype=np.float32)
+
+    def expect_file(self, artifact_path: str | Path) -> Path:
+        """The artifact as a Path, if it exists and has an ending this runtime opens."""
+        path = Path(artifact_path)
+        if not path.is_file():
+            raise BadInputError(f"model file {path} does not exist")
+        if self.suffixes and not path.name.endswith(self.suffixes):
+            try:
+                hint = f"; it opens with --runtime {runtime_for_file(path)}"
+            except BadInputError:
+                hint = ""
+            raise BadInputError(f"{path.name} is not a {self.name} file (expected "
+                                f"{' or '.join(self.suffixes)}){hint}")
+        return path
 
     def close(self) -> None:
         """Release sessions and device memory; safe to call twice."""
@@ -97,6 +146,59 @@ def runtime_for_file(path: str | Path) -> str:
             return runtime_name
     raise BadInputError(f"no runtime opens '{name}'; expected one of: "
                         f"{', '.join(s for c in _REGISTRY.values() for s in c.suffixes)}")
+
+
+def error_summary(error: BaseException, limit: int = 140) -> str:
+    """The first sentence of a library's error message, short enough for a one-line report."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
+    sentence = text.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= limit else sentence[:limit - 3] + "..."
+
+
+def resolve_device(device: str) -> str:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> the torch device to use; UnavailableError if CUDA is asked for but absent."""
+    import torch
+
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UnavailableError(f"--device {device} asked for, but {cuda_gpus()[1] or 'CUDA is not usable'}; "
+                                   f"use --device cpu")
+        return "cuda:0" if device == "cuda" else device
+    raise BadInputError(f"unknown device '{device}'; choose auto, cpu or cuda")
+
+
+def cuda_gpus() -> tuple[int, str]:
+    """(number of CUDA GPUs, "" or why there are none), asked of the driver without loading any framework.
+
+    A package that lists a CUDA provider or build is not proof of a GPU; the
+    driver is (libcuda's cuInit + cuDeviceGetCount).
+    """
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0, "no CUDA GPU: no NVIDIA driver found"
+    if libcuda.cuInit(0) != 0:
+        return 0, "no CUDA GPU: the NVIDIA driver found no usable device"
+    count = ctypes.c_int(0)
+    if libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return 0, "no CUDA GPU"
+    return count.value, ""
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads counted once): the best intra-op thread count."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 def open_runtime(name: str, artifact_path: str | Path, device: str = "auto", **options: Any) -> Runtime:

@@ -56,3 +56,69 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     model = create_model("resnet20", in_channels=1, num_classes=10)
     card = make_card("resnet20", class_names=[str(d) for d in range(10)], input_spec=MNIST_SPEC, dataset="mnist5k")
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "untrained.pt", model, card)
+
+
+@pytest.fixture(scope="session")
+def cpu_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
+    """The untrained checkpoint exported to every format that builds on a CPU, with manifest.json."""
+    from artifacts_for_tests import build_export_dir
+
+    return build_export_dir(untrained_checkpoint, tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="session")
+def app_images(tmp_path_factory) -> list[Path]:
+    """PNG files as an app gets them: real test digits at the card's 28x28 grey, and others to convert."""
+    from PIL import Image
+
+    from toolkit.data import load_dataset
+
+    folder = tmp_path_factory.mktemp("app_images")
+    digits = load_dataset("mnist5k").test.images[:400:50, 0].numpy()  # 8 digits from across the test set
+    paths = []
+    for i, pixels in enumerate(digits[:5]):
+        paths.append(folder / f"digit{i}.png")
+        Image.fromarray(pixels, mode="L").save(paths[-1])
+    converted = [Image.fromarray(digits[5], mode="L").resize((45, 30)).convert("RGBA"),  # wider, RGBA
+                 Image.fromarray(digits[6], mode="L").resize((20, 36)).convert("RGB"),  # taller: rows shrink first
+                 Image.fromarray(digits[7], mode="L").resize((56, 56)).convert("P")]  # palette, twice the size
+    for name, image in zip(("rgba45x30.png", "rgb20x36.png", "palette56.png"), converted):
+        paths.append(folder / name)
+        image.save(paths[-1])
+    return paths
+
+
+EMBED_EXPORT_ARGS = ("--format", "onnx,triton", "--precision", "fp32,fp16", "--embed-preprocessing",
+                     "--embed-softmax", "--triton-model-name", "digits", "--triton-max-batch", "16")
+
+
+@pytest.fixture(scope="session")
+def embed_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
+    """`rtool export` as a user runs it for apps: model.onnx, model.fp16.onnx, model.raw-softmax.onnx (uint8
+    NHWC in, probabilities out) and a Triton repository (triton/digits: that variant, triton/digits_fp16)."""
+    out = tmp_path_factory.mktemp("embed_export")
+    result = run_rtool("export", untrained_checkpoint, *EMBED_EXPORT_ARGS, "--out", out, "--json")
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def raw_logits_onnx(untrained_checkpoint, tmp_path_factory) -> Path:
+    """model.raw.onnx: preprocessing in the graph, logits out (rtool's exporter, without the pipeline)."""
+    from exporters.onnx_embed import export_embedded
+    from toolkit.checkpoint import load_model
+
+    model, card = load_model(untrained_checkpoint)
+    return export_embedded(model, card, tmp_path_factory.mktemp("raw_logits"), embed_preprocessing=True).path
+
+
+@pytest.fixture(scope="session")
+def pipeline_export(untrained_checkpoint, tmp_path_factory):
+    """The untrained checkpoint through `export_model(..., "all")`: every format this machine builds.
+
+    Small calibration (16 images) keeps it quick; tests must not change files in it (copy the folder first).
+    """
+    from exporters.pipeline import export_model
+
+    return export_model(untrained_checkpoint, "all", None, tmp_path_factory.mktemp("pipeline") / "export",
+                        calib_size=16)

@@ -40,7 +40,7 @@ class InputSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(color=self.color, layout="NCHW", scale=1.0 / 255.0)
+        d.update(color=self.color, layout="NCHW", dtype="float32", scale=1.0 / 255.0)
         return d
 
 
@@ -96,8 +96,16 @@ class ModelCard:
                 mean=[float(v) for v in i["mean"]],
                 std=[float(v) for v in i["std"]],
             )
+            if spec.channels not in (1, 3) or spec.height < 1 or spec.width < 1:
+                raise ValueError(f"input {spec.channels}x{spec.height}x{spec.width} is not 1 or 3 channels of positive size")
             if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
                 raise ValueError("mean/std length differs from the channel count")
+            if not all(s > 0 for s in spec.std):
+                raise ValueError("std values must be positive")
+            if not isinstance(d["class_names"], list) or not d["class_names"]:
+                raise ValueError("class_names must be a non-empty list")
+            if not isinstance(d.get("model_args", {}), dict):
+                raise ValueError("model_args must be an object")
             return cls(
                 model=str(d["model"]),
                 model_args=dict(d.get("model_args", {})),
@@ -119,7 +127,7 @@ class ModelCard:
     def from_json(cls, text: str | bytes) -> "ModelCard":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
             raise BadInputError(f"the model card is not valid JSON ({e}); re-export the model with rtool") from e
         if not isinstance(data, dict):
             raise BadInputError("the model card is not a JSON object; re-export the model with rtool")

@@ -8,6 +8,9 @@ arbitrary objects (and so could run code) is refused, never executed.
 from __future__ import annotations
 
 import pickle
+import pickletools
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,14 +75,50 @@ def safe_torch_load(path: str | Path) -> Any:
     if not path.is_file():
         raise BadInputError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on odd files; the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UnsafeFileError(
-            f"refused to load {path}: it holds pickled objects beyond plain tensors and containers, "
-            f"which could run code ({str(e).splitlines()[0][:160]}). Only load files you trust, re-saved as weights"
-        ) from None
+        code = _pickled_code(path, str(e))
+        if code:
+            raise UnsafeFileError(
+                f"refused to load {path}: it asks to import {code}, and unpickling it could run code. "
+                f"Only load files you trust, re-saved as plain weights (a state_dict)"
+            ) from None
+        raise BadInputError(f"{path} is not a readable PyTorch checkpoint (it is corrupt, or not a weights file)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError) as e:
-        raise BadInputError(f"{path} is not a readable PyTorch checkpoint ({e.__class__.__name__}: {str(e).splitlines()[0][:160] if str(e) else 'corrupt'})") from None
+        reason = str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else "empty or cut short"
+        raise BadInputError(f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
+                            f"({e.__class__.__name__}: {reason})") from None
+
+
+def _pickled_code(path: Path, torch_message: str) -> str | None:
+    """The first global (function or class) a refused file imports, found without unpickling it.
+
+    torch's weights-only reader names it for protocol-2 pickles; for other
+    protocols the pickle stream itself is read opcode by opcode (never executed).
+    """
+    named = re.search(r"GLOBAL (\S+)", torch_message)
+    if named:
+        return named.group(1).rstrip(".")
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                data = archive.read(member) if member else b""
+        else:
+            data = path.read_bytes()
+        strings: list[str] = []
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                return str(arg).replace(" ", ".")
+            if opcode.name == "STACK_GLOBAL":
+                return ".".join(strings[-2:])
+            if isinstance(arg, str):
+                strings.append(arg)
+    except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile):  # not a pickle stream: corrupt, not hostile
+        return None
+    return None
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
@@ -88,8 +127,13 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise BadInputError(f"{path} is not an rtool checkpoint (no model card); for plain weights use "
                             f"`--weights FILE` with a model name")
-    if int(payload.get("version", 0)) > CHECKPOINT_VERSION:
-        raise BadInputError(f"{path} was written by a newer rtool (checkpoint v{payload['version']}); upgrade rtool")
+    version = payload.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise BadInputError(f"{path} has no valid checkpoint version; it may be truncated or tampered with")
+    if version > CHECKPOINT_VERSION:
+        raise BadInputError(f"{path} was written by a newer rtool (checkpoint v{version}); upgrade rtool")
+    if not isinstance(payload.get("card"), str):
+        raise BadInputError(f"{path} has no model card; it may be truncated or tampered with")
     card = ModelCard.from_json(payload["card"])
     state = payload.get("state_dict")
     if not isinstance(state, dict):
@@ -112,32 +156,40 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
 def load_pretrained_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Load a torchvision-style ``state_dict`` file (e.g. ``resnet18.pth``) into ``model``.
 
-    Layers whose shape differs (a new classifier head for another class count,
-    or a first convolution for grey input) keep their fresh init, except that
-    RGB stem weights are summed into a grey stem. Returns the names re-initialised.
+    Only the two layers that a class or channel count changes may differ in
+    shape: the classifier head (``fc``) keeps its fresh init for another class
+    count, and the stem (``conv1``) is adapted to the input channels (RGB
+    weights summed into a grey stem, grey weights spread over RGB), so a grey
+    image gives the same activations it gave the original. Any other difference
+    means another architecture and is refused. Returns the names not copied as is.
     """
     state = safe_torch_load(path)
-    if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # rtool checkpoint or trainer file
         state = state["state_dict"]
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BadInputError(f"{path} is not a state_dict of tensors")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BadInputError(f"{path} is not a state_dict of tensors (a name -> weights mapping)")
+    if all(str(k).startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
     if unknown or missing:
         raise BadInputError(f"{path} does not fit this architecture: "
                             f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unknown)} unexpected (e.g. {unknown[:2]})")
-    replaced = []
+    adapted = []
     for key, value in list(state.items()):
         target = own[key]
         if value.shape == target.shape:
             continue
-        if value.ndim == 4 and target.ndim == 4 and value.shape[0] == target.shape[0] and target.shape[1] == 1:
-            state[key] = value.sum(dim=1, keepdim=True)  # RGB stem -> grey stem
+        if key in ("fc.weight", "fc.bias"):
+            state[key] = target  # another class count: a fresh head
+        elif key == "conv1.weight" and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:] \
+                and {value.shape[1], target.shape[1]} == {1, 3}:
+            grey_to_rgb = value.shape[1] == 1
+            state[key] = value.repeat(1, 3, 1, 1) / 3 if grey_to_rgb else value.sum(dim=1, keepdim=True)
         else:
-            state[key] = target
-        replaced.append(key)
+            raise BadInputError(f"{path} does not fit this architecture: {key} has shape {list(value.shape)}, "
+                                f"the model needs {list(target.shape)}")
+        adapted.append(key)
     model.load_state_dict(state, strict=True)
-    return replaced
+    return adapted

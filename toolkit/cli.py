@@ -86,11 +86,11 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def summary(model: str, input_shape: str | None, num_classes: int | None, as_json: bool) -> None:
     """Walk MODEL layer by layer: output shape and parameters of each layer."""
-    from toolkit.models.catalog import model_summary
-
     shape = parse_shape(input_shape) if input_shape else None
     if shape is not None and len(shape) != 4:
         raise click.BadParameter("--input must have four dimensions, NxCxHxW")
+    from toolkit.models.catalog import model_summary  # after the checks: importing torch takes seconds
+
     result = model_summary(model, shape, num_classes)
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -108,18 +108,295 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
     console.print(f"total params: {result['params']:,}   GFLOPs: {result['gflops']:.3f}   output: {result['output_shape']}")
 
 
+@cli.command(epilog="""\b
+Examples:
+  rtool infer runs/r20/best.pt digit.png
+  rtool infer runs/r20/export/model.onnx a.png b.png --topk 3
+  rtool infer runs/r20/export --runtime onnxruntime --precision int8 --dataset mnist5k --first 16
+  rtool infer runs/r20/export --runtime torchscript --dataset mnist5k --first 32 --save-grid grid.png
+  rtool infer runs/r20/export --provider cuda --threads 2 --json digit.png
+""")
+@click.argument("model")
+@click.argument("images", nargs=-1)
+@click.option("--runtime", default=None, help="eager | torchscript | pt2 | onnxruntime | tensorrt "
+              "(default: from the file type; onnxruntime for an export folder).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
+              help="Pick the file of this precision from an export folder (default fp32; fp16 for tensorrt).")
+@click.option("--target", type=click.Choice(["cpu", "tensorrt"]), default=None,
+              help="Which INT8 ONNX file: tuned for the CPU (U8S8) or for TensorRT (S8S8).")
+@click.option("--provider", type=click.Choice(["auto", "tensorrt", "cuda", "cpu"], case_sensitive=False), default=None,
+              help="ONNX Runtime execution provider (default: the best usable one, TensorRT > CUDA > CPU).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where eager/TorchScript/pt2 run.")
+@click.option("--dataset", default=None, help="Predict a data set's test images and compare with their labels.")
+@click.option("--first", type=click.IntRange(min=1), default=None, help="How many test images (default 16).")
+@click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
+@click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option("--save-grid", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG grid of the images labelled predicted/actual (wrong ones in red).")
+def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: str | None, target: str | None,
+          provider: str | None, threads: int | None, device: str, dataset: str | None, first: int | None,
+          data_dir: str | None, topk: int, as_json: bool, save_grid: str | None) -> None:
+    """Predict the class of IMAGES (or of a data set's first test images) with MODEL on any runtime.
+
+    MODEL is a checkpoint, an exported file (.ts, .pt2, .onnx, .engine) or an
+    export folder, where --runtime and --precision pick the file. Images are
+    resized and converted as the model card says.
+    """
+    from toolkit import infer as inference
+
+    result = inference.run_infer(model, list(images), runtime=runtime, precision=precision, target=target,
+                                 provider=provider, threads=threads, device=device, dataset=dataset, first=first,
+                                 topk=topk, data_dir=data_dir)
+    for note in result.notes:
+        click.echo(f"rtool: note: {note}", err=True)
+    grid = inference.save_grid(result, save_grid) if save_grid else None
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "grid": str(grid) if grid else None}, indent=2))
+        return
+    inference.print_result(result)
+    if grid:
+        click.echo(f"grid written to {grid}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  rtool export runs/r20/best.pt                        ONNX FP32 into runs/r20/export/
+  rtool export runs/r20/best.pt --format all           every format and precision buildable here
+  rtool export runs/r20/best.pt --format onnx --precision fp16,int8 --calib-size 512
+  rtool export runs/r20/best.pt --format onnx --precision int8 --target tensorrt
+  rtool export runs/r20/best.pt --format tensorrt --precision fp16,int8 --batch-range 1:16:64
+  rtool export resnet18 --input-shape 3x224x224 --num-classes 1000 --weights resnet18.pth
+  rtool export runs/r20/best.pt --embed-preprocessing --embed-softmax   + model.raw-softmax.onnx for apps
+  rtool export runs/r20/best.pt --format triton        Triton model repository in runs/r20/export/triton/
+""")
+@click.argument("source")
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="torchscript | pt2 | onnx | tensorrt | triton | all, or a comma list.")
+@click.option("--precision", "precisions", default=None,
+              help="Comma list of fp32, fp16, int8 (default: fp32, fp16 for tensorrt; every one with --format all).")
+@click.option("--target", type=click.Choice(["cpu", "tensorrt"]), default=None,
+              help="INT8 ONNX form: cpu = uint8/int8 for ONNX Runtime (default), tensorrt = symmetric int8 "
+                   "(--format all writes both).")
+@click.option("--out", default=None, help="Output folder (default: export/ beside the checkpoint).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
+@click.option("--batch-range", default=None, help="TensorRT optimization profile MIN:OPT:MAX (default 1:8:64).")
+@click.option("--calib-size", type=int, default=None, help="INT8 calibration images from the training split (default 256).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="INT8 calibration method (default minmax).")
+@click.option("--workspace", type=float, default=None, help="TensorRT builder workspace in GB (default 4).")
+@click.option("--timing-cache", default=None, help="TensorRT timing cache file, reused across builds "
+              "(default: ~/.cache/rtool/, one per TensorRT version and GPU).")
+@click.option("--data-dir", default=None, help="Folder of a downloaded data set (for calibration images).")
+@click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="With a model name: classifier outputs.")
+@click.option("--weights", default=None, help="With a model name: a torchvision-style state_dict (.pth).")
+@click.option("--embed-preprocessing", is_flag=True, help="Also write model.raw.onnx (FP32) for apps: it takes "
+              "uint8 (N, H, W, C) pixels and does the scaling, mean/std and layout inside the graph "
+              "(the FP32 Triton model serves it too).")
+@click.option("--embed-softmax", is_flag=True, help="The extra FP32 file ends in a softmax and outputs "
+              "probabilities (model.raw-softmax.onnx with --embed-preprocessing, else model.softmax.onnx).")
+@click.option("--triton-model-name", default=None, help="Triton model name (default: the card's, e.g. resnet20).")
+@click.option("--triton-max-batch", type=click.IntRange(min=0), default=None,
+              help="Triton max_batch_size with dynamic batching (default 32; 0 = no batching).")
+@click.option("--triton-backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
+              help="Triton backend: onnxruntime serves model.onnx (default), tensorrt a model.plan engine.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def export(source: str, formats: str, precisions: str | None, target: str | None, out: str | None,
+           opset: int | None, batch_range: str | None, calib_size: int | None, calib_method: str | None,
+           workspace: float | None, timing_cache: str | None, data_dir: str | None, input_shape: str | None,
+           num_classes: int | None, weights: str | None, embed_preprocessing: bool, embed_softmax: bool,
+           triton_model_name: str | None, triton_max_batch: int | None, triton_backend: str | None,
+           as_json: bool) -> None:
+    """Export SOURCE to TorchScript, torch.export (pt2), ONNX (FP32/FP16/INT8) and TensorRT engines.
+
+    SOURCE is a checkpoint, or a model name (see `rtool models`) with
+    --input-shape/--num-classes and optionally --weights. Every file is checked
+    against the eager model before it is written; the folder gets model.pt
+    (the eager reference) and manifest.json (sha256, settings, model card).
+    """
+    from exporters.pipeline import export_model, summary_rows
+
+    shape = parse_shape(input_shape) if input_shape else None
+    progress = None if as_json else (lambda message: click.echo(message, err=True))
+    result = export_model(source, formats, precisions, out, target=target, input_shape=shape,
+                          num_classes=num_classes, weights=weights, progress=progress, opset=opset,
+                          batch_range=batch_range, calib_size=calib_size, calib_method=calib_method,
+                          workspace=workspace, timing_cache=timing_cache, data_dir=data_dir,
+                          embed_preprocessing=embed_preprocessing, embed_softmax=embed_softmax,
+                          triton_model_name=triton_model_name, triton_max_batch=triton_max_batch,
+                          triton_backend=triton_backend)
+    for note in result.notes:
+        click.echo(f"rtool: warning: {note}", err=True)
+    rows = summary_rows(result)
+    if as_json:
+        click.echo(json.dumps({"manifest": str(result.manifest_path), "artifacts": rows,
+                               "skipped": result.skipped, "removed": result.removed}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"exported to {result.manifest_path.parent}")
+    for col in ("file", "format", "precision", "target", "size", "max abs diff", "top-1 agree"):
+        table.add_column(col, justify="right" if col in ("size", "max abs diff", "top-1 agree") else "left")
+    for r in rows:
+        table.add_row(r["file"], r["format"], r["precision"], r["target"] or "", r["size_text"],
+                      f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.1%}")
+    console = Console()
+    console.print(table)
+    for s in result.skipped:
+        console.print(f"skipped {s['format']} {s['precision']}: {s['reason']}", markup=False, highlight=False)
+    for name in result.removed:
+        console.print(f"removed {name} (left by an export of another model)", markup=False, highlight=False)
+    console.print(f"manifest: {result.manifest_path}", markup=False, highlight=False)
+
+
+@cli.command(epilog="""\b
+Examples:
+  rtool train                                   resnet20 on the embedded mnist5k, into runs/resnet20-mnist5k
+  rtool train --epochs 20 --out runs/r20
+  rtool train --out runs/r20 --resume           continue a stopped run (Ctrl-C saves last.pt)
+  rtool train --model plain20 --optimizer sgd --lr 0.05 --batch-size 128 --init xavier --out runs/p20
+  rtool train --dataset cifar10 --data-dir ~/data --download --model resnet56 --epochs 60
+  rtool train --nproc 2 --out runs/r20-ddp      DistributedDataParallel on 2 local processes
+  torchrun --nproc-per-node 2 -m toolkit.train --out runs/r20-ddp
+""")
+@click.option("--model", default="resnet20", show_default=True, help="Any name from `rtool models`.")
+@click.option("--dataset", default="mnist5k", show_default=True,
+              help="mnist5k (embedded), mnist, kmnist, fashionmnist, cifar10, svhn, stl10 or imagefolder:PATH.")
+@click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
+@click.option("--download", is_flag=True, help="Download the data set into --data-dir if it is missing.")
+@click.option("--out", default=None, help="Run folder (default: runs/MODEL-DATASET).")
+@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Per process.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate (default: 0.1 for sgd, 0.003 for adamw).")
+@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="SGD momentum (Nesterov).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="Default: 5e-4 for sgd, 0.05 for adamw.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine", "step"]), default="onecycle", show_default=True,
+              help="Stepped per batch; step divides the lr by 10 at 50% and 75% of training.")
+@click.option("--init", type=click.Choice(["kaiming", "xavier"]), default="kaiming", show_default=True)
+@click.option("--shift", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Random-shift augmentation in pixels (0: off).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True,
+              help="Mixed precision (fp16 needs cuda).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="NHWC memory layout (faster convolutions on CPU and tensor cores).")
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use at most this many training images.")
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Use at most this many test images.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with DistributedDataParallel on this many local processes.")
+@click.pass_context
+def train(ctx: click.Context, nproc: int, **options: object) -> None:
+    """Train a model; writes best.pt, last.pt, metrics.csv/.jsonl and curves.png into the run folder.
+
+    The defaults train resnet20 on the embedded mnist5k to about 99% test
+    accuracy in about a minute on two CPU cores. Ctrl-C stops at the next batch
+    and saves last.pt; --resume continues from there.
+    """
+    from toolkit.train import summarize, train_command
+
+    explicit = {name for name in options
+                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+    result = train_command(options, explicit, nproc)
+    if result.rank != 0:
+        return
+    if result.interrupted:
+        click.echo(f"rtool: interrupted; saved {result.last_path}. Resume with: {result.resume_command}", err=True)
+        ctx.exit(130)
+    click.echo(summarize(result))
+
+
+@cli.command("eval", epilog="""\b
+Examples:
+  rtool eval runs/r20/best.pt
+  rtool eval runs/r20/best.pt --json --out runs/r20/eval
+  rtool eval runs/r20/export/model.onnx --dataset mnist5k
+""")
+@click.argument("model_file")
+@click.option("--dataset", default=None, help="Data set whose test split is scored (default: the model card's).")
+@click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
+@click.option("--download", is_flag=True, help="Download the data set into --data-dir if it is missing.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N test images.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--runtime", default=None, help="Runtime to run the file with (default: by its ending).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--out", default=None, help="Folder for eval.json and confusion.png (default: eval/ beside the file).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def evaluate(model_file: str, dataset: str | None, data_dir: str | None, download: bool, limit: int | None,
+             batch_size: int, runtime: str | None, device: str, out: str | None, as_json: bool) -> None:
+    """Loss, accuracy, per-class accuracy and a confusion matrix of MODEL_FILE on a test split.
+
+    MODEL_FILE is a checkpoint or any exported file a runtime opens.
+    """
+    from pathlib import Path
+
+    from toolkit.evaluate import evaluate_file, write_eval_outputs
+
+    result = evaluate_file(model_file, dataset, data_dir=data_dir, download=download, limit=limit,
+                           batch_size=batch_size, device=device, runtime=runtime)
+    files = write_eval_outputs(result, out or Path(model_file).parent / "eval")
+    if as_json:
+        click.echo(json.dumps({**result.to_dict(), "files": {k: str(v) for k, v in files.items()}}, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model_file} on {result.dataset} ({result.num_images} test images)")
+    table.add_column("class")
+    table.add_column("accuracy", justify="right")
+    for name, acc in result.per_class_accuracy.items():
+        table.add_row(name, f"{100 * acc:.2f}%")
+    console = Console(highlight=False)
+    console.print(table)
+    console.print(f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}   "
+                  f"confusion matrix: {files['confusion']}", markup=False)
+
+
+@cli.command(epilog="""\b
+Examples:
+  rtool compare runs/plain20 runs/plain56 runs/resnet20 runs/resnet56 --out degradation.png
+""")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", default="compare.png", show_default=True, help="PNG to write.")
+@click.option("--title", default="", help="Figure title.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+def compare(runs: tuple[str, ...], out: str, title: str, as_json: bool) -> None:
+    """Plot the curves of several training RUNS (their folders) on one figure."""
+    from toolkit.train import compare_runs
+
+    rows = compare_runs(list(runs), out, title=title)
+    if as_json:
+        click.echo(json.dumps({"figure": out, "runs": rows}, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['run']}: {r['epochs']} epochs, best test acc {100 * r['best_test_acc']:.2f}%, "
+                   f"final {100 * r['final_test_acc']:.2f}%, final train loss {r['final_train_loss']:.4f}")
+    click.echo(f"figure written to {out}")
+
+
 def main() -> None:
     """Entry point: run the group and turn known errors into one line and an exit code."""
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     try:
-        cli.main(standalone_mode=False)
+        cli.main(standalone_mode=False, prog_name="rtool")
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:
         click.echo("rtool: aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:
-        command = click.get_current_context(silent=True)
+        command = getattr(e, "ctx", None) or click.get_current_context(silent=True)
         hint = f" (see `{command.command_path} --help`)" if command else " (see `rtool --help`)"
         click.echo(f"rtool: error: {e.format_message()}{hint}", err=True)
         sys.exit(2)

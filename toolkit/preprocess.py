@@ -31,8 +31,8 @@ def conform_pixels(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
 
     Arrays already in the card's shape pass through untouched (no copy).
     """
-    if pixels.ndim != 4:
-        raise ValueError(f"expected an (N, C, H, W) array, got shape {pixels.shape}")
+    if pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
+        raise ValueError(f"expected an (N, C, H, W) array with 1 or 3 channels, got shape {pixels.shape}")
     if pixels.shape[1:] == spec.shape:
         return pixels
     out = np.empty((pixels.shape[0], *spec.shape), dtype=np.uint8)

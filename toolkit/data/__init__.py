@@ -89,13 +89,18 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed, per-class train/test indices (same seed, same split on every machine)."""
+    """Fixed, per-class train/test indices (same seed, same split on every machine).
+
+    A class with two or more images keeps at least one in each split.
+    """
     rng = np.random.default_rng(seed)
     train, test = [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)
         rng.shuffle(idx)
         n_test = int(round(len(idx) * test_fraction))
+        if len(idx) >= 2:
+            n_test = min(max(n_test, 1), len(idx) - 1)
         test.append(idx[:n_test])
         train.append(idx[n_test:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

@@ -37,8 +37,8 @@ _IMAGENET = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
              50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3]),
              152: (Bottleneck, [3, 8, 36, 3])}
 for _depth, (_block, _layers) in _IMAGENET.items():
-    def _imagenet_builder(block=_block, layers=_layers, **kw: Any) -> nn.Module:
-        return ResNet(block, layers, [64, 128, 256, 512], stem="imagenet", shortcut="B", **kw)
+    def _imagenet_builder(block=_block, layers=_layers, shortcut: str = "B", **kw: Any) -> nn.Module:
+        return ResNet(block, layers, [64, 128, 256, 512], stem="imagenet", shortcut=shortcut, **kw)
     _register(f"resnet{_depth}", "imagenet-resnet", _imagenet_builder, (3, 224, 224), 1000,
               f"ResNet-{_depth}, {_block.__name__}, torchvision-compatible state_dict")
 
@@ -79,7 +79,15 @@ def create_model(name: str, *, in_channels: int | None = None, num_classes: int 
         raise BadInputError(f"num_classes must be at least 1, got {num_classes}")
     if init not in ("kaiming", "xavier"):
         raise BadInputError(f"unknown init '{init}'; choose kaiming or xavier")
-    model = entry.builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    if entry.family == "cifar-plain" and "shortcut" in kwargs:
+        raise BadInputError(f"{name} has no shortcuts by design; for shortcut option A or B use resnet{name[5:]}")
+    if kwargs.get("shortcut", "A") not in ("A", "B"):
+        raise BadInputError(f"unknown shortcut option '{kwargs['shortcut']}'; choose A (zero-padding identity) "
+                            f"or B (1x1 projection)")
+    try:
+        model = entry.builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
+    except TypeError as e:  # an argument this architecture does not take
+        raise BadInputError(f"{name} does not take {', '.join(sorted(kwargs))} ({e})") from None
     if init != "kaiming":
         init_weights(model, init)  # type: ignore[arg-type]
     return model

@@ -1,8 +1,15 @@
-"""What `rtool models` and `rtool summary` show, as plain data."""
+"""What `rtool models` and `rtool summary` show, as plain data.
+
+Models are built on the ``meta`` device: shapes, parameter counts and
+multiply-accumulates need no weights, so listing all 15 models (ResNet-152
+included) or walking a large input takes seconds and no memory.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+import torch
 
 from toolkit.errors import BadInputError
 from toolkit.models import create_model, get_entry, list_models
@@ -13,7 +20,8 @@ def model_table() -> list[dict[str, Any]]:
     rows = []
     for name in list_models():
         entry = get_entry(name)
-        model = create_model(name)
+        with torch.device("meta"):
+            model = create_model(name)
         c, h, w = entry.default_input
         rows.append({"name": name, "family": entry.family, "default_input": f"{c}x{h}x{w}",
                      "params": count_params(model), "gflops": count_macs(model, (1, c, h, w)) / 1e9,
@@ -24,8 +32,11 @@ def model_table() -> list[dict[str, Any]]:
 def model_summary(name: str, input_shape: tuple[int, ...] | None = None,
                   num_classes: int | None = None) -> dict[str, Any]:
     entry = get_entry(name)
-    shape = input_shape or (1, *entry.default_input)
-    model = create_model(name, in_channels=shape[1], num_classes=num_classes)
+    shape = tuple(input_shape or (1, *entry.default_input))
+    if len(shape) != 4 or min(shape) < 1:
+        raise BadInputError(f"input shape {list(shape)} is not NxCxHxW with positive sizes, e.g. 1x3x224x224")
+    with torch.device("meta"):
+        model = create_model(name, in_channels=shape[1], num_classes=num_classes)
     try:
         rows = summarize(model, shape)
     except RuntimeError as e:

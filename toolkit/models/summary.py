@@ -30,6 +30,9 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
 def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
     """Run one zero batch through ``model`` and record every leaf layer and every block.
 
+    A model built on the ``meta`` device gives the same rows at no compute or
+    memory cost, whatever the input size.
+
     Blocks (children of a stage) get a row too, so the walk reads like the
     paper's table: stem, then each stage's blocks, then pooling and the head.
     """
@@ -54,8 +57,9 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
                 hooks.append(module.register_forward_hook(record))
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # "meta" walks shapes without computing
     try:
-        model(torch.zeros(*input_shape))
+        model(torch.zeros(*input_shape, device=device))
     finally:
         for h in hooks:
             h.remove()

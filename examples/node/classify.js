@@ -1,0 +1,272 @@
+#!/usr/bin/env node
+// Classify PNG images with an rtool ONNX file in Node.js, using onnxruntime-node.
+//
+//   npm install --onnxruntime-node-install=skip
+//   node classify.js ../../export/model.onnx seven.png two.png --top-k 3 [--json]
+//
+// Everything the app needs comes from the model card that `rtool export` writes
+// into the file's metadata_props (docs/onnx-metadata.md). onnxruntime-node does
+// not expose custom metadata, so this script decodes that one field of the ONNX
+// protobuf itself. Preprocessing repeats Pillow's steps exactly (colour
+// conversion, bilinear resize, (pixels / 255 - mean) / std in float32), so the
+// model sees the same numbers as in Python.
+'use strict';
+
+const fs = require('fs');
+const ort = require('onnxruntime-node');
+const protobuf = require('protobufjs');
+const { PNG } = require('pngjs');
+
+const CARD_KEY = 'rtool.model_card';
+const SUPPORTED_CARD_FORMAT = 1;
+
+// Only the fields read here, with their numbers from onnx.proto
+// (ModelProto.metadata_props = 14; StringStringEntryProto.key = 1, .value = 2).
+// protobufjs skips every other field, the graph and its weights included.
+const onnxSchema = protobuf.Root.fromJSON({
+  nested: {
+    ModelProto: { fields: { metadata_props: { rule: 'repeated', type: 'StringStringEntryProto', id: 14 } } },
+    StringStringEntryProto: { fields: { key: { type: 'string', id: 1 }, value: { type: 'string', id: 2 } } },
+  },
+});
+const ModelProto = onnxSchema.lookupType('ModelProto');
+
+class ClassifyError extends Error {}
+
+/** The model card stored in an ONNX file's metadata_props, checked for what this script reads. */
+function readCard(modelBytes, source) {
+  let props;
+  try {
+    props = ModelProto.decode(modelBytes).metadata_props;
+  } catch (e) {
+    throw new ClassifyError(`${source} is not a readable ONNX file (${e.message})`);
+  }
+  const entry = props.find((p) => p.key === CARD_KEY);
+  if (!entry) throw new ClassifyError(`${source} has no rtool model card (metadata key '${CARD_KEY}'); export it with \`rtool export\``);
+  let card;
+  try {
+    card = JSON.parse(entry.value);
+  } catch (e) {
+    throw new ClassifyError(`${source}: the model card is not valid JSON; re-export the model with rtool`);
+  }
+  if ((card.format_version || 0) > SUPPORTED_CARD_FORMAT) {
+    throw new ClassifyError(`${source}: model card format ${card.format_version} is newer than this script understands (${SUPPORTED_CARD_FORMAT})`);
+  }
+  const spec = card.input || {};
+  if (!Array.isArray(card.class_names) || !spec.channels || !spec.height || !spec.width
+      || !Array.isArray(spec.mean) || spec.mean.length !== spec.channels || spec.std.length !== spec.channels) {
+    throw new ClassifyError(`${source}: the model card is malformed; re-export the model with rtool`);
+  }
+  return card;
+}
+
+/** A PNG file -> {width, height, channels, data: Uint8Array (H, W, C)} in the card's colour mode ("L" or "RGB"). */
+function loadPng(path, color) {
+  let png;
+  try {
+    png = PNG.sync.read(fs.readFileSync(path));
+  } catch (e) {
+    throw new ClassifyError(`cannot read image ${path} (${e.message}); this example reads PNG files`);
+  }
+  if (png.depth === 16) throw new ClassifyError(`${path} is a 16-bit PNG; save it with 8 bits per channel`);
+  const { width, height, data } = png; // RGBA, 8 bits, palettes and grey already expanded
+  const channels = color === 'L' ? 1 : 3;
+  const out = new Uint8Array(width * height * channels);
+  for (let i = 0; i < width * height; i++) {
+    const r = data[4 * i], g = data[4 * i + 1], b = data[4 * i + 2];
+    if (channels === 1) {
+      out[i] = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16; // Pillow's RGB -> L (ITU-R 601-2 luma)
+    } else {
+      out[3 * i] = r; out[3 * i + 1] = g; out[3 * i + 2] = b;
+    }
+  }
+  return { width, height, channels, data: out };
+}
+
+// Pillow's bilinear resampling (libImaging/Resample.c): a triangle filter widened
+// by the scale when shrinking, 22-bit fixed-point weights, one pass per axis.
+const PRECISION_BITS = 32 - 8 - 2;
+
+function resampleWeights(inSize, outSize) {
+  const scale = inSize / outSize;
+  const filterScale = Math.max(scale, 1.0);
+  const support = 1.0 * filterScale;
+  const bounds = [];
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = (xx + 0.5) * scale;
+    const xmin = Math.max(Math.trunc(center - support + 0.5), 0);
+    const xmax = Math.min(Math.trunc(center + support + 0.5), inSize) - xmin;
+    const w = [];
+    let total = 0;
+    for (let x = 0; x < xmax; x++) {
+      const t = Math.abs((x + xmin - center + 0.5) * (1.0 / filterScale));
+      const v = t < 1.0 ? 1.0 - t : 0.0;
+      w.push(v);
+      total += v;
+    }
+    const fixed = w.map((v) => {
+      const k = (total !== 0 ? v / total : v) * (1 << PRECISION_BITS);
+      return k < 0 ? Math.trunc(k - 0.5) : Math.trunc(k + 0.5);
+    });
+    bounds.push({ xmin, weights: fixed });
+  }
+  return bounds;
+}
+
+function clip8(sum) {
+  return Math.min(255, Math.max(0, Math.floor(sum / (1 << PRECISION_BITS))));
+}
+
+function resizeRows(img, outW) {
+  const { width, height, channels, data } = img;
+  const taps = resampleWeights(width, outW);
+  const out = new Uint8Array(outW * height * channels);
+  for (let y = 0; y < height; y++) {
+    for (let xx = 0; xx < outW; xx++) {
+      const { xmin, weights } = taps[xx];
+      for (let c = 0; c < channels; c++) {
+        let sum = 1 << (PRECISION_BITS - 1);
+        for (let k = 0; k < weights.length; k++) sum += data[(y * width + xmin + k) * channels + c] * weights[k];
+        out[(y * outW + xx) * channels + c] = clip8(sum);
+      }
+    }
+  }
+  return { width: outW, height, channels, data: out };
+}
+
+function resizeColumns(img, outH) {
+  const { width, height, channels, data } = img;
+  const taps = resampleWeights(height, outH);
+  const out = new Uint8Array(width * outH * channels);
+  for (let yy = 0; yy < outH; yy++) {
+    const { xmin: ymin, weights } = taps[yy];
+    for (let x = 0; x < width; x++) {
+      for (let c = 0; c < channels; c++) {
+        let sum = 1 << (PRECISION_BITS - 1);
+        for (let k = 0; k < weights.length; k++) sum += data[((ymin + k) * width + x) * channels + c] * weights[k];
+        out[(yy * width + x) * channels + c] = clip8(sum);
+      }
+    }
+  }
+  return { width, height: outH, channels, data: out };
+}
+
+function resizeBilinear(img, outW, outH) {
+  // Pillow 13 runs the vertical pass first when the height shrinks by more than twice
+  // what the width does; the order changes the rounding between the passes.
+  const shrinkH = img.height - outH;
+  const verticalFirst = shrinkH > 0 && shrinkH > (img.width - outW) * 2;
+  let out = img;
+  if (verticalFirst && outH !== out.height) out = resizeColumns(out, outH);
+  if (outW !== out.width) out = resizeRows(out, outW);
+  if (outH !== out.height) out = resizeColumns(out, outH);
+  return out;
+}
+
+/** Images (H, W, C) at the card's size -> the ort.Tensor the graph takes. */
+function toModelInput(images, card) {
+  const spec = card.input;
+  const { channels: C, height: H, width: W } = spec;
+  const n = images.length;
+  if (spec.dtype === 'uint8') { // preprocessing is inside the graph: raw pixels
+    const raw = new Uint8Array(n * H * W * C);
+    images.forEach((img, i) => raw.set(img.data, i * H * W * C));
+    if (spec.layout !== 'NHWC') throw new ClassifyError(`unsupported raw input layout ${spec.layout}`);
+    return new ort.Tensor('uint8', raw, [n, H, W, C]);
+  }
+  const divisor = Math.fround(1 / (spec.scale || 1 / 255));
+  const mean = spec.mean.map(Math.fround);
+  const std = spec.std.map(Math.fround);
+  const x = new Float32Array(n * C * H * W);
+  images.forEach((img, i) => {
+    for (let c = 0; c < C; c++) {
+      for (let p = 0; p < H * W; p++) {
+        const scaled = Math.fround(img.data[p * C + c] / divisor);
+        x[((i * C + c) * H * W) + p] = Math.fround(Math.fround(scaled - mean[c]) / std[c]);
+      }
+    }
+  });
+  return new ort.Tensor('float32', x, [n, C, H, W]);
+}
+
+/** Read, convert and resize each PNG as the card says. */
+function preprocess(paths, card) {
+  const spec = card.input;
+  const color = spec.color || (spec.channels === 1 ? 'L' : 'RGB');
+  return paths.map((p) => {
+    const img = loadPng(p, color);
+    return img.width === spec.width && img.height === spec.height ? img : resizeBilinear(img, spec.width, spec.height);
+  });
+}
+
+function softmax(row) {
+  const max = Math.max(...row);
+  const exps = row.map((v) => Math.exp(v - max));
+  const total = exps.reduce((a, b) => a + b, 0);
+  return exps.map((v) => v / total);
+}
+
+/** Classify PNG files: for each, its topK {class, probability} pairs, most likely first. */
+async function classify(modelPath, imagePaths, topK = 1) {
+  let bytes;
+  try {
+    bytes = fs.readFileSync(modelPath);
+  } catch (e) {
+    throw new ClassifyError(`model file ${modelPath} cannot be read (${e.code || e.message})`);
+  }
+  const card = readCard(bytes, modelPath);
+  const session = await ort.InferenceSession.create(bytes);
+  const wanted = card.input.dtype === 'uint8' ? 'uint8' : 'float32';
+  const graphInput = session.inputMetadata ? session.inputMetadata[0] : null;
+  if (graphInput && graphInput.type !== wanted) {
+    throw new ClassifyError(`${modelPath}: the card says the input is ${wanted} but the graph takes ${graphInput.type}`);
+  }
+  const input = toModelInput(preprocess(imagePaths, card), card);
+  const output = (await session.run({ [session.inputNames[0]]: input }))[session.outputNames[0]];
+  const classes = output.dims[1];
+  const k = Math.max(1, Math.min(topK, classes));
+  return imagePaths.map((image, i) => {
+    const scores = Array.from(output.data.slice(i * classes, (i + 1) * classes));
+    const probs = card.output === 'probabilities' ? scores : softmax(scores);
+    const order = probs.map((p, j) => j).sort((a, b) => probs[b] - probs[a] || a - b).slice(0, k);
+    return { image, predictions: order.map((j) => ({ class: card.class_names[j], probability: probs[j] })) };
+  });
+}
+
+async function main(argv) {
+  const args = argv.slice(2);
+  const json = args.includes('--json');
+  let topK = 1;
+  const positional = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--json') continue;
+    if (args[i] === '--top-k') { topK = parseInt(args[++i], 10); continue; }
+    positional.push(args[i]);
+  }
+  if (positional.length < 2 || !(topK >= 1)) {
+    console.error('usage: node classify.js MODEL.onnx IMAGE.png... [--top-k K] [--json]');
+    return 2;
+  }
+  const [model, ...images] = positional;
+  try {
+    const results = await classify(model, images, topK);
+    if (json) {
+      console.log(JSON.stringify(results, null, 2));
+    } else {
+      for (const r of results) {
+        console.log(`${r.image}: ` + r.predictions.map((p) => `${p.class} (${p.probability.toFixed(4)})`).join(', '));
+      }
+    }
+    return 0;
+  } catch (e) {
+    if (!(e instanceof ClassifyError)) throw e;
+    console.error(`classify: error: ${e.message}`);
+    return 2;
+  }
+}
+
+module.exports = { readCard, loadPng, resizeBilinear, preprocess, toModelInput, classify };
+
+if (require.main === module) {
+  main(process.argv).then((code) => { process.exitCode = code; });
+}

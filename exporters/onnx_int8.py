@@ -1,0 +1,106 @@
+"""INT8 ONNX by static post-training quantization with Q/DQ nodes, in two forms for two runtimes.
+
+``cpu`` (``model.int8-cpu.onnx``): uint8 activations, int8 per-channel weights
+(U8S8), the form ONNX Runtime's x86 kernels run fastest (QLinearConv and
+friends, with Relu folded into the convolution).
+
+``tensorrt`` (``model.int8-trt.onnx``): symmetric int8 activations and
+weights, every zero point 0, weight scales per output channel (axis 0): the
+explicit-quantization form TensorRT builds INT8 engines from. On a CPU it
+runs slower than FP32, so it is never the CPU default.
+
+Both are calibrated on ``calib_size`` training images of the card's data set,
+preprocessed exactly as the card says; only a model whose card names no data
+set is calibrated on random pixels, with a warning.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quantize_static)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from exporters.onnx import INPUT_NAME, cached, opset_of
+from exporters.validation import load_pixels, random_pixels
+from toolkit.card import ModelCard
+from toolkit.errors import BadInputError
+from toolkit.preprocess import prepare_batch
+
+TARGETS = ("cpu", "tensorrt")
+CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}
+DEFAULT_CALIB_SIZE = 256
+DEFAULT_CALIB_METHOD = "minmax"
+CALIB_BATCH = 32
+
+
+def recipe(target: str) -> dict[str, Any]:
+    """The ``quantize_static`` arguments that make the Q/DQ graph right for ``target``."""
+    if target == "cpu":
+        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+                "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
+    if target == "tensorrt":
+        return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
+                # TensorRT takes float biases; an int32-quantized bias is not part of its Q/DQ vocabulary
+                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
+    raise BadInputError(f"unknown INT8 target '{target}'; choose one of: {', '.join(TARGETS)}")
+
+
+class _Batches(CalibrationDataReader):
+    """Feeds preprocessed calibration images to ONNX Runtime's calibrator in batches."""
+
+    def __init__(self, batch: np.ndarray) -> None:
+        self._chunks: Iterator[np.ndarray] = iter(np.array_split(batch, max(1, -(-len(batch) // CALIB_BATCH))))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        chunk = next(self._chunks, None)
+        return None if chunk is None else {INPUT_NAME: np.ascontiguousarray(chunk)}
+
+
+def calibration_batch(card: ModelCard, size: int, opts: dict[str, Any]) -> tuple[np.ndarray, str]:
+    """(float32 calibration batch, where it came from): training images, or noise for a card without data set."""
+    if size < 1:
+        raise BadInputError(f"--calib-size must be at least 1, got {size}")
+    if card.dataset:
+        pixels = load_pixels(card, "train", size, opts.get("data_dir"), opts.get("cache"))
+        return prepare_batch(pixels, card.input), f"{card.dataset} train, {len(pixels)} images"
+    notes = opts.get("notes")
+    message = ("the model card names no data set, so INT8 is calibrated on random pixels; its accuracy "
+               "may suffer (export from a checkpoint trained by rtool to calibrate on real images)")
+    if notes is not None and message not in notes:
+        notes.append(message)
+    return prepare_batch(random_pixels(card, size, seed=1), card.input), f"random pixels, {size} images"
+
+
+def int8_graph(fp32: onnx.ModelProto, card: ModelCard, target: str, opts: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """(Q/DQ graph for ``target``, the settings that made it) from the FP32 graph, calibrated as the options say."""
+    arguments = recipe(target)
+    method = opts.get("calib_method") or DEFAULT_CALIB_METHOD
+    if method not in CALIB_METHODS:
+        raise BadInputError(f"unknown calibration method '{method}'; choose one of: {', '.join(CALIB_METHODS)}")
+    size = int(opts.get("calib_size") or DEFAULT_CALIB_SIZE)
+
+    def build() -> tuple[onnx.ModelProto, dict[str, Any]]:
+        batch, source = calibration_batch(card, size, opts)
+        with tempfile.TemporaryDirectory(prefix="rtool-int8-") as work:
+            prepared, quantized = Path(work) / "prepared.onnx", Path(work) / "quantized.onnx"
+            # Shape inference + ONNX Runtime's graph fusions first, so calibration sees the graph that runs.
+            quant_pre_process(fp32, str(prepared))
+            quantize_static(str(prepared), str(quantized), _Batches(batch), quant_format=QuantFormat.QDQ,
+                            per_channel=True, calibrate_method=CALIB_METHODS[method], **arguments)
+            proto = onnx.load(str(quantized))
+        settings = {
+            "quantization": "static QDQ", "target": target, "calibration": {
+                "method": method, "images": len(batch), "source": source},
+            "activations": "uint8 asymmetric" if target == "cpu" else "int8 symmetric (zero point 0)",
+            "weights": "int8 symmetric, per output channel",
+        }
+        return proto, settings
+
+    return cached(opts, ("onnx", "int8", target, method, size, opset_of(fp32)), build)

@@ -1,0 +1,175 @@
+"""TensorRT engines (``model.fp16.engine``, ``model.int8.engine``), built from the ONNX graph.
+
+TensorRT 10 is weakly typed: the FP16 engine comes from the FP32 ONNX with
+``BuilderFlag.FP16``, the INT8 engine from the Q/DQ ONNX (target tensorrt)
+with ``BuilderFlag.INT8``. TensorRT 11 removed those flags and builds every
+network strongly typed, so precision comes from the graph itself: FP16 from
+the FP16 ONNX, INT8 from the Q/DQ ONNX. ``onnx_source`` holds that rule.
+
+The batch range becomes one optimization profile, the workspace a memory pool
+limit, and a timing cache file (one per TensorRT version and GPU) makes
+rebuilds fast. An engine only runs on the TensorRT version and GPU family it
+was built for, so its manifest entry is stamped with both.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from exporters import Artifact, artifact_filename, register_exporter
+from exporters.onnx import INPUT_NAME, OUTPUT_NAME, onnx_graph
+from exporters.validation import compare, reference
+from toolkit.card import ModelCard
+from toolkit.errors import BadInputError, CheckFailedError, UnavailableError
+from toolkit.fileio import atomic_path, atomic_write_bytes
+
+INSTALL_HINT = "pip install 'rtool[tensorrt]'"
+DEFAULT_BATCH_RANGE = "1:8:64"
+DEFAULT_WORKSPACE_GB = 4.0
+
+
+def available() -> tuple[bool, str]:
+    """(True, "") where engines can be built: TensorRT importable and a CUDA GPU usable."""
+    missing = []
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        missing.append(f"TensorRT is not installed ({INSTALL_HINT})")
+    if not torch.cuda.is_available():
+        missing.append("no CUDA GPU is usable here (TensorRT builds an engine on the GPU it will run on)")
+    return not missing, "; ".join(missing)
+
+
+def parse_batch_range(text: str | None) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' -> (min, opt, max) with 1 <= min <= opt <= max; 'N' alone means N:N:N."""
+    text = (text or DEFAULT_BATCH_RANGE).strip()
+    parts = text.split(":")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise BadInputError(f"--batch-range '{text}' is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (e.g. 1:8:64)")
+    return values  # type: ignore[return-value]
+
+
+def major_version(version: str) -> int:
+    try:
+        return int(version.split(".")[0])
+    except ValueError:
+        raise UnavailableError(f"cannot read the TensorRT version '{version}'") from None
+
+
+def onnx_source(trt_major: int, precision: str) -> tuple[str, str | None, list[str]]:
+    """(ONNX precision, INT8 target, builder flags) an engine of ``precision`` is built from on TensorRT ``trt_major``."""
+    if precision not in ("fp16", "int8"):
+        raise BadInputError(f"TensorRT engines are built in fp16 or int8, not {precision}")
+    if trt_major < 10:
+        raise UnavailableError(f"TensorRT {trt_major}.x is too old; rtool builds with TensorRT 10 or 11 ({INSTALL_HINT})")
+    if trt_major == 10:  # weakly typed: a builder flag allows the lower precision
+        return ("fp32", None, ["FP16"]) if precision == "fp16" else ("int8", "tensorrt", ["INT8"])
+    return ("fp16", None, []) if precision == "fp16" else ("int8", "tensorrt", [])  # strongly typed
+
+
+def default_timing_cache(trt_version: str, compute_capability: str) -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtool"
+    return root / f"tensorrt-{trt_version}-sm{compute_capability.replace('.', '')}.timing-cache"
+
+
+def engine_stamp() -> dict[str, str]:
+    """What an engine is bound to: TensorRT version, GPU name, compute capability."""
+    import tensorrt as trt
+
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(0),
+            "compute_capability": f"{major}.{minor}"}
+
+
+def build_engine(onnx_bytes: bytes, *, input_shape: tuple[int, int, int], flags: list[str],
+                 batch_range: tuple[int, int, int], workspace_gb: float, timing_cache: Path) -> bytes:
+    """Serialized engine from an ONNX graph (TensorRT 10 and 11 Python API)."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.ERROR)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is implied since 10; strong typing is implied in 11
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_bytes):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise CheckFailedError(f"TensorRT could not parse the ONNX graph: {errors[:300]}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    profile = builder.create_optimization_profile()
+    low, opt, high = ((n, *input_shape) for n in batch_range)
+    profile.set_shape(INPUT_NAME, low, opt, high)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CheckFailedError("TensorRT failed to build the engine (see the TensorRT log above)")
+    atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(serialized))
+
+
+def run_engine(engine_bytes: bytes, batch: np.ndarray) -> np.ndarray:
+    """Logits from a serialized engine on the GPU (name-based I/O, ``execute_async_v3``)."""
+    import tensorrt as trt
+
+    runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
+    engine = runtime.deserialize_cuda_engine(engine_bytes)
+    context = engine.create_execution_context()
+    x = torch.from_numpy(batch).cuda()
+    if engine.get_tensor_dtype(INPUT_NAME) == trt.DataType.HALF:
+        x = x.half()
+    context.set_input_shape(INPUT_NAME, tuple(x.shape))
+    out_dtype = torch.float16 if engine.get_tensor_dtype(OUTPUT_NAME) == trt.DataType.HALF else torch.float32
+    out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device="cuda")
+    context.set_tensor_address(INPUT_NAME, x.data_ptr())
+    context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+    stream = torch.cuda.Stream()
+    if not context.execute_async_v3(stream.cuda_stream):
+        raise CheckFailedError("TensorRT could not run the engine it built")
+    stream.synchronize()
+    return out.float().cpu().numpy()
+
+
+@register_exporter("tensorrt", precisions=("fp16", "int8"), available=available)
+def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str = "fp16",
+           **opts: Any) -> Artifact:
+    ok, reason = available()
+    if not ok:
+        raise UnavailableError(f"cannot build TensorRT engines here: {reason}")
+    import tensorrt as trt
+
+    source_precision, target, flags = onnx_source(major_version(trt.__version__), precision)
+    graph, onnx_settings = onnx_graph(model, card, source_precision, opts, target)
+    batch_range = parse_batch_range(opts.get("batch_range"))
+    workspace = float(opts.get("workspace") or DEFAULT_WORKSPACE_GB)
+    stamp = engine_stamp()
+    cache_file = Path(opts.get("timing_cache") or default_timing_cache(stamp["tensorrt_version"],
+                                                                       stamp["compute_capability"]))
+    engine = build_engine(graph.SerializeToString(), input_shape=card.input.shape, flags=flags,
+                          batch_range=batch_range, workspace_gb=workspace, timing_cache=cache_file)
+    batch, expected, source = reference(model, card, opts)
+    rows = min(max(len(batch), batch_range[0]), batch_range[2])  # a batch the profile accepts
+    stats = compare(np.resize(expected, (rows, *expected.shape[1:])),
+                    run_engine(engine, np.resize(batch, (rows, *batch.shape[1:]))), source)
+    path = Path(out_dir) / artifact_filename("tensorrt", precision)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(engine)
+    settings = {**stamp, "onnx_source": artifact_filename("onnx", source_precision, target),
+                "opset": onnx_settings["opset"], "builder_flags": flags,
+                "strongly_typed": not flags, "batch_range": list(batch_range), "workspace_gb": workspace,
+                "timing_cache": str(cache_file)}
+    return Artifact(format="tensorrt", precision=precision, path=path, runtime="tensorrt", settings=settings,
+                    validation=stats)

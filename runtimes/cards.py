@@ -1,0 +1,153 @@
+"""Find the ModelCard and the right file in any artifact or export folder.
+
+Every file rtool writes carries its card (checkpoint payload, ONNX
+``metadata_props``, TorchScript / torch.export extra files) and every export
+folder has a ``manifest.json`` listing its files with format, precision,
+target and sha256. Runtimes read the card from the file itself and fall back
+to the manifest (engines carry their card only there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from exporters import artifact_filename
+from toolkit.card import EXTRA_FILE_NAME, MANIFEST_NAME, ONNX_METADATA_KEY, ModelCard
+from toolkit.errors import BadInputError, UnsafeFileError
+
+
+def card_from_json(text: str | bytes, source: Path) -> ModelCard:
+    """Parse a stored card, naming the file it came from in any error."""
+    try:
+        return ModelCard.from_json(text)
+    except BadInputError as e:
+        raise BadInputError(f"{source.name}: {e}") from None
+
+
+def read_manifest(export_dir: Path) -> dict[str, Any]:
+    """The folder's manifest.json as a dict (BadInputError if missing or unreadable)."""
+    path = Path(export_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise BadInputError(f"{export_dir} has no {MANIFEST_NAME}: not an rtool export folder "
+                            f"(make one with `rtool export CHECKPOINT --out {export_dir}`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadInputError(f"{path} is unreadable ({e.__class__.__name__}); re-export the model") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
+        raise BadInputError(f"{path} lists no artifacts; re-export the model")
+    return manifest
+
+
+def manifest_entry(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(manifest, this file's entry) from the manifest beside ``path``, or None if it does not list it."""
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return None
+    manifest = read_manifest(path.parent)
+    for entry in manifest["artifacts"]:
+        if isinstance(entry, dict) and entry.get("file") == path.name:
+            return manifest, entry
+    return None
+
+
+def card_beside(path: Path) -> ModelCard | None:
+    """The card the manifest beside ``path`` holds for it, if any."""
+    found = manifest_entry(path)
+    if found is None or not found[0].get("card"):
+        return None
+    card = found[0]["card"]
+    return card_from_json(json.dumps(card) if isinstance(card, dict) else card, path.parent / MANIFEST_NAME)
+
+
+def verify_sha256(path: Path, entry: dict[str, Any]) -> None:
+    """Refuse a file whose bytes differ from what its manifest recorded at export."""
+    expected = entry.get("sha256")
+    if not expected:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise UnsafeFileError(f"{path.name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
+                              f"after export; re-export it rather than run it")
+
+
+def _zip_extra_card(path: Path) -> ModelCard | None:
+    """The card stored as an extra file in a TorchScript or torch.export zip archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith(f"/{EXTRA_FILE_NAME}") or name == EXTRA_FILE_NAME:
+                    return card_from_json(archive.read(name), path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise BadInputError(f"{path.name} is not a readable model archive ({e}); re-export it") from None
+    return None
+
+
+def _onnx_card(path: Path) -> ModelCard | None:
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError family
+        raise BadInputError(f"{path.name} is not a readable ONNX file ({e.__class__.__name__})") from None
+    for prop in model.metadata_props:
+        if prop.key == ONNX_METADATA_KEY:
+            return card_from_json(prop.value, path)
+    return None
+
+
+def read_card(artifact_path: str | Path) -> ModelCard:
+    """The ModelCard of any rtool file: checkpoint, .ts, .pt2, .onnx, or an engine (via its manifest)."""
+    path = Path(artifact_path)
+    if not path.is_file():
+        raise BadInputError(f"model file {path} does not exist")
+    if path.suffix in (".pt", ".pth"):
+        from toolkit.checkpoint import load_checkpoint
+
+        return load_checkpoint(path).card
+    card = {".ts": _zip_extra_card, ".pt2": _zip_extra_card, ".onnx": _onnx_card}.get(path.suffix, lambda p: None)(path)
+    card = card or card_beside(path)
+    if card is None:
+        raise BadInputError(f"{path.name} carries no rtool model card (and no {MANIFEST_NAME} beside it lists "
+                            f"one); export it with `rtool export`")
+    return card
+
+
+def describe_artifacts(manifest: dict[str, Any]) -> str:
+    """'model.onnx (onnxruntime fp32), model.int8-cpu.onnx (onnxruntime int8, target cpu), ...'"""
+    parts = []
+    for a in manifest["artifacts"]:
+        target = f", target {a['target']}" if a.get("target") else ""
+        parts.append(f"{a.get('file')} ({a.get('runtime')} {a.get('precision')}{target})")
+    return ", ".join(parts) or "nothing"
+
+
+def resolve_artifact(export_dir: str | Path, runtime: str = "onnxruntime", precision: str = "fp32",
+                     target: str | None = None) -> Path:
+    """The file in an export folder that ``runtime`` runs at ``precision`` (and ``target``), checked by sha256."""
+    export_dir = Path(export_dir)
+    manifest = read_manifest(export_dir)
+    matches = [a for a in manifest["artifacts"] if isinstance(a, dict)
+               and a.get("runtime") == runtime and a.get("precision") == precision
+               and (target is None or a.get("target") in (target, None))]
+    # Several files may fit (e.g. model.onnx and model.raw.onnx for apps): prefer the standard name,
+    # then the CPU-tuned INT8 file when no target was asked for.
+    matches.sort(key=lambda a: (a.get("file") != artifact_filename(str(a.get("format")), precision, a.get("target")),
+                                target is None and a.get("target") not in (None, "cpu")))
+    if not matches:
+        wanted = f"{runtime} {precision}" + (f" (target {target})" if target else "")
+        raise BadInputError(f"{export_dir} has no {wanted} file; it holds: {describe_artifacts(manifest)}")
+    entry = matches[0]
+    path = export_dir / str(entry["file"])
+    if path.resolve().parent != export_dir.resolve():
+        raise UnsafeFileError(f"{MANIFEST_NAME} in {export_dir} points outside its folder ({entry['file']})")
+    if not path.is_file():
+        raise BadInputError(f"{export_dir / MANIFEST_NAME} lists {entry['file']} but the file is missing; re-export")
+    verify_sha256(path, entry)
+    return path

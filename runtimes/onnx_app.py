@@ -1,0 +1,183 @@
+"""Classify images with an rtool ONNX file, using only onnxruntime, NumPy and Pillow.
+
+This one file is meant to be copied into an app that has neither PyTorch nor
+rtool: it imports nothing else (no torch, no rtool module). Everything it
+needs — class names, input size, colour mode, mean/std, what the output
+means — comes from the model card that ``rtool export`` writes into the ONNX
+file's ``metadata_props`` (see docs/onnx-metadata.md).
+
+    from onnx_app import Predictor
+    predictor = Predictor("export/model.onnx")
+    predictor.predict(["seven.png"], top_k=3)   # [[("7", 0.98), ("1", 0.01), ("9", 0.004)]]
+
+Command line: ``python -m runtimes.onnx_app MODEL IMAGE... [--top-k K] [--json]``.
+
+Preprocessing mirrors ``toolkit/preprocess.py`` operation for operation
+(colour conversion, bilinear resize, ``(pixels / 255 - mean) / std`` in
+float32), so an app gets the inputs that rtool measured its parity on; a
+test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, UnidentifiedImageError
+
+CARD_KEY = "rtool.model_card"  # the ONNX metadata_props key that holds the card as JSON
+SUPPORTED_CARD_FORMAT = 1  # newest card format this file understands
+
+ImageSource = Union[str, Path, Image.Image]
+
+
+class PredictorError(ValueError):
+    """A model file or image this predictor cannot use; the message says what to do."""
+
+
+class Predictor:
+    """An ONNX Runtime session plus the model card read from the same file."""
+
+    def __init__(self, model_path: str | Path, *, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 threads: int | None = None, batch_size: int = 32) -> None:
+        path = Path(model_path)
+        if not path.is_file():
+            raise PredictorError(f"model file {path} does not exist")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as e:  # onnxruntime's errors derive from Exception directly
+            raise PredictorError(f"cannot load {path} as an ONNX model ({str(e).splitlines()[0][:200]})") from None
+        self.card = read_card(self.session, path)
+        spec = self.card["input"]
+        self.class_names: list[str] = [str(c) for c in self.card["class_names"]]
+        self.channels, self.height, self.width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
+        self.color: str = spec.get("color") or ("L" if self.channels == 1 else "RGB")
+        self.layout: str = spec.get("layout", "NCHW")
+        self.raw_pixels: bool = spec.get("dtype", "float32") == "uint8"
+        self.mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
+        self.std = np.asarray(spec["std"], dtype=np.float32).reshape(1, -1, 1, 1)
+        self.divisor = np.float32(1.0 / float(spec.get("scale", 1.0 / 255.0)))
+        self.outputs_probabilities: bool = self.card.get("output", "logits") == "probabilities"
+        self.batch_size = max(1, int(batch_size))
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self._check_signature(path)
+
+    def _check_signature(self, path: Path) -> None:
+        """The card and the graph must agree, or every prediction would be silently wrong."""
+        graph_input = self.session.get_inputs()[0]
+        want_type = "tensor(uint8)" if self.raw_pixels else "tensor(float)"
+        if graph_input.type != want_type:
+            raise PredictorError(f"{path}: the card says the input is {want_type} but the graph takes "
+                                 f"{graph_input.type}; re-export the model with rtool")
+        want = (self.height, self.width, self.channels) if self.layout == "NHWC" else \
+            (self.channels, self.height, self.width)
+        have = tuple(graph_input.shape[1:])
+        if len(have) != 3 or any(isinstance(h, int) and h != w for h, w in zip(have, want)):
+            raise PredictorError(f"{path}: the graph input has shape {list(graph_input.shape)} but the card says "
+                                 f"{self.layout} {list(want)}; re-export the model with rtool")
+
+    def preprocess(self, images: Iterable[ImageSource]) -> np.ndarray:
+        """Images -> the batch the model takes: uint8 NHWC for in-graph preprocessing, else float32 NCHW."""
+        pixels = np.stack([self._pixels(image) for image in images])  # uint8 (N, H, W, C)
+        if self.raw_pixels:
+            return pixels if self.layout == "NHWC" else np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        nchw = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))
+        return ((nchw.astype(np.float32) / self.divisor) - self.mean) / self.std
+
+    def _pixels(self, image: ImageSource) -> np.ndarray:
+        """One image -> uint8 (H, W, C) in the card's colour mode and size (Pillow bilinear resize)."""
+        if not isinstance(image, Image.Image):
+            try:
+                with Image.open(image) as opened:
+                    image = opened.convert(self.color)  # reads the pixels; a copy when the mode already fits
+            except (OSError, UnidentifiedImageError) as e:
+                raise PredictorError(f"cannot read image {image} ({e.__class__.__name__}: {e})") from None
+        if image.mode != self.color:
+            image = image.convert(self.color)
+        if image.size != (self.width, self.height):
+            image = image.resize((self.width, self.height), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+        return array[:, :, None] if array.ndim == 2 else array
+
+    def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
+        """float64 (N, classes): softmax of the logits, or the model's own probabilities."""
+        batch = self.preprocess(images)
+        outputs = [self.session.run([self.output_name], {self.input_name: batch[i:i + self.batch_size]})[0]
+                   for i in range(0, len(batch), self.batch_size)]
+        scores = np.concatenate(outputs).astype(np.float64)
+        if self.outputs_probabilities:
+            return scores
+        scores -= scores.max(axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        return scores / scores.sum(axis=1, keepdims=True)
+
+    def predict(self, images: ImageSource | Sequence[ImageSource], top_k: int = 1) -> list[list[tuple[str, float]]]:
+        """For each image, its ``top_k`` (class name, probability) pairs, most likely first."""
+        if isinstance(images, (str, Path, Image.Image)):
+            images = [images]
+        if not images:
+            return []
+        probs = self.probabilities(images)
+        k = max(1, min(int(top_k), probs.shape[1]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+
+def read_card(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
+    """The model card from the file's metadata_props, checked for the fields an app needs."""
+    text = session.get_modelmeta().custom_metadata_map.get(CARD_KEY)
+    if text is None:
+        raise PredictorError(f"{path} has no rtool model card (metadata key '{CARD_KEY}'); "
+                             f"export the model with `rtool export`")
+    try:
+        card = json.loads(text)
+        version = int(card.get("format_version", 0))
+        spec = card["input"]
+        names = card["class_names"]
+        if not isinstance(names, list) or not names:
+            raise ValueError("class_names is empty")
+        channels = int(spec["channels"])
+        if len(spec["mean"]) != channels or len(spec["std"]) != channels:
+            raise ValueError("mean/std length differs from the channel count")
+    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
+        raise PredictorError(f"{path}: the model card is malformed ({e}); re-export the model with rtool") from None
+    if version > SUPPORTED_CARD_FORMAT:
+        raise PredictorError(f"{path}: model card format {version} is newer than this predictor understands "
+                             f"({SUPPORTED_CARD_FORMAT}); update onnx_app.py")
+    return card
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runtimes.onnx_app",
+                                     description="Classify images with an rtool ONNX file (no PyTorch needed).")
+    parser.add_argument("model", help="an ONNX file written by `rtool export`")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.add_argument("--top-k", type=int, default=1, help="how many classes to show per image (default 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    args = parser.parse_args(argv)
+    try:
+        predictor = Predictor(args.model)
+        results = predictor.predict(args.images, top_k=args.top_k)
+    except PredictorError as e:
+        print(f"onnx_app: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([{"image": image, "predictions": [{"class": c, "probability": p} for c, p in preds]}
+                          for image, preds in zip(args.images, results)], indent=2))
+    else:
+        for image, preds in zip(args.images, results):
+            print(f"{image}: " + ", ".join(f"{c} ({p:.4f})" for c, p in preds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""torch.export (.pt2): TorchScript's successor, an ExportedProgram with the card in its extra files.
+
+torch.export.load unpickles parts of the archive, so only open files you
+trust; inside an export folder the manifest's sha256 is checked first.
+"""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from runtimes import Runtime, error_summary, register_runtime, resolve_device
+from runtimes.cards import card_beside, card_from_json
+from toolkit.card import EXTRA_FILE_NAME
+from toolkit.errors import BadInputError
+
+
+@register_runtime
+class Pt2Runtime(Runtime):
+    name = "pt2"
+    suffixes = (".pt2",)
+
+    def load(self, artifact_path: str | Path, device: str = "auto") -> None:
+        path = self.expect_file(artifact_path)
+        import torch
+
+        self.device = resolve_device(device)
+        if self.options.get("threads"):
+            torch.set_num_threads(int(self.options["threads"]))
+        if not zipfile.is_zipfile(path):
+            raise BadInputError(f"{path.name} is not a readable torch.export file (not a .pt2 archive); re-export it")
+        extra = {EXTRA_FILE_NAME: ""}
+        export_log = logging.getLogger("torch.export")
+        level = export_log.level
+        export_log.setLevel(logging.ERROR)  # torch logs a traceback at WARNING before raising its own error
+        try:
+            program = torch.export.load(str(path), extra_files=extra)
+        except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile, AssertionError) as e:
+            raise BadInputError(f"{path.name} is not a readable torch.export file "
+                                f"({error_summary(e)})") from None
+        finally:
+            export_log.setLevel(level)
+        if self.device != "cpu":
+            from torch.export.passes import move_to_device_pass
+
+            program = move_to_device_pass(program, self.device)
+        self.module = program.module()
+        self.card = card_from_json(extra[EXTRA_FILE_NAME], path) if extra[EXTRA_FILE_NAME] else card_beside(path)
+        if self.card is None:
+            raise BadInputError(f"{path.name} carries no rtool model card; export it with `rtool export`")
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+    def close(self) -> None:
+        self.module = None

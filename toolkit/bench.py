@@ -1,0 +1,264 @@
+"""Latency and throughput of every runtime x precision x batch size, measured in one interleaved run.
+
+All runtimes are loaded side by side and timed in turns (one call each, in a
+rotating order, for every iteration), so a burst of load from another process
+on a shared machine hits them all alike and the ratios between them stay fair.
+SOURCE may be an export folder, a checkpoint, or a model name with an input
+shape; the last two are exported to a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from runtimes import Runtime, available, list_runtimes, open_runtime, physical_cores
+from runtimes.cards import read_manifest, verify_sha256
+from toolkit.card import MANIFEST_NAME
+from toolkit.errors import BadInputError
+from toolkit.parity import FORMAT_RUNTIME, PRECISIONS, RUNTIME_ORDER, artifact_path, exported_precisions
+
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_WARMUP = 10
+DEFAULT_ITERS = 50
+BLOCK = 5  # timed calls a runtime makes in a row before the next one takes its turn
+
+Progress = Callable[[str, int, int], None]  # (task label, steps just done, steps in the task)
+
+
+@dataclass
+class BenchRow:
+    runtime: str
+    precision: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # images per second at the mean latency
+    target: str | None = None
+    artifact: str = ""
+    device: str = ""
+
+    @property
+    def label(self) -> str:
+        target = f" ({self.target})" if self.target and self.precision == "int8" else ""
+        return f"{self.runtime} {self.precision}{target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BenchReport:
+    source: str
+    model: str
+    input_shape: list[int]
+    settings: dict[str, Any]
+    rows: list[BenchRow]
+    unavailable: list[dict[str, str]] = field(default_factory=list)
+
+    def row(self, runtime: str, precision: str, batch: int, target: str | None = None) -> BenchRow | None:
+        for r in self.rows:
+            if r.runtime == runtime and r.precision == precision and r.batch == batch \
+                    and (target is None or r.target in (target, None)):
+                return r
+        return None
+
+    def ratios(self, batch: int = 1) -> dict[str, float]:
+        """p50 of each row at ``batch`` divided by eager's p50 (and INT8 CPU by ONNX Runtime FP32)."""
+        eager = self.row("eager", "fp32", batch)
+        out: dict[str, float] = {}
+        if eager:
+            for r in self.rows:
+                if r.batch == batch and r is not eager:
+                    out[f"{r.label} / eager fp32"] = r.p50_ms / eager.p50_ms
+        ort, int8 = self.row("onnxruntime", "fp32", batch), self.row("onnxruntime", "int8", batch, "cpu")
+        if ort and int8:
+            out["onnxruntime int8 (cpu) / onnxruntime fp32"] = int8.p50_ms / ort.p50_ms
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "model": self.model, "input_shape": self.input_shape,
+                "settings": self.settings, "rows": [r.to_dict() for r in self.rows],
+                "unavailable": self.unavailable, "p50_ratios_batch1": self.ratios(1)}
+
+
+def parse_batch_sizes(text: str | Iterable[int]) -> list[int]:
+    """'1,8,32' -> [1, 8, 32]; each a positive integer."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        sizes = [int(p) for p in parts if str(p).strip()]
+    except ValueError:
+        raise BadInputError(f"--batch-sizes '{text}' is not a list of integers like 1,8,32") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise BadInputError(f"--batch-sizes '{text}': give positive integers like 1,8,32")
+    return list(dict.fromkeys(sizes))
+
+
+def _names(values: Iterable[str] | None, allowed: Iterable[str], flag: str) -> list[str] | None:
+    if not values:
+        return None
+    names = [v.strip().lower() for text in values for v in text.split(",") if v.strip()]
+    allowed = list(allowed)
+    for name in names:
+        if name not in allowed:
+            raise BadInputError(f"{flag}: unknown '{name}'; choose from: {', '.join(allowed)}")
+    return names
+
+
+def percentile_row(entry: dict[str, Any], batch: int, times_s: list[float], device: str) -> BenchRow:
+    ms = np.asarray(times_s) * 1000.0
+    p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
+    mean = float(ms.mean())
+    return BenchRow(runtime=str(entry["runtime"]), precision=str(entry["precision"]), batch=batch,
+                    p50_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=mean, throughput=1000.0 * batch / mean,
+                    target=entry.get("target"), artifact=str(entry["file"]), device=device)
+
+
+def timed_rounds(runtimes: list[Runtime], batch: np.ndarray, warmup: int, iters: int,
+                 tick: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Seconds per call for each runtime, ``iters`` timed calls each after ``warmup`` untimed ones.
+
+    Runtimes take turns in blocks of BLOCK calls, the order rotating every
+    round, so drift and bursts of load from other processes reach all of them
+    alike. Each turn starts with one untimed call: a thread pool that has just
+    finished (ONNX Runtime's spin-waiting workers, OpenMP's) keeps the cores
+    busy for a moment, and that moment belongs to neither runtime.
+    """
+    for runtime in runtimes:
+        for _ in range(warmup):
+            runtime.infer(batch)
+    times: list[list[float]] = [[] for _ in runtimes]
+    count = len(runtimes)
+    for round_number in range(math.ceil(iters / BLOCK)):
+        calls = min(BLOCK, iters - round_number * BLOCK)
+        for k in range(count):
+            j = (round_number + k) % count
+            runtimes[j].infer(batch)
+            for _ in range(calls):
+                began = time.perf_counter()
+                runtimes[j].infer(batch)
+                times[j].append(time.perf_counter() - began)
+        if tick:
+            tick(calls)
+    return times
+
+
+def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None = None,
+                     precisions: Iterable[str] | None = None, batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
+                     warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, threads: int | None = None,
+                     device: str = "cpu", source: str | None = None,
+                     progress: Progress | None = None) -> BenchReport:
+    """Time every chosen artifact of an export folder; see the module docstring."""
+    export_dir = Path(export_dir)
+    if warmup < 0 or iters < 1:
+        raise BadInputError("--warmup must be >= 0 and --iters >= 1")
+    runtime_names = _names(runtimes, list_runtimes(), "--runtimes")
+    precision_names = _names(precisions, PRECISIONS, "--precisions")
+    sizes = parse_batch_sizes(list(batch_sizes))
+    threads = threads or physical_cores()
+    manifest = read_manifest(export_dir)
+    from toolkit.card import ModelCard
+
+    card = ModelCard.from_dict(manifest.get("card") or {})
+    chosen = [e for e in manifest["artifacts"] if isinstance(e, dict)
+              and (runtime_names is None or e.get("runtime") in runtime_names)
+              and (precision_names is None or e.get("precision") in precision_names)]
+    unavailable = [{"runtime": FORMAT_RUNTIME.get(str(s.get("format")), str(s.get("format"))),
+                    "precision": str(s.get("precision")), "reason": str(s.get("reason"))}
+                   for s in manifest.get("skipped") or [] if isinstance(s, dict)
+                   and (runtime_names is None or FORMAT_RUNTIME.get(str(s.get("format"))) in runtime_names)
+                   and (precision_names is None or s.get("precision") in precision_names)]
+    listed = {e.get("runtime") for e in chosen} | {u["runtime"] for u in unavailable}
+    for name in runtime_names or list_runtimes():
+        ok, why = available(name)
+        if not ok and name not in listed:
+            unavailable += [{"runtime": name, "precision": p, "reason": why} for p in exported_precisions(name)
+                            if precision_names is None or p in precision_names]
+    runnable = []
+    for entry in chosen:
+        ok, why = available(str(entry.get("runtime")))
+        if ok:
+            runnable.append(entry)
+        else:
+            unavailable.append({"runtime": str(entry.get("runtime")), "precision": str(entry.get("precision")),
+                                "reason": why})
+    if not runnable:
+        raise BadInputError(f"nothing to time: {export_dir} holds no runnable artifact for the chosen runtimes "
+                            f"and precisions")
+    runnable.sort(key=lambda e: (RUNTIME_ORDER.index(e["runtime"]) if e["runtime"] in RUNTIME_ORDER else 99,
+                                 PRECISIONS.index(e["precision"]) if e["precision"] in PRECISIONS else 99,
+                                 e.get("target") or ""))
+    rows: list[BenchRow] = []
+    rng = np.random.default_rng(0)
+    with ExitStack() as stack:
+        loaded = []
+        for entry in runnable:
+            path = artifact_path(export_dir, entry)
+            if not path.is_file():
+                raise BadInputError(f"{path.name} is listed in {MANIFEST_NAME} but missing; re-export")
+            verify_sha256(path, entry)
+            loaded.append(stack.enter_context(open_runtime(entry["runtime"], path, device, threads=threads)))
+        for size in sizes:
+            limit = min((rt.max_batch for rt in loaded if rt.max_batch), default=None)
+            if limit is not None and size > limit:
+                raise BadInputError(f"batch {size} exceeds an engine's limit of {limit}; choose --batch-sizes "
+                                    f"up to {limit}")
+            batch = rng.standard_normal((size, *card.input.shape)).astype(np.float32)
+            label = f"batch {size}: {len(loaded)} runtimes x {iters} timed calls"
+            tick = (lambda calls: progress(label, calls, iters)) if progress else None
+            times = timed_rounds(loaded, batch, warmup, iters, tick)
+            rows += [percentile_row(e, size, t, rt.device) for e, t, rt in zip(runnable, times, loaded)]
+    settings = {"batch_sizes": sizes, "warmup": warmup, "iters": iters, "threads": threads, "device": device,
+                "machine": {"cpu": platform.processor() or platform.machine(), "physical_cores": physical_cores(),
+                            "python": platform.python_version()}}
+    return BenchReport(source=source or str(export_dir), model=card.model, input_shape=list(card.input.shape),
+                       settings=settings, rows=rows, unavailable=unavailable)
+
+
+def export_for_bench(source: str, out_dir: Path, runtimes: list[str] | None, precisions: list[str] | None,
+                     input_shape: tuple[int, ...] | None) -> Path:
+    """Export a checkpoint or a model name (with ``input_shape``) to ``out_dir`` in the formats the runtimes need."""
+    from exporters.pipeline import export_model
+
+    if runtimes is None:  # everything, both INT8 forms included
+        export_model(source, "all", precisions, out_dir, input_shape=input_shape)
+        return out_dir
+    formats = [fmt for fmt, rt in FORMAT_RUNTIME.items() if rt in runtimes and fmt != "checkpoint"]
+    # model.pt (eager) comes with every export; the smallest format stands in when eager alone is asked for.
+    export_model(source, formats or ["torchscript"], precisions or list(PRECISIONS), out_dir, input_shape=input_shape)
+    return out_dir
+
+
+def run_bench(source: str | Path, *, runtimes: Iterable[str] | None = None, precisions: Iterable[str] | None = None,
+              batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES, warmup: int = DEFAULT_WARMUP,
+              iters: int = DEFAULT_ITERS, threads: int | None = None, device: str = "cpu",
+              input_shape: tuple[int, ...] | None = None, progress: Progress | None = None,
+              say: Callable[[str], None] | None = None) -> BenchReport:
+    """Bench an export folder as is; export a checkpoint or model name to a temporary folder first."""
+    runtime_names = _names(runtimes, list_runtimes(), "--runtimes")
+    precision_names = _names(precisions, PRECISIONS, "--precisions")
+    sizes = parse_batch_sizes(list(batch_sizes))
+    if warmup < 0 or iters < 1:
+        raise BadInputError("--warmup must be >= 0 and --iters >= 1")
+    options = dict(runtimes=runtime_names, precisions=precision_names, batch_sizes=sizes, warmup=warmup,
+                   iters=iters, threads=threads, device=device, source=str(source), progress=progress)
+    path = Path(source)
+    if path.is_dir():
+        if input_shape:
+            raise BadInputError("--input-shape goes with a model name; an export folder's card fixes its shape")
+        return bench_export_dir(path, **options)
+    with tempfile.TemporaryDirectory(prefix="rtool-bench-") as work:
+        if say:
+            say(f"exporting {source} to a temporary folder first")
+        export_dir = export_for_bench(str(source), Path(work), runtime_names, precision_names, input_shape)
+        return bench_export_dir(export_dir, **options)

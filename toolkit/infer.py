@@ -1,0 +1,289 @@
+"""``rtool infer``: predict image classes with any runtime, optionally checked against a data set's labels.
+
+MODEL may be a checkpoint, one exported file, or an export folder (its
+manifest picks the file for ``runtime`` x ``precision``). Images are turned
+into model input exactly as the ModelCard found in the model says; an image
+of another size or colour mode is converted, and a note says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtimes import available, infer_in_batches, open_runtime, runtime_for_file
+from runtimes.cards import manifest_entry, resolve_artifact
+from toolkit.card import InputSpec, ModelCard
+from toolkit.errors import BadInputError, UnavailableError
+from toolkit.preprocess import conform_pixels, convert_image, normalize
+
+GRID_LIMIT = 100  # images drawn in a --save-grid figure
+
+
+@dataclass
+class Prediction:
+    source: str
+    topk: list[tuple[str, float]]  # (class name, probability), best first
+    actual: str | None = None
+
+    @property
+    def predicted(self) -> str:
+        return self.topk[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.topk[0][1]
+
+    @property
+    def correct(self) -> bool | None:
+        return None if self.actual is None else self.predicted == self.actual
+
+
+@dataclass
+class InferResult:
+    model_file: Path
+    runtime: str
+    precision: str | None
+    device: str
+    card: ModelCard
+    predictions: list[Prediction]
+    pixels: np.ndarray  # uint8 (N, C, H, W) as the model saw them (after conversion), for the grid
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def correct(self) -> int:
+        return sum(1 for p in self.predictions if p.correct)
+
+    @property
+    def labelled(self) -> int:
+        return sum(1 for p in self.predictions if p.actual is not None)
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model_file": str(self.model_file),
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "device": self.device,
+            "model": self.card.model,
+            "class_names": self.card.class_names,
+            "notes": self.notes,
+            "predictions": [
+                {"index": i, "source": p.source, "predicted": p.predicted, "probability": p.probability,
+                 "topk": [{"class": c, "probability": pr} for c, pr in p.topk],
+                 "actual": p.actual, "correct": p.correct}
+                for i, p in enumerate(self.predictions)
+            ],
+            "correct": self.correct if self.labelled else None,
+            "total": self.labelled if self.labelled else None,
+            "accuracy": self.accuracy,
+        }
+
+
+def default_precision(runtime: str) -> str:
+    return "fp16" if runtime == "tensorrt" else "fp32"
+
+
+def pick_model_file(model: str | Path, runtime: str | None = None, precision: str | None = None,
+                    target: str | None = None, provider: str | None = None) -> tuple[Path, str, str | None]:
+    """(file, runtime, precision) for MODEL: a file as given, or the folder's file for runtime x precision."""
+    path = Path(model)
+    if not path.exists():
+        raise BadInputError(f"model {path} does not exist (give a checkpoint, an exported file or an export folder)")
+    if path.is_dir():
+        runtime = runtime or "onnxruntime"
+        ok, reason = available(runtime)
+        if not ok:
+            raise UnavailableError(f"runtime '{runtime}' is not available here: {reason}")
+        precision = precision or default_precision(runtime)
+        if target is None and (runtime == "tensorrt" or (provider or "").lower() in ("tensorrt", "trt")):
+            target = "tensorrt"
+        return resolve_artifact(path, runtime, precision, target), runtime, precision
+    runtime = runtime or runtime_for_file(path)
+    entry = manifest_entry(path)
+    recorded = entry[1].get("precision") if entry else None
+    if precision and recorded and precision != recorded:
+        raise BadInputError(f"{path.name} is {recorded}, not {precision}; to pick a file by precision, "
+                            f"give the export folder {path.parent} instead")
+    return path, runtime, recorded or precision
+
+
+def describe_image(mode: str, size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]} {mode}"
+
+
+def load_images(paths: list[str | Path], spec: InputSpec) -> tuple[np.ndarray, list[str]]:
+    """Image files -> uint8 (N, C, H, W) in the card's mode and size, and a note for each one converted."""
+    from PIL import Image, UnidentifiedImageError
+
+    arrays, notes = [], []
+    wanted = describe_image(spec.color, (spec.width, spec.height))
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            raise BadInputError(f"image {path} does not exist")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                found = describe_image(image.mode, image.size)
+                arrays.append(convert_image(image, spec))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+            reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
+            raise BadInputError(f"{path} is not a usable image ({reason})") from None
+        if found != wanted:
+            notes.append(f"{path.name} is {found}; converted to {wanted} as the model card says")
+    return np.stack(arrays), notes
+
+
+def dataset_images(name: str, first: int, spec: InputSpec, card: ModelCard,
+                   data_dir: str | Path | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """The first ``first`` test images of a data set in the card's shape, their class names, and notes."""
+    from toolkit.data import load_dataset
+
+    dataset = load_dataset(name, data_dir)
+    total = len(dataset.test)
+    if first > total:
+        raise BadInputError(f"--first {first} is more than the {total} test images of {dataset.name}")
+    if list(dataset.class_names) != list(card.class_names):
+        raise BadInputError(f"{dataset.name}'s classes ({', '.join(dataset.class_names[:5])}, ...) are not the "
+                            f"model's ({', '.join(card.class_names[:5])}, ...); use the data set it was trained on")
+    pixels = dataset.test.images[:first].numpy()
+    labels = dataset.test.labels[:first].tolist()
+    notes = []
+    if tuple(pixels.shape[1:]) != spec.shape:
+        notes.append(f"{dataset.name} images are {'x'.join(map(str, pixels.shape[1:]))} (CxHxW); converted to "
+                     f"{'x'.join(map(str, spec.shape))} as the model card says")
+    return pixels, [dataset.class_names[i] for i in labels], notes
+
+
+def top_k(logits: np.ndarray, class_names: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """Softmax probabilities' k best (class, probability) per row."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+
+def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runtime: str | None = None,
+              precision: str | None = None, target: str | None = None, provider: str | None = None,
+              threads: int | None = None, device: str = "auto", dataset: str | None = None,
+              first: int | None = None, topk: int = 1, data_dir: str | Path | None = None) -> InferResult:
+    """Predict classes for image files or a data set's first test images."""
+    images = list(images or [])
+    if dataset is None and not images:
+        raise BadInputError("nothing to predict: give image files, or --dataset NAME --first N")
+    if dataset is not None and images:
+        raise BadInputError("give image files or --dataset, not both")
+    if first is not None and dataset is None:
+        raise BadInputError("--first needs --dataset")
+    if topk < 1:
+        raise BadInputError("--topk must be at least 1")
+
+    model_file, runtime, precision = pick_model_file(model, runtime, precision, target, provider)
+    options = {k: v for k, v in (("provider", provider), ("threads", threads)) if v}
+    with open_runtime(runtime, model_file, device, **options) as rt:
+        card, spec = rt.card, rt.card.input
+        notes = list(rt.notes)
+        if dataset is not None:
+            pixels, actual, more = dataset_images(dataset, first or 16, spec, card, data_dir)
+            pixels = np.ascontiguousarray(pixels)
+            sources = [f"{dataset} test #{i}" for i in range(len(pixels))]
+        else:
+            pixels, more = load_images(images, spec)
+            actual = [None] * len(pixels)
+            sources = [Path(p).name for p in images]
+        notes += more
+        pixels = conform_pixels(pixels, spec)
+        logits = infer_in_batches(rt, normalize(pixels, spec), batch_size=64)
+        device_used = rt.device
+    if logits.shape != (len(pixels), card.num_classes):
+        raise BadInputError(f"{model_file.name} returned logits of shape {logits.shape}, but its card lists "
+                            f"{card.num_classes} classes; re-export the model")
+    ranked = top_k(logits, card.class_names, min(topk, card.num_classes))
+    predictions = [Prediction(s, r, a) for s, r, a in zip(sources, ranked, actual)]
+    return InferResult(model_file, runtime, precision, device_used, card, predictions, pixels, notes)
+
+
+def save_grid(result: InferResult, out: str | Path) -> Path:
+    """A PNG grid of the images titled predicted / actual; wrong predictions in red. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from toolkit.fileio import atomic_path
+
+    count = min(len(result.predictions), GRID_LIMIT)
+    cols = min(8, count)
+    rows = math.ceil(count / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, pred, chw in zip(axes.flat, result.predictions[:count], result.pixels[:count]):
+        if chw.shape[0] == 1:
+            ax.imshow(chw[0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(chw.transpose(1, 2, 0))
+        title = f"{pred.predicted} ({pred.probability:.0%})"
+        if pred.actual is not None:
+            title = f"pred {pred.predicted}\ntrue {pred.actual}"
+        wrong = pred.correct is False
+        ax.set_title(title, fontsize=8, color="red" if wrong else "black", fontweight="bold" if wrong else "normal")
+        if wrong:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(2.5)
+    summary = f"{result.runtime} {result.precision or ''}".strip()
+    if count < len(result.predictions):
+        summary += f", first {count} of {len(result.predictions)} images"
+    if result.accuracy is not None:
+        summary += f": {result.correct}/{result.labelled} correct ({result.accuracy:.1%})"
+    fig.suptitle(summary, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out
+
+
+def print_result(result: InferResult) -> None:
+    """A table of predictions (and actual classes), then the accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    labelled = result.labelled > 0
+    precision = f" {result.precision}" if result.precision else ""
+    console = Console()
+    console.print(f"{result.model_file.name}: {result.runtime}{precision} on {result.device}", highlight=False)
+    table = Table()
+    table.add_column("#", justify="right")
+    table.add_column("image")
+    table.add_column("predicted")
+    table.add_column("prob", justify="right")
+    if len(result.predictions[0].topk) > 1:
+        table.add_column("top-k")
+    if labelled:
+        table.add_column("actual")
+        table.add_column("match")
+    for i, p in enumerate(result.predictions):
+        row = [str(i), p.source, p.predicted, f"{p.probability:.1%}"]
+        if len(p.topk) > 1:
+            row.append(", ".join(f"{c} {pr:.1%}" for c, pr in p.topk))
+        if labelled:
+            row += [p.actual or "", "[green]yes[/]" if p.correct else "[bold red]NO[/]"]
+        table.add_row(*row)
+    console.print(table)
+    if labelled:
+        console.print(f"accuracy: {result.correct}/{result.labelled} = {result.accuracy:.1%}")

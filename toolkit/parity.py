@@ -1,0 +1,410 @@
+"""Parity: every runtime x precision in an export folder against the eager FP32 model, on the test set.
+
+The eager model (``model.pt``, the checkpoint copied into the export) is the
+reference. The card's test images are preprocessed once and fed, in the same
+order and the same batches, to every artifact the manifest lists. Each row
+compares logits and top-1 predictions with the reference and checks the
+thresholds of its precision; runtimes that cannot run here (TensorRT without
+a GPU) are rows with the reason, failures only when ``require`` names them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from runtimes import available, error_summary, infer_in_batches, list_runtimes, open_runtime
+from runtimes.cards import read_manifest, verify_sha256
+from toolkit.card import MANIFEST_NAME, ModelCard
+from toolkit.errors import BadInputError, RtoolError
+from toolkit.preprocess import prepare_batch
+
+PRECISIONS = ("fp32", "fp16", "int8")
+RUNTIME_ORDER = ("eager", "torchscript", "pt2", "onnxruntime", "tensorrt")
+BATCH_SIZE = 100  # images per inference call; every runtime gets the same batches
+# Which runtime runs the files an exporter format writes (for formats the manifest skipped).
+FORMAT_RUNTIME = {"checkpoint": "eager", "torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime",
+                  "tensorrt": "tensorrt"}
+
+Progress = Callable[[str, int, int], None]  # (task label, images just done, images in the task)
+
+
+@dataclass
+class Thresholds:
+    """What a precision must keep; None means not checked.
+
+    agreement: minimum top-1 agreement with eager, in percent.
+    max_abs_diff: largest absolute logit difference, as a fraction of the eager logit range.
+    accuracy_drop: largest loss of accuracy versus eager, in percentage points.
+    """
+
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    accuracy_drop: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.agreement is not None:
+            parts.append(f"agreement >= {self.agreement:g}%")
+        if self.max_abs_diff is not None:
+            parts.append(f"max abs diff <= {self.max_abs_diff:g} x logit range")
+        if self.accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.accuracy_drop:g} points")
+        return ", ".join(parts) or "none"
+
+
+THRESHOLD_KEYS = tuple(f.name for f in fields(Thresholds))
+
+
+def default_thresholds() -> dict[str, Thresholds]:
+    return {"fp32": Thresholds(agreement=99.9, max_abs_diff=1e-3),
+            "fp16": Thresholds(agreement=99.5),
+            "int8": Thresholds(agreement=99.0, accuracy_drop=1.0)}
+
+
+def _threshold_value(value: Any, where: str) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off", "")):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{where}: '{value}' is not a number (or 'none' to switch the check off)") from None
+    if not math.isfinite(number) or number < 0:
+        raise BadInputError(f"{where}: {value} must be a finite number >= 0")
+    return number
+
+
+def apply_threshold(thresholds: dict[str, Thresholds], precision: str, key: str, value: Any, where: str) -> None:
+    """Set one threshold, checking the precision, key and value."""
+    if precision not in PRECISIONS:
+        raise BadInputError(f"{where}: unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if key not in THRESHOLD_KEYS:
+        raise BadInputError(f"{where}: unknown threshold '{key}'; choose one of: {', '.join(THRESHOLD_KEYS)}")
+    setattr(thresholds[precision], key, _threshold_value(value, where))
+
+
+def load_thresholds(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Thresholds]:
+    """Defaults, then a JSON or TOML file, then ``PRECISION.KEY=VALUE`` overrides (flags).
+
+    File layout: ``{"int8": {"agreement": 99.5, "accuracy_drop": 0.5}, "fp32": {"max_abs_diff": 1e-4}}``
+    (TOML: an ``[int8]`` table with the same keys).
+    """
+    thresholds = default_thresholds()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise BadInputError(f"thresholds file {path} does not exist")
+        try:
+            text = path.read_text(encoding="utf-8")
+            if path.suffix.lower() == ".toml":
+                import tomllib
+
+                data = tomllib.loads(text)
+            else:
+                data = json.loads(text)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+            raise BadInputError(f"thresholds file {path} is not valid {kind} ({str(e).splitlines()[0][:120]})") from None
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise BadInputError(f"thresholds file {path} must map each precision to its thresholds, e.g. "
+                                f'{{"int8": {{"agreement": 99.0, "accuracy_drop": 1.0}}}}')
+        for precision, values in data.items():
+            for key, value in values.items():
+                apply_threshold(thresholds, precision, key, value, f"thresholds file {path}")
+    for text in overrides:
+        name, sep, value = text.partition("=")
+        precision, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise BadInputError(f"--threshold '{text}' is not PRECISION.KEY=VALUE (e.g. int8.agreement=99.5)")
+        apply_threshold(thresholds, precision, key.strip(), value.strip(), f"--threshold {text}")
+    return thresholds
+
+
+@dataclass
+class ParityRow:
+    """One runtime x precision artifact compared with eager. Percentages are 0..100."""
+
+    runtime: str
+    precision: str
+    artifact: str | None
+    target: str | None = None
+    device: str | None = None
+    status: str = "ok"  # ok | failed | unavailable
+    reason: str = ""
+    accuracy: float | None = None
+    accuracy_delta: float | None = None  # points versus eager (negative: worse)
+    agreement: float | None = None
+    max_abs_diff: float | None = None
+    mean_abs_diff: float | None = None
+    max_abs_diff_rel: float | None = None  # max_abs_diff / eager logit range
+    latency_ms: float | None = None  # mean per batch
+    failed_thresholds: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        target = f" ({self.target})" if self.target and self.precision == "int8" else ""
+        return f"{self.runtime} {self.precision}{target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ParityReport:
+    export_dir: Path
+    reference: dict[str, Any]
+    rows: list[ParityRow]
+    thresholds: dict[str, Thresholds]
+
+    @property
+    def passed(self) -> bool:
+        return all(row.status != "failed" for row in self.rows)
+
+    @property
+    def failures(self) -> list[ParityRow]:
+        return [row for row in self.rows if row.status == "failed"]
+
+    def failure_summary(self) -> str:
+        """One line naming each failed row and why."""
+        return "; ".join(f"{row.label} ({row.artifact or 'no file'}): {row.reason}" for row in self.failures)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"export_dir": str(self.export_dir), "reference": self.reference,
+                "thresholds": {p: asdict(t) for p, t in self.thresholds.items()},
+                "rows": [row.to_dict() for row in self.rows], "passed": self.passed}
+
+
+def check_thresholds(row: ParityRow, limits: Thresholds) -> list[str]:
+    """The thresholds a measured row breaks, each as 'name value vs limit'."""
+    broken = []
+    if limits.agreement is not None and row.agreement is not None and row.agreement < limits.agreement:
+        broken.append(f"agreement {row.agreement:.2f}% < {limits.agreement:g}%")
+    if limits.max_abs_diff is not None and row.max_abs_diff_rel is not None and row.max_abs_diff_rel > limits.max_abs_diff:
+        broken.append(f"max abs diff {row.max_abs_diff_rel:.3g} x logit range > {limits.max_abs_diff:g}")
+    if limits.accuracy_drop is not None and row.accuracy_delta is not None and -row.accuracy_delta > limits.accuracy_drop:
+        broken.append(f"accuracy drop {-row.accuracy_delta:.2f} points > {limits.accuracy_drop:g}")
+    return broken
+
+
+def _split_names(values: Iterable[str] | None, allowed: Iterable[str], flag: str) -> list[str] | None:
+    if not values:
+        return None
+    names = [v.strip().lower() for text in values for v in text.split(",") if v.strip()]
+    allowed = list(allowed)
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise BadInputError(f"{flag}: unknown '{unknown[0]}'; choose from: {', '.join(allowed)}")
+    return names
+
+
+def artifact_path(export_dir: Path, entry: dict[str, Any]) -> Path:
+    """The file a manifest entry names, refusing names that leave the export folder."""
+    name = str(entry.get("file", ""))
+    path = export_dir / name
+    if not name or path.resolve().parent != export_dir.resolve():
+        raise BadInputError(f"{export_dir / MANIFEST_NAME} lists a file outside its folder ('{name}'); re-export")
+    return path
+
+
+def reference_entry(export_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    entries = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("runtime") == "eager"]
+    if not entries:
+        raise BadInputError(f"{export_dir} has no eager reference (model.pt) in its {MANIFEST_NAME}; "
+                            f"re-export the model with `rtool export`")
+    return entries[0]
+
+
+def test_images(card: ModelCard, dataset: str | None, limit: int | None,
+                data_dir: str | Path | None = None) -> tuple[str, np.ndarray, np.ndarray]:
+    """(data set name, float32 model input, labels) of the card's test set (or ``limit`` of it), preprocessed once."""
+    from toolkit.data import load_dataset
+
+    name = dataset or card.dataset
+    if not name:
+        raise BadInputError("the model card names no data set; choose one with --dataset")
+    data = load_dataset(name, data_dir)
+    if list(data.class_names) != list(card.class_names):
+        raise BadInputError(f"{data.name}'s classes ({', '.join(data.class_names[:5])}, ...) are not the model's "
+                            f"({', '.join(card.class_names[:5])}, ...); use --dataset with the data it was trained on")
+    total = len(data.test)
+    if total < 1:
+        raise BadInputError(f"{data.name} has no test images to compare on")
+    # A limit takes evenly spaced images, so a test set stored class by class still gives every class.
+    index = np.arange(total) if limit is None or limit >= total else np.linspace(0, total - 1, limit).round().astype(int)
+    pixels = data.test.images.numpy()[index]
+    return data.name, prepare_batch(pixels, card.input), data.test.labels.numpy()[index]
+
+
+def run_logits(runtime_name: str, path: Path, batch: np.ndarray, label: str, device: str,
+               threads: int | None, progress: Progress | None) -> tuple[np.ndarray, float, str]:
+    """(logits, mean ms per batch, device) of one artifact over ``batch``; one untimed warm-up call first."""
+    options = {"threads": threads} if threads else {}
+    with open_runtime(runtime_name, path, device, **options) as runtime:
+        step = min(x for x in (BATCH_SIZE, runtime.max_batch) if x)
+        runtime.infer(batch[:step])  # warm-up: first-call allocation and graph set-up are not latency
+        outputs, seconds = [], 0.0
+        for start in range(0, len(batch), step):
+            chunk = batch[start:start + step]
+            began = time.perf_counter()
+            outputs.append(runtime.infer(chunk))
+            seconds += time.perf_counter() - began
+            if progress:
+                progress(label, len(chunk), len(batch))
+        calls = math.ceil(len(batch) / step)
+        return np.concatenate(outputs), 1000 * seconds / calls, runtime.device
+
+
+def compare(row: ParityRow, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray,
+            reference_accuracy: float, logit_range: float) -> None:
+    """Fill the row's measurements from its logits and the reference's."""
+    if logits.shape != reference.shape:
+        raise BadInputError(f"logits of shape {logits.shape}, the eager model gives {reference.shape}")
+    if not np.isfinite(logits).all():
+        raise BadInputError("logits hold NaN or Inf values")
+    diff = np.abs(logits.astype(np.float64) - reference.astype(np.float64))
+    predicted = logits.argmax(axis=1)
+    row.accuracy = 100.0 * float((predicted == labels).mean())
+    row.accuracy_delta = row.accuracy - reference_accuracy
+    row.agreement = 100.0 * float((predicted == reference.argmax(axis=1)).mean())
+    row.max_abs_diff = float(diff.max())
+    row.mean_abs_diff = float(diff.mean())
+    row.max_abs_diff_rel = row.max_abs_diff / logit_range
+
+
+def _sort_key(row: ParityRow) -> tuple[int, int, str]:
+    runtime = RUNTIME_ORDER.index(row.runtime) if row.runtime in RUNTIME_ORDER else len(RUNTIME_ORDER)
+    precision = PRECISIONS.index(row.precision) if row.precision in PRECISIONS else len(PRECISIONS)
+    return runtime, precision, row.target or ""
+
+
+def exported_precisions(runtime: str) -> tuple[str, ...]:
+    """The precisions rtool exports for a runtime (from the exporter registry), fp32 if it has no exporter."""
+    from exporters import get_exporter
+
+    formats = [fmt for fmt, rt in FORMAT_RUNTIME.items() if rt == runtime]
+    try:
+        return get_exporter(formats[0]).precisions if formats else ("fp32",)
+    except BadInputError:
+        return ("fp32",)
+
+
+def planned_rows(export_dir: Path, manifest: dict[str, Any], runtimes: list[str] | None,
+                 precisions: list[str] | None) -> list[tuple[ParityRow, dict[str, Any] | None]]:
+    """Rows for every listed artifact, every skipped one, and every runtime that cannot run here."""
+    known = list_runtimes()
+
+    def chosen(runtime: str, precision: str) -> bool:
+        return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
+
+    plan: list[tuple[ParityRow, dict[str, Any] | None]] = []
+    for entry in manifest["artifacts"]:
+        if not isinstance(entry, dict) or entry.get("runtime") == "eager":
+            continue
+        runtime, precision = str(entry.get("runtime")), str(entry.get("precision"))
+        if not chosen(runtime, precision):
+            continue
+        row = ParityRow(runtime, precision, str(entry.get("file")), entry.get("target"))
+        plan.append((row, entry))
+    covered = {(r.runtime, r.precision) for r, _ in plan}
+    for skip in manifest.get("skipped") or []:
+        if not isinstance(skip, dict):
+            continue
+        runtime = FORMAT_RUNTIME.get(str(skip.get("format")), str(skip.get("format")))
+        precision = str(skip.get("precision"))
+        if runtime not in known or not chosen(runtime, precision) or (runtime, precision) in covered:
+            continue
+        ok, why = available(runtime)
+        reason = str(skip.get("reason") or "not exported")
+        if not ok and why and why not in reason:
+            reason = f"{reason}; {why}"
+        plan.append((ParityRow(runtime, precision, None, skip.get("target"), status="unavailable",
+                               reason=f"not exported: {reason}"), None))
+        covered.add((runtime, precision))
+    for runtime in known:  # a runtime that cannot run here and that the manifest does not mention
+        ok, why = available(runtime)
+        if ok or any(r == runtime for r, _ in covered):
+            continue
+        for precision in exported_precisions(runtime):
+            if chosen(runtime, precision):
+                plan.append((ParityRow(runtime, precision, None, status="unavailable", reason=why), None))
+    plan.sort(key=lambda item: _sort_key(item[0]))
+    return plan
+
+
+def run_parity(export_dir: str | Path, *, dataset: str | None = None, data_dir: str | Path | None = None,
+               runtimes: Iterable[str] | None = None, precisions: Iterable[str] | None = None,
+               require: Iterable[str] | None = None, limit: int | None = None,
+               thresholds: dict[str, Thresholds] | None = None, device: str = "cpu",
+               threads: int | None = None, progress: Progress | None = None) -> ParityReport:
+    """Compare every artifact of ``export_dir`` with its eager model; see the module docstring."""
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise BadInputError(f"export folder {export_dir} does not exist (make one with `rtool export`)")
+    if limit is not None and limit < 1:
+        raise BadInputError("--limit must be at least 1")
+    runtime_names = _split_names(runtimes, list_runtimes(), "--runtimes")
+    precision_names = _split_names(precisions, PRECISIONS, "--precisions")
+    required = _split_names(require, list_runtimes(), "--require") or []
+    thresholds = thresholds or default_thresholds()
+    manifest = read_manifest(export_dir)
+    if not isinstance(manifest.get("card"), dict):
+        raise BadInputError(f"{export_dir / MANIFEST_NAME} holds no model card; re-export the model")
+    card = ModelCard.from_dict(manifest["card"])
+
+    ref_entry = reference_entry(export_dir, manifest)
+    ref_path = artifact_path(export_dir, ref_entry)
+    if not ref_path.is_file():
+        raise BadInputError(f"the eager reference {ref_path} is missing; re-export the model")
+    verify_sha256(ref_path, ref_entry)
+    data_name, batch, labels = test_images(card, dataset, limit, data_dir)
+    ref_logits, ref_ms, ref_device = run_logits("eager", ref_path, batch, "eager fp32 (reference)", device,
+                                                threads, progress)
+    ref_accuracy = 100.0 * float((ref_logits.argmax(axis=1) == labels).mean())
+    logit_range = float(ref_logits.max() - ref_logits.min()) or 1.0
+    reference = {"runtime": "eager", "precision": "fp32", "artifact": ref_path.name, "device": ref_device,
+                 "dataset": data_name, "images": int(len(batch)), "batch_size": BATCH_SIZE,
+                 "accuracy": ref_accuracy, "logit_range": logit_range, "latency_ms": ref_ms}
+
+    plan = planned_rows(export_dir, manifest, runtime_names, precision_names)
+    for runtime in required:
+        if not any(row.runtime == runtime for row, _ in plan):
+            plan.append((ParityRow(runtime, precision_names[0] if precision_names else "fp32", None,
+                                   status="failed", reason=f"required by --require, but {export_dir} holds no "
+                                                           f"{runtime} file"), None))
+    if not plan:
+        raise BadInputError(f"nothing to compare: {export_dir} holds no artifact for the chosen runtimes and "
+                            f"precisions")
+    for row, entry in plan:
+        if entry is None:
+            if row.status == "unavailable" and row.runtime in required:
+                row.status, row.reason = "failed", f"required by --require: {row.reason}"
+            continue
+        limits = thresholds.get(row.precision, Thresholds())
+        ok, why = available(row.runtime)
+        if not ok:
+            row.status, row.reason = ("failed" if row.runtime in required else "unavailable"), why
+            continue
+        try:
+            path = artifact_path(export_dir, entry)
+            if not path.is_file():
+                raise BadInputError(f"{path.name} is listed in {MANIFEST_NAME} but missing; re-export")
+            verify_sha256(path, entry)
+            logits, row.latency_ms, row.device = run_logits(row.runtime, path, batch, row.label, device, threads,
+                                                            progress)
+            compare(row, logits, ref_logits, labels, ref_accuracy, logit_range)
+        except RtoolError as e:
+            row.status, row.reason = "failed", str(e)
+            continue
+        except Exception as e:  # a runtime library's own error on this file: the row fails, the report goes on
+            row.status, row.reason = "failed", f"{row.runtime} raised {e.__class__.__name__}: {error_summary(e)}"
+            continue
+        row.failed_thresholds = check_thresholds(row, limits)
+        if row.failed_thresholds:
+            row.status, row.reason = "failed", "; ".join(row.failed_thresholds)
+    return ParityReport(export_dir, reference, [row for row, _ in plan], thresholds)
