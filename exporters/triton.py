@@ -117,9 +117,9 @@ def triton_config(model_name: str, platform: str, inputs: list[TensorSignature],
     return "\n".join(lines) + "\n"
 
 
-def image_format(card: ModelCard | None, inputs: list[TensorSignature], max_batch_size: int) -> str | None:
+def image_format(card: ModelCard, inputs: list[TensorSignature], max_batch_size: int) -> str | None:
     """FORMAT_NCHW / FORMAT_NHWC for an image input whose dims match the card, else None."""
-    if card is None or len(inputs) != 1:
+    if len(inputs) != 1:
         return None
     spec = card.input
     shape = inputs[0].shape[1:] if max_batch_size > 0 else inputs[0].shape

@@ -9,7 +9,6 @@ to the manifest (engines carry their card only there).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -28,19 +27,14 @@ def card_from_json(text: str | bytes, source: Path) -> ModelCard:
         raise BadInputError(f"{source.name}: {e}") from None
 
 
-def read_manifest(export_dir: Path) -> dict[str, Any]:
-    """The folder's manifest.json as a dict (BadInputError if missing or unreadable)."""
-    path = Path(export_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise BadInputError(f"{export_dir} has no {MANIFEST_NAME}: not an rtool export folder "
-                            f"(make one with `rtool export CHECKPOINT --out {export_dir}`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInputError(f"{path} is unreadable ({e.__class__.__name__}); re-export the model") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        raise BadInputError(f"{path} lists no artifacts; re-export the model")
-    return manifest
+def read_manifest(export_dir: str | Path) -> dict[str, Any]:
+    """The folder's manifest.json as a dict (BadInputError if missing or unreadable).
+
+    The exporter's own reader, imported only when a manifest is read (its module loads PyTorch).
+    """
+    from exporters.pipeline import read_manifest as read_exported_manifest
+
+    return read_exported_manifest(export_dir)
 
 
 def manifest_entry(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -65,14 +59,10 @@ def card_beside(path: Path) -> ModelCard | None:
 
 def verify_sha256(path: Path, entry: dict[str, Any]) -> None:
     """Refuse a file whose bytes differ from what its manifest recorded at export."""
+    from exporters.pipeline import sha256_file
+
     expected = entry.get("sha256")
-    if not expected:
-        return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
+    if expected and sha256_file(path) != expected:
         raise UnsafeFileError(f"{path.name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
                               f"after export; re-export it rather than run it")
 
@@ -145,7 +135,7 @@ def resolve_artifact(export_dir: str | Path, runtime: str = "onnxruntime", preci
         raise BadInputError(f"{export_dir} has no {wanted} file; it holds: {describe_artifacts(manifest)}")
     entry = matches[0]
     path = export_dir / str(entry["file"])
-    if path.resolve().parent != export_dir.resolve():
+    if not path.resolve().is_relative_to(export_dir.resolve()):
         raise UnsafeFileError(f"{MANIFEST_NAME} in {export_dir} points outside its folder ({entry['file']})")
     if not path.is_file():
         raise BadInputError(f"{export_dir / MANIFEST_NAME} lists {entry['file']} but the file is missing; re-export")

@@ -54,7 +54,8 @@ class Predictor:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as e:  # onnxruntime's errors derive from Exception directly
-            raise PredictorError(f"cannot load {path} as an ONNX model ({str(e).splitlines()[0][:200]})") from None
+            reason = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+            raise PredictorError(f"cannot load {path} as an ONNX model ({reason})") from None
         self.card = read_card(self.session, path)
         spec = self.card["input"]
         self.class_names: list[str] = [str(c) for c in self.card["class_names"]]
@@ -145,9 +146,9 @@ def read_card(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
         names = card["class_names"]
         if not isinstance(names, list) or not names:
             raise ValueError("class_names is empty")
-        channels = int(spec["channels"])
-        if len(spec["mean"]) != channels or len(spec["std"]) != channels:
-            raise ValueError("mean/std length differs from the channel count")
+        channels, height, width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
+        if min(channels, height, width) < 1 or len(spec["mean"]) != channels or len(spec["std"]) != channels:
+            raise ValueError(f"input {channels}x{height}x{width} with {len(spec['mean'])} mean values")
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
         raise PredictorError(f"{path}: the model card is malformed ({e}); re-export the model with rtool") from None
     if version > SUPPORTED_CARD_FORMAT:

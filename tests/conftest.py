@@ -59,11 +59,9 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cpu_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
-    """The untrained checkpoint exported to every format that builds on a CPU, with manifest.json."""
-    from artifacts_for_tests import build_export_dir
-
-    return build_export_dir(untrained_checkpoint, tmp_path_factory.mktemp("export"))
+def cpu_export_dir(pipeline_export) -> Path:
+    """The folder of `pipeline_export`: every format this machine builds, with manifest.json (do not modify)."""
+    return pipeline_export.manifest_path.parent
 
 
 @pytest.fixture(scope="session")
@@ -103,13 +101,19 @@ def embed_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def raw_logits_onnx(untrained_checkpoint, tmp_path_factory) -> Path:
-    """model.raw.onnx: preprocessing in the graph, logits out (rtool's exporter, without the pipeline)."""
+def inprocess_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
+    """rtool's exporters called in one process with one cache: the Triton exporter with its defaults
+    (triton/resnet20, plain FP32) and model.raw.onnx (preprocessing in the graph, logits out)."""
     from exporters.onnx_embed import export_embedded
+    from exporters.triton import export as export_triton
     from toolkit.checkpoint import load_model
 
     model, card = load_model(untrained_checkpoint)
-    return export_embedded(model, card, tmp_path_factory.mktemp("raw_logits"), embed_preprocessing=True).path
+    out = tmp_path_factory.mktemp("inprocess_export")
+    cache: dict = {}
+    export_triton(model, card, out, precision="fp32", cache=cache)
+    export_embedded(model, card, out, cache=cache)
+    return out
 
 
 @pytest.fixture(scope="session")

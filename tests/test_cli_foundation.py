@@ -1,13 +1,14 @@
 """`rtool --version`, `rtool models`, `rtool summary` and a missing data set, as real subprocesses.
 
 Each command that imports PyTorch spends seconds on the import alone, so the
-module starts them all at once (two at a time) and the tests read the results.
+module runs them all up front, two at a time, and the tests read the results.
+`models --json` runs alone first, so that its own CPU time can be measured.
 """
 
 from __future__ import annotations
 
 import json
-import time
+import resource
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -23,16 +24,9 @@ BAD_INPUT = {
     "three dimensions": (["summary", "resnet18", "--input", "1x3x224"], "four dimensions"),
     "not a number": (["summary", "resnet18", "--input", "1x3xAx224"], "not a shape"),
     "zero size": (["summary", "resnet18", "--input", "1x3x0x224"], "positive"),
-    "four channels": (["summary", "resnet18", "--input", "1x4x224x224"], "in_channels must be 1"),
     "zero classes": (["summary", "resnet18", "--num-classes", "0"], "num-classes"),
     "unknown option": (["models", "--bogus"], "no such option"),
 }
-
-
-def timed(args: list[str]):
-    start = time.perf_counter()
-    result = run_rtool(*args)
-    return result, time.perf_counter() - start
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +34,25 @@ def runs(untrained_checkpoint, tmp_path_factory):
     empty = tmp_path_factory.mktemp("data") / "no-data"
     commands = {
         "version": ["--version"],
-        "models json": ["models", "--json"],
         "models table": ["models"],
         "summary grey": ["summary", "resnet18", "--input", "1x1x224x224"],
         "summary 7 classes": ["summary", "resnet18", "--input", "1x1x224x224", "--num-classes", "7"],
-        "summary json": ["summary", "resnet20", "--input", "2x3x32x32", "--json"],
         "missing data": ["infer", str(untrained_checkpoint), "--dataset", "mnist", "--data-dir", str(empty)],
         **{name: args for name, (args, _) in BAD_INPUT.items()},
     }
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = {"models json": run_rtool("models", "--json")}  # alone, so its CPU time can be read
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done["models json cpu"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(timed, args) for name, args in commands.items()}
-        done = {name: f.result() for name, f in futures.items()}
+        futures = {name: pool.submit(run_rtool, *args) for name, args in commands.items()}
+        done.update({name: f.result() for name, f in futures.items()})
     done["empty dir"] = empty
     return done
 
 
 def ok(runs, name):
-    result, _ = runs[name]
+    result = runs[name]
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -65,7 +61,7 @@ def test_version(runs):
     assert ok(runs, "version").strip() == f"rtool, version {toolkit.__version__}"
 
 
-def test_models_json_lists_the_fifteen_models_quickly(runs):
+def test_models_json_lists_the_fifteen_models_in_seconds(runs):
     rows = json.loads(ok(runs, "models json"))
     assert [r["name"] for r in rows] == MODELS
     by_name = {r["name"]: r for r in rows}
@@ -75,8 +71,9 @@ def test_models_json_lists_the_fifteen_models_quickly(runs):
     assert by_name["resnet20"]["params"] == by_name["plain20"]["params"] == 269_722  # option A: 0.27M
     assert {r["family"] for r in rows} == {"imagenet-resnet", "cifar-resnet", "cifar-plain"}
     assert all(r["default_input"] == ("3x224x224" if r["family"] == "imagenet-resnet" else "3x32x32") for r in rows)
-    _, elapsed = runs["models json"]
-    assert elapsed < 60, f"rtool models --json took {elapsed:.1f} s"  # models are built on the meta device
+    # CPU seconds, not wall time, so a busy machine does not fail it. Models are built on the meta device:
+    # about 3 s for the PyTorch import and 5 s for the walk; a real forward of all 15 takes several times that.
+    assert runs["models json cpu"] < 20, f"rtool models --json used {runs['models json cpu']:.1f} CPU seconds"
 
 
 def test_models_table(runs):
@@ -102,23 +99,19 @@ def test_summary_resnet18_on_a_grey_224_input_walks_every_layer(runs):
     assert "11,683,240" in out  # resnet18's 11,689,512 less 64 x 2 x 49 stem weights
 
 
-def test_summary_with_another_class_count_and_json(runs):
+def test_summary_with_another_class_count(runs):
     out = ok(runs, "summary 7 classes")
     assert out.strip().splitlines()[-1].rstrip().endswith("[1, 7]")
-    assert "[1, 7]" in table_rows(out)["fc"]
-    doc = json.loads(ok(runs, "summary json"))
-    assert doc["output_shape"] == [2, 10] and doc["params"] == 269_722 and doc["input"] == [2, 3, 32, 32]
-    assert [r["output_shape"] for r in doc["layers"] if r["name"] == "layer3.2"] == [[2, 64, 8, 8]]
+    assert "[1, 7]" in table_rows(out)["fc"] and "3,591" in table_rows(out)["fc"]  # 512 x 7 + 7
 
 
 @pytest.mark.parametrize("name", BAD_INPUT)
 def test_bad_input_is_exit_2_and_one_line(runs, name):
-    result, _ = runs[name]
-    assert_one_line_error(result, code=2, contains=BAD_INPUT[name][1])
+    assert_one_line_error(runs[name], code=2, contains=BAD_INPUT[name][1])
 
 
 def test_missing_data_set_through_the_cli_names_the_folder_and_download(runs):
     """`rtool infer --dataset` is the user's path to a data set: offline and missing, one line, exit 2."""
-    result, _ = runs["missing data"]
+    result = runs["missing data"]
     assert_one_line_error(result, code=2, contains=str(runs["empty dir"]))
     assert "--download" in result.stderr

@@ -12,10 +12,12 @@ import torch
 
 from conftest import MNIST_SPEC, assert_one_line_error, run_rtool
 from exporters.onnx_embed import (CARD_FORMAT_KEY, CLASS_NAMES_KEY, INPUT_KEY, OUTPUT_KEY, InGraphPreprocessing,
-                                  export_embedded, variant_filename)
+                                  variant_filename)
+from exporters.pipeline import check_options, plan
 from toolkit.card import ONNX_METADATA_KEY, ModelCard
 from toolkit.checkpoint import load_model
 from toolkit.data import load_dataset
+from toolkit.errors import BadInputError
 from toolkit.preprocess import normalize, prepare_batch
 
 
@@ -46,17 +48,14 @@ def nhwc(pixels: np.ndarray) -> np.ndarray:
 
 
 def test_wrapper_normalises_exactly_like_toolkit_preprocess(pixels):
-    wrapped = InGraphPreprocessing(torch.nn.Identity(), MNIST_SPEC, raw_pixels=True).eval()
+    wrapped = InGraphPreprocessing(torch.nn.Identity(), MNIST_SPEC).eval()
     with torch.inference_mode():
         got = wrapped(torch.from_numpy(nhwc(pixels))).numpy()
     assert got.dtype == np.float32 and np.array_equal(got, normalize(pixels, MNIST_SPEC))
 
 
 def test_variant_names_never_collide_with_the_plain_file():
-    names = {variant_filename(raw_pixels=r, softmax=s) for r, s in ((True, False), (True, True), (False, True))}
-    assert names == {"model.raw.onnx", "model.raw-softmax.onnx", "model.softmax.onnx"}
-    with pytest.raises(ValueError):
-        variant_filename(raw_pixels=False, softmax=False)
+    assert (variant_filename(False), variant_filename(True)) == ("model.raw.onnx", "model.raw-softmax.onnx")
 
 
 def test_cli_writes_the_variant_beside_the_plain_files(embed_export_dir):
@@ -78,9 +77,9 @@ def test_cli_writes_the_variant_beside_the_plain_files(embed_export_dir):
     assert graph_output.name == "probabilities" and graph_output.shape[1:] == [10]
 
 
-def test_raw_pixel_variants_match_the_plain_export(embed_export_dir, raw_logits_onnx, pixels):
+def test_raw_pixel_variants_match_the_plain_export(embed_export_dir, inprocess_export_dir, pixels):
     logits = run(embed_export_dir / "model.onnx", prepare_batch(pixels, MNIST_SPEC))
-    raw_logits = run(raw_logits_onnx, nhwc(pixels))
+    raw_logits = run(inprocess_export_dir / "model.raw.onnx", nhwc(pixels))
     probabilities = run(embed_export_dir / "model.raw-softmax.onnx", nhwc(pixels))
     assert raw_logits.dtype == np.float32 and raw_logits.shape == logits.shape == (72, 10)
     np.testing.assert_allclose(raw_logits, logits, rtol=0, atol=1e-5)
@@ -88,17 +87,6 @@ def test_raw_pixel_variants_match_the_plain_export(embed_export_dir, raw_logits_
     np.testing.assert_allclose(probabilities, softmax(logits), rtol=0, atol=1e-6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
     assert np.array_equal(probabilities.argmax(axis=1), logits.argmax(axis=1))
-
-
-def test_softmax_only_variant_takes_the_plain_input(untrained_checkpoint, embed_export_dir, tmp_path, pixels):
-    model, card = load_model(untrained_checkpoint)
-    artifact = export_embedded(model, card, tmp_path, embed_softmax=True)
-    assert artifact.path.name == "model.softmax.onnx" and artifact.settings["input_dtype"] == "float32"
-    batch = prepare_batch(pixels, MNIST_SPEC)
-    np.testing.assert_allclose(run(artifact.path, batch), softmax(run(embed_export_dir / "model.onnx", batch)),
-                               rtol=0, atol=1e-6)
-    card_json = json.loads(metadata(artifact.path)[ONNX_METADATA_KEY])
-    assert card_json["output"] == "probabilities" and card_json["input"]["layout"] == "NCHW"
 
 
 @pytest.mark.parametrize("name", ["model.onnx", "model.fp16.onnx", "model.raw-softmax.onnx"])
@@ -120,9 +108,13 @@ def test_every_file_carries_the_card_and_the_flat_keys(embed_export_dir, untrain
     assert ModelCard.from_json(props[ONNX_METADATA_KEY]).class_names == original.class_names  # rtool reads it too
 
 
-@pytest.mark.parametrize("args", [("--format", "onnx", "--precision", "fp16", "--embed-preprocessing"),
-                                  ("--format", "torchscript", "--embed-softmax")])
-def test_embedding_without_an_fp32_onnx_export_is_refused(untrained_checkpoint, tmp_path, args):
-    result = run_rtool("export", untrained_checkpoint, *args, "--out", tmp_path)
+def test_embedding_without_an_fp32_onnx_export_is_refused(untrained_checkpoint, tmp_path):
+    result = run_rtool("export", untrained_checkpoint, "--format", "onnx", "--precision", "fp16",
+                       "--embed-preprocessing", "--out", tmp_path)
     assert_one_line_error(result, 2, "--embed-preprocessing/--embed-softmax add an FP32 ONNX variant")
     assert not any(p.name.startswith("model.") for p in tmp_path.iterdir())
+    jobs, _ = plan("torchscript,pt2", "fp32")
+    with pytest.raises(BadInputError, match="use them with --format onnx"):
+        check_options(jobs, {"embed_preprocessing": True})
+    with pytest.raises(BadInputError, match="--embed-softmax goes with --embed-preprocessing"):
+        check_options(plan("onnx", "fp32")[0], {"embed_softmax": True})

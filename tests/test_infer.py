@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import assert_one_line_error, run_rtool
 from runtimes import open_runtime
 from toolkit.data import load_dataset
-from toolkit.errors import BadInputError
+from toolkit.errors import BadInputError, RtoolError
 from toolkit.infer import run_infer
 from toolkit.preprocess import convert_image, prepare_batch
 
@@ -106,31 +106,63 @@ def junk(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("args,message", [
-    (["{export}/model.onnx", "{junk}/notes.png"], "notes.png is not a usable image"),
-    (["{junk}/ok.png", "{junk}/ok.png"], "no runtime opens 'ok.png'"),
-    (["{export}/model.onnx", "--runtime", "torchscript", "{junk}/ok.png"], "model.onnx is not a torchscript file"),
-    (["{junk}/model.onnx", "{junk}/ok.png"], "model.onnx is not a loadable ONNX model"),
-    (["{junk}/model.ts", "{junk}/ok.png"], "model.ts is not a readable TorchScript file"),
-    (["{junk}/model.pt2", "{junk}/ok.png"], "model.pt2 is not a readable torch.export file"),
-    (["{export}", "--runtime", "tensorrt", "--dataset", "mnist5k", "--first", "4"],
-     "runtime 'tensorrt' is not available here"),
-    (["{export}", "--dataset", "mnist5k", "--first", "5000"], "--first 5000 is more than the 1000 test images"),
-    (["{export}"], "nothing to predict"),
-    (["{junk}/missing.onnx", "{junk}/ok.png"], "does not exist"),
-    (["{export}/model.onnx", "--precision", "int8", "{junk}/ok.png"], "model.onnx is fp32, not int8"),
-    (["{export}", "--runtime", "onnxruntime", "--precision", "int8", "--target", "tensorrt", "{junk}/ok.png"],
-     "has no onnxruntime int8 (target tensorrt) file"),
-], ids=["not-image", "not-model", "runtime-mismatch", "corrupt-onnx", "corrupt-ts", "corrupt-pt2", "tensorrt",
-        "first-too-large", "no-images", "missing-model", "precision-mismatch", "missing-combination"])
-def test_bad_input_exits_2_with_one_line(cpu_export_dir, junk, args, message):
-    if message.startswith("runtime 'tensorrt'"):
-        from runtimes import available
+# Every bad input, through the API (fast): one line, the RtoolError that the CLI turns into exit code 2.
+BAD_INPUTS = {
+    "not-image": (["{export}/model.onnx", "{junk}/notes.png"], "notes.png is not a usable image"),
+    "not-model": (["{junk}/ok.png", "{junk}/ok.png"], "no runtime opens 'ok.png'"),
+    "runtime-mismatch": (["{export}/model.onnx", "--runtime", "torchscript", "{junk}/ok.png"],
+                         "model.onnx is not a torchscript file (expected .ts); it opens with --runtime onnxruntime"),
+    "corrupt-onnx": (["{junk}/model.onnx", "{junk}/ok.png"], "model.onnx is not a loadable ONNX model"),
+    "corrupt-ts": (["{junk}/model.ts", "{junk}/ok.png"], "model.ts is not a readable TorchScript file"),
+    "corrupt-pt2": (["{junk}/model.pt2", "{junk}/ok.png"], "model.pt2 is not a readable torch.export file"),
+    "tensorrt": (["{export}", "--runtime", "tensorrt", "--dataset", "mnist5k", "--first", "4"],
+                 "runtime 'tensorrt' is not available here"),
+    "first-too-large": (["{export}", "--dataset", "mnist5k", "--first", "5000"],
+                        "--first 5000 is more than the 1000 test images"),
+    "no-images": (["{export}"], "nothing to predict"),
+    "missing-model": (["{junk}/missing.onnx", "{junk}/ok.png"], "does not exist"),
+    "precision-mismatch": (["{export}/model.onnx", "--precision", "int8", "{junk}/ok.png"],
+                           "model.onnx is fp32, not int8"),
+    "missing-combination": (["{export}", "--runtime", "eager", "--precision", "fp16", "{junk}/ok.png"],
+                            "has no eager fp16 file; it holds: model.pt (eager fp32)"),
+}
+CLI_CHECKED = ("not-image", "runtime-mismatch", "corrupt-onnx", "tensorrt", "first-too-large", "no-images")
 
-        if available("tensorrt")[0]:
-            pytest.skip("TensorRT is available here")
-    result = run_rtool("infer", *(a.format(export=cpu_export_dir, junk=junk) for a in args))
-    assert_one_line_error(result, 2, message)
+
+def as_call(args: list[str]) -> tuple[list[str], dict]:
+    """CLI arguments -> (positional, keyword arguments) of run_infer."""
+    positional, options, rest = [], {}, iter(args)
+    for arg in rest:
+        if arg.startswith("--"):
+            value = next(rest)
+            options[arg[2:]] = int(value) if arg == "--first" else value
+        else:
+            positional.append(arg)
+    return positional, options
+
+
+def skip_if_tensorrt_runs(case: str) -> None:
+    from runtimes import available
+
+    if case == "tensorrt" and available("tensorrt")[0]:
+        pytest.skip("TensorRT is available here")
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_error(cpu_export_dir, junk, case):
+    skip_if_tensorrt_runs(case)
+    args, message = BAD_INPUTS[case]
+    (model, *images), options = as_call([a.format(export=cpu_export_dir, junk=junk) for a in args])
+    with pytest.raises(RtoolError) as raised:
+        run_infer(model, images, **options)
+    assert raised.value.exit_code == 2 and message in str(raised.value) and "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("case", CLI_CHECKED)
+def test_bad_input_on_the_command_line_exits_2_with_one_line(cpu_export_dir, junk, case):
+    skip_if_tensorrt_runs(case)
+    args, message = BAD_INPUTS[case]
+    assert_one_line_error(run_rtool("infer", *(a.format(export=cpu_export_dir, junk=junk) for a in args)), 2, message)
 
 
 def test_api_refuses_mixed_or_incomplete_requests(cpu_export_dir, junk):

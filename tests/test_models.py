@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torchvision
@@ -140,13 +142,15 @@ def test_option_b_adds_projection_parameters():
     assert create_model("resnet20", shortcut="B").eval()(x).shape == (1, 10)
 
 
-@pytest.mark.parametrize("name, in_channels, classes", [(n, 1 + 2 * (i % 2), 1 + 3 * i) for i, n in enumerate(ALL_MODELS)])
-def test_every_model_takes_any_channels_and_classes(name, in_channels, classes):
-    with torch.device("meta"):  # shapes only: no weights computed
-        model = create_model(name, in_channels=in_channels, num_classes=classes)
-        out = model(torch.zeros(2, in_channels, 32, 32))
-    assert tuple(out.shape) == (2, classes)
-    assert model.conv1.in_channels == in_channels
+def test_every_model_takes_any_channels_and_classes():
+    with torch.device("meta"):  # no weights computed
+        for i, name in enumerate(ALL_MODELS):
+            in_channels, classes = 1 + 2 * (i % 2), 1 + 3 * i
+            model = create_model(name, in_channels=in_channels, num_classes=classes)
+            assert model.conv1.in_channels == in_channels and model.fc.out_features == classes, name
+        for name in ("resnet34", "resnet101", "resnet44", "plain32"):  # each family and block, shapes only
+            out = create_model(name, in_channels=1, num_classes=7)(torch.zeros(2, 1, 32, 32))
+            assert tuple(out.shape) == (2, 7), name
 
 
 def test_small_models_really_run_on_grey_and_rgb():
@@ -251,3 +255,22 @@ def test_pretrained_weights_saved_from_data_parallel_load(tmp_path):
     target = create_model("resnet20")
     assert load_pretrained_weights(target, path) == []
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+def test_summary_walks_shapes_without_weights_or_compute():
+    """Built on the meta device: a huge input costs no memory and no time."""
+    from toolkit.models.catalog import model_summary
+
+    start = time.process_time()
+    huge = model_summary("resnet152", (8, 3, 2048, 2048))  # some 80 GB of activations on a real device
+    assert time.process_time() - start < 10
+    assert huge["output_shape"] == [8, 1000] and huge["params"] == 60_192_808
+
+    doc = model_summary("resnet20", (2, 3, 32, 32))
+    assert doc["output_shape"] == [2, 10] and doc["params"] == 269_722 and doc["input"] == [2, 3, 32, 32]
+    layers = {r["name"]: r for r in doc["layers"]}
+    assert layers["layer3.2"]["output_shape"] == [2, 64, 8, 8] and layers["layer2.0.downsample"]["params"] == 0
+    assert layers["conv1"]["macs"] == 2 * 32 * 32 * 16 * 27  # output elements x (3 x 3 x 3) per output
+    assert doc["gflops"] == pytest.approx(2 * 40_551_040 / 1e9)  # twice resnet20's MACs at batch 1
+    with pytest.raises(BadInputError, match="NxCxHxW"):
+        model_summary("resnet20", (3, 32, 32))

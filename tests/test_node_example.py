@@ -1,14 +1,19 @@
 """examples/node: a Node.js app (onnxruntime-node) classifies PNGs exactly as `rtool infer` does.
 
-Needs `node` and `npm`; the example's packages are installed into
-examples/node/node_modules (git-ignored) from its package-lock.json.
+Needs `node` and `npm`. The example's packages are installed once from its
+package-lock.json (`npm ci`) into ~/.cache/rtool/node-example-HASH and found
+through NODE_PATH, so a fresh checkout does not download them again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,30 +27,47 @@ EXAMPLE = REPO / "examples" / "node"
 TOP_K = 3
 
 
-@pytest.fixture(scope="module")
-def node() -> str:
-    """The node binary, with the example's packages installed; skips with the reason where that cannot be."""
-    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
-    if not node_bin or not npm_bin:
-        pytest.skip(f"the Node.js example needs node and npm on PATH (node: {node_bin}, npm: {npm_bin})")
-    if not (EXAMPLE / "node_modules" / "onnxruntime-node").is_dir():
-        install = subprocess.run([npm_bin, "ci", "--onnxruntime-node-install=skip", "--no-audit", "--no-fund"],
-                                 cwd=EXAMPLE, capture_output=True, text=True, timeout=600)
+def install_packages(npm: str) -> Path:
+    """node_modules for the example's lock file, installed once per lock file."""
+    lock = (EXAMPLE / "package.json").read_bytes() + (EXAMPLE / "package-lock.json").read_bytes()
+    target = Path.home() / ".cache" / "rtool" / f"node-example-{hashlib.sha256(lock).hexdigest()[:16]}"
+    if (target / "node_modules" / "onnxruntime-node").is_dir():
+        return target / "node_modules"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".node-example-", dir=target.parent))
+    try:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(EXAMPLE / name, staging / name)
+        install = subprocess.run([npm, "ci", "--onnxruntime-node-install=skip", "--no-audit", "--no-fund"],
+                                 cwd=staging, capture_output=True, text=True, timeout=600)
         if install.returncode != 0:
             last = (install.stderr.strip().splitlines() or ["no output"])[-1]
             pytest.skip(f"npm could not install the example's packages (no registry access?): {last}")
-    return node_bin
+        if not target.exists():
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / "node_modules"
 
 
-def classify(node: str, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([node, str(EXAMPLE / "classify.js"), *map(str, args)], capture_output=True, text=True,
-                          timeout=120)
+@pytest.fixture(scope="module")
+def node() -> tuple[str, dict[str, str]]:
+    """(node binary, environment that finds the example's packages); skips with the reason where it cannot."""
+    node_bin, npm_bin = shutil.which("node"), shutil.which("npm")
+    if not node_bin or not npm_bin:
+        pytest.skip(f"the Node.js example needs node and npm on PATH (node: {node_bin}, npm: {npm_bin})")
+    return node_bin, {**os.environ, "NODE_PATH": str(install_packages(npm_bin))}
 
 
-def node_eval(node: str, script: str) -> bytes:
+def classify(node: tuple[str, dict[str, str]], *args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([node[0], str(EXAMPLE / "classify.js"), *map(str, args)], env=node[1],
+                          capture_output=True, text=True, timeout=120)
+
+
+def node_eval(node: tuple[str, dict[str, str]], script: str) -> bytes:
     """Run ``script`` with the example loaded as ``c``; its stdout as bytes."""
     code = f"const c = require({json.dumps(str(EXAMPLE / 'classify.js'))});\n{script}"
-    result = subprocess.run([node, "-e", code], capture_output=True, timeout=120)
+    result = subprocess.run([node[0], "-e", code], env=node[1], capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout
 
@@ -91,8 +113,8 @@ def test_node_reads_the_card_from_the_onnx_protobuf(node, embed_export_dir):
     for name in ("model.onnx", "model.raw-softmax.onnx"):
         path = embed_export_dir / name
         stored = {p.key: p.value for p in onnx.load(str(path)).metadata_props}[ONNX_METADATA_KEY]
-        read = node_eval(node, f"const fs = require('fs');\n"
-                               f"process.stdout.write(JSON.stringify(c.readCard(fs.readFileSync({json.dumps(str(path))}), 'm')));")
+        read = node_eval(node, f"const bytes = require('fs').readFileSync({json.dumps(str(path))});\n"
+                               f"process.stdout.write(JSON.stringify(c.readCard(bytes, 'm')));")
         assert json.loads(read) == json.loads(stored)
 
 
@@ -102,8 +124,9 @@ def test_node_reads_the_card_from_the_onnx_protobuf(node, embed_export_dir):
 def test_node_preprocessing_is_bit_exact(node, app_images, spec):
     """Colour conversion, Pillow's bilinear resize (both pass orders) and normalisation, value for value."""
     card = {"input": spec.to_dict()}
+    paths = json.dumps([str(p) for p in app_images])
     out = node_eval(node, f"const card = {json.dumps(card)};\n"
-                          f"const t = c.toModelInput(c.preprocess({json.dumps([str(p) for p in app_images])}, card), card);\n"
+                          f"const t = c.toModelInput(c.preprocess({paths}, card), card);\n"
                           f"process.stdout.write(Buffer.from(t.data.buffer));")
     got = np.frombuffer(out, dtype=np.float32).reshape(len(app_images), *spec.shape)
     expected = normalize(np.stack([convert_image(Image.open(p), spec) for p in app_images]), spec)

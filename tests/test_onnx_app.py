@@ -113,9 +113,10 @@ assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "toolkit", "r
     assert_same_predictions(got, eager_top_k(untrained_checkpoint, app_images))
 
 
-def test_every_variant_predicts_alike(embed_export_dir, raw_logits_onnx, app_images):
-    files = [embed_export_dir / "model.onnx", raw_logits_onnx, embed_export_dir / "model.raw-softmax.onnx",
-             embed_export_dir / "triton" / "digits" / "1" / "model.onnx"]
+def test_every_variant_predicts_alike(embed_export_dir, inprocess_export_dir, app_images):
+    files = [embed_export_dir / "model.onnx", inprocess_export_dir / "model.raw.onnx",
+             embed_export_dir / "model.raw-softmax.onnx", embed_export_dir / "triton" / "digits" / "1" / "model.onnx",
+             inprocess_export_dir / "triton" / "resnet20" / "1" / "model.onnx"]
     reference, *others = [Predictor(f).predict(app_images, top_k=10) for f in files]
     for got in others:
         assert_same_predictions(got, reference)
@@ -144,8 +145,9 @@ def rgb_model(path: Path) -> tuple[Path, InputSpec]:
     nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["flat"]),
              helper.make_node("MatMul", ["flat", "w"], ["logits"])]
-    graph = helper.make_graph(nodes, "rgb", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 24, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [weights])
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "rgb", [value("input", TensorProto.FLOAT, ["N", 3, 24, 32])],
+                              [value("logits", TensorProto.FLOAT, ["N", 3])], [weights])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     spec = InputSpec(channels=3, height=24, width=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
     helper.set_model_props(proto, onnx_metadata(make_card("resnet18", class_names=["cat", "dog", "fox"],
@@ -210,4 +212,5 @@ def test_command_line_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "runtimes.onnx_app", str(tmp_path / "none.onnx"), "x.png"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"onnx_app: error: model file {tmp_path / 'none.onnx'} does not exist"]
+    missing = tmp_path / "none.onnx"
+    assert result.stderr.strip().splitlines() == [f"onnx_app: error: model file {missing} does not exist"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -28,6 +27,7 @@ CASES = [
     ("onnxruntime", "model.onnx", 1e-4, 1.0),
     ("onnxruntime", "model.fp16.onnx", 2e-3, 0.95),
     ("onnxruntime", "model.int8-cpu.onnx", 0.1, 0.9),
+    ("onnxruntime", "model.int8-trt.onnx", 0.25, 0.9),  # S8S8 for TensorRT, calibrated on 16 images
 ]
 
 
@@ -279,10 +279,12 @@ def test_mismatched_engine_is_refused_with_the_reason(here, problem):
 def test_tensorrt_engine_matches_eager(untrained_checkpoint, tmp_path, batch, eager_logits):
     from exporters.pipeline import export_model
 
-    export = Path(export_model(untrained_checkpoint, tmp_path, formats=["tensorrt"], precisions=["fp16"]))
-    with open_runtime("tensorrt", resolve_artifact(export, "tensorrt", "fp16")) as rt:
-        logits = infer_in_batches(rt, batch)
-    assert (logits.argmax(1) == eager_logits.argmax(1)).mean() >= 0.9
+    result = export_model(untrained_checkpoint, "tensorrt", "fp16,int8", tmp_path / "export", calib_size=16)
+    for precision in ("fp16", "int8"):
+        with open_runtime("tensorrt", resolve_artifact(result.manifest_path.parent, "tensorrt", precision)) as rt:
+            assert rt.max_batch and rt.device.startswith("cuda")
+            logits = infer_in_batches(rt, np.concatenate([batch] * 2))[: len(batch)]
+        assert (logits.argmax(1) == eager_logits.argmax(1)).mean() >= 0.9, precision
 
 
 @pytest.mark.gpu

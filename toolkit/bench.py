@@ -164,7 +164,7 @@ def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None =
         raise BadInputError("--warmup must be >= 0 and --iters >= 1")
     runtime_names = _names(runtimes, list_runtimes(), "--runtimes")
     precision_names = _names(precisions, PRECISIONS, "--precisions")
-    sizes = parse_batch_sizes(list(batch_sizes))
+    sizes = parse_batch_sizes(batch_sizes)
     threads = threads or physical_cores()
     manifest = read_manifest(export_dir)
     from toolkit.card import ModelCard
@@ -240,14 +240,14 @@ def export_for_bench(source: str, out_dir: Path, runtimes: list[str] | None, pre
 
 
 def run_bench(source: str | Path, *, runtimes: Iterable[str] | None = None, precisions: Iterable[str] | None = None,
-              batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES, warmup: int = DEFAULT_WARMUP,
+              batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES, warmup: int = DEFAULT_WARMUP,
               iters: int = DEFAULT_ITERS, threads: int | None = None, device: str = "cpu",
               input_shape: tuple[int, ...] | None = None, progress: Progress | None = None,
               say: Callable[[str], None] | None = None) -> BenchReport:
     """Bench an export folder as is; export a checkpoint or model name to a temporary folder first."""
     runtime_names = _names(runtimes, list_runtimes(), "--runtimes")
     precision_names = _names(precisions, PRECISIONS, "--precisions")
-    sizes = parse_batch_sizes(list(batch_sizes))
+    sizes = parse_batch_sizes(batch_sizes)
     if warmup < 0 or iters < 1:
         raise BadInputError("--warmup must be >= 0 and --iters >= 1")
     options = dict(runtimes=runtime_names, precisions=precision_names, batch_sizes=sizes, warmup=warmup,

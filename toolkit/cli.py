@@ -196,8 +196,8 @@ Examples:
 @click.option("--embed-preprocessing", is_flag=True, help="Also write model.raw.onnx (FP32) for apps: it takes "
               "uint8 (N, H, W, C) pixels and does the scaling, mean/std and layout inside the graph "
               "(the FP32 Triton model serves it too).")
-@click.option("--embed-softmax", is_flag=True, help="The extra FP32 file ends in a softmax and outputs "
-              "probabilities (model.raw-softmax.onnx with --embed-preprocessing, else model.softmax.onnx).")
+@click.option("--embed-softmax", is_flag=True, help="With --embed-preprocessing: that file ends in a softmax and "
+              "outputs probabilities (model.raw-softmax.onnx).")
 @click.option("--triton-model-name", default=None, help="Triton model name (default: the card's, e.g. resnet20).")
 @click.option("--triton-max-batch", type=click.IntRange(min=0), default=None,
               help="Triton max_batch_size with dynamic batching (default 32; 0 = no batching).")
@@ -313,7 +313,7 @@ def train(ctx: click.Context, nproc: int, **options: object) -> None:
         return
     if result.interrupted:
         click.echo(f"rtool: interrupted; saved {result.last_path}. Resume with: {result.resume_command}", err=True)
-        ctx.exit(130)
+        sys.exit(130)  # click.Context.exit codes are dropped by main() (standalone_mode=False)
     click.echo(summarize(result))
 
 
@@ -383,6 +383,139 @@ def compare(runs: tuple[str, ...], out: str, title: str, as_json: bool) -> None:
         click.echo(f"{r['run']}: {r['epochs']} epochs, best test acc {100 * r['best_test_acc']:.2f}%, "
                    f"final {100 * r['final_test_acc']:.2f}%, final train loss {r['final_train_loss']:.4f}")
     click.echo(f"figure written to {out}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  rtool parity runs/r20/export
+  rtool parity runs/r20/export --markdown parity.md --json parity.json --plot parity.png
+  rtool parity runs/r20/export --runtimes onnxruntime --precisions int8 --limit 500
+  rtool parity runs/r20/export --threshold int8.agreement=99.5 --threshold int8.accuracy_drop=0.5
+  rtool parity runs/r20/export --thresholds thresholds.toml --require tensorrt
+\b
+Thresholds file (JSON, or TOML with one [precision] table each):
+  {"fp32": {"agreement": 99.9, "max_abs_diff": 0.001}, "int8": {"agreement": 99.0, "accuracy_drop": 1.0}}
+""")
+@click.argument("export_dir")
+@click.option("--dataset", default=None, help="Data set whose test split is used (default: the model card's).")
+@click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
+@click.option("--runtimes", default=None, help="Comma list of runtimes to compare (default: every one listed).")
+@click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
+@click.option("--require", default=None, help="Comma list of runtimes that must run: unavailable counts as failed.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use N evenly spaced test images (default: all).")
+@click.option("--thresholds", "thresholds_file", type=click.Path(dir_okay=False), default=None,
+              help="JSON or TOML file of thresholds per precision.")
+@click.option("--threshold", "threshold_flags", multiple=True, metavar="PRECISION.KEY=VALUE",
+              help="Set one threshold (keys: agreement %, max_abs_diff x logit range, accuracy_drop points; "
+                   "'none' switches a check off). Repeatable; wins over the file.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where eager/TorchScript/pt2 run and which ONNX Runtime providers are used.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
+@click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
+@click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
+@click.option("--plot", "plot_file", default=None, metavar="FILE", help="Write a PNG of accuracy and latency.")
+def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes: str | None, precisions: str | None,
+           require: str | None, limit: int | None, thresholds_file: str | None, threshold_flags: tuple[str, ...],
+           device: str, threads: int | None, json_file: str | None, markdown_file: str | None,
+           plot_file: str | None) -> None:
+    """Check that every runtime x precision in EXPORT_DIR predicts what the eager model predicts.
+
+    The eager FP32 model (model.pt) runs the model card's test set; every other
+    file runs the same images in the same order. Exit 0 when every available
+    row passes its precision's thresholds, 1 when one fails (the row says which
+    threshold), 2 for bad input. Runtimes that cannot run here are listed with
+    the reason; --require makes that a failure.
+    """
+    from rich.console import Console
+
+    from toolkit import report as reporting
+    from toolkit.errors import CheckFailedError
+    from toolkit.parity import load_thresholds, run_parity
+
+    thresholds = load_thresholds(thresholds_file, threshold_flags)
+    console = Console(stderr=json_file == "-", highlight=False)
+    with reporting.progress_bars(True, console) as bars:
+        result = run_parity(export_dir, dataset=dataset, data_dir=data_dir, runtimes=[runtimes] if runtimes else None,
+                            precisions=[precisions] if precisions else None, require=[require] if require else None,
+                            limit=limit, thresholds=thresholds, device=device, threads=threads, progress=bars)
+    reporting.print_parity(result, console)
+    for path in reporting.write_parity_files(result, json_file, markdown_file, plot_file):
+        console.print(f"wrote {path}")
+    if not result.passed:
+        raise CheckFailedError(f"parity failed: {result.failure_summary()}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  rtool bench runs/r20/export
+  rtool bench runs/r20/export --runtimes eager,onnxruntime --precisions fp32,int8 --batch-sizes 1 --iters 200
+  rtool bench resnet18 --input-shape 3x224x224 --batch-sizes 1 --json bench.json
+  rtool bench runs/r20/best.pt --threads 1
+""")
+@click.argument("source")
+@click.option("--runtimes", default=None, help="Comma list of runtimes (default: every one available).")
+@click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma list of batch sizes.")
+@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls first.")
+@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls per row.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
+@click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
+@click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
+def bench(source: str, runtimes: str | None, precisions: str | None, batch_sizes: str, warmup: int, iters: int,
+          threads: int | None, device: str, input_shape: str | None, json_file: str | None,
+          markdown_file: str | None) -> None:
+    """Time p50/p90/p99 latency and throughput of every runtime x precision x batch size in one run.
+
+    SOURCE is an export folder, a checkpoint, or a model name with
+    --input-shape (the last two are exported to a temporary folder first).
+    Runtimes take turns in short blocks, so load from other processes
+    reaches them alike and their ratios stay fair.
+    """
+    from rich.console import Console
+
+    from toolkit import report as reporting
+    from toolkit.bench import run_bench
+
+    shape = parse_shape(input_shape) if input_shape else None
+    console = Console(stderr=json_file == "-", highlight=False)
+    with reporting.progress_bars(True, console) as bars:
+        result = run_bench(source, runtimes=[runtimes] if runtimes else None,
+                           precisions=[precisions] if precisions else None, batch_sizes=batch_sizes,
+                           warmup=warmup, iters=iters, threads=threads, device=device, input_shape=shape,
+                           progress=bars, say=console.print)
+    reporting.print_bench(result, console)
+    for path in reporting.write_bench_files(result, json_file, markdown_file):
+        console.print(f"wrote {path}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  rtool demo                       into runs/demo (a second run replaces it)
+  rtool demo --out /tmp/demo
+""")
+@click.option("--out", default="runs/demo", show_default=True, help="Folder for the run, the export and the report.")
+@click.option("--overwrite", is_flag=True, help="Use --out even if it holds files no demo wrote (only the "
+              "demo's own names are replaced).")
+@click.option("--quiet", is_flag=True, help="Step lines and tables only, no progress bars.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--train-limit", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--bench-iters", type=click.IntRange(min=1), default=30, hidden=True)
+def demo(out: str, overwrite: bool, quiet: bool, epochs: int | None, train_limit: int | None,
+         test_limit: int | None, bench_iters: int) -> None:
+    """Train resnet20 on the embedded mnist5k, export every format, check parity, bench, and write a report.
+
+    Writes OUT/report.md with the training curves, the parity table and plot,
+    the benchmark table and a predicted-vs-actual image grid. Exit 1 if parity fails.
+    """
+    from pathlib import Path
+
+    from toolkit.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(out=Path(out), overwrite=overwrite, quiet=quiet, epochs=epochs, train_limit=train_limit,
+                        test_limit=test_limit, bench_iters=bench_iters))
 
 
 def main() -> None:

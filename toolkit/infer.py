@@ -107,12 +107,13 @@ def pick_model_file(model: str | Path, runtime: str | None = None, precision: st
             target = "tensorrt"
         return resolve_artifact(path, runtime, precision, target), runtime, precision
     runtime = runtime or runtime_for_file(path)
-    entry = manifest_entry(path)
-    recorded = entry[1].get("precision") if entry else None
-    if precision and recorded and precision != recorded:
-        raise BadInputError(f"{path.name} is {recorded}, not {precision}; to pick a file by precision, "
-                            f"give the export folder {path.parent} instead")
-    return path, runtime, recorded or precision
+    if precision:  # a file is what it is: check the request against its manifest entry, if it has one
+        entry = manifest_entry(path)
+        recorded = entry[1].get("precision") if entry else None
+        if recorded and precision != recorded:
+            raise BadInputError(f"{path.name} is {recorded}, not {precision}; to pick a file by precision, "
+                                f"give the export folder {path.parent} instead")
+    return path, runtime, precision
 
 
 def describe_image(mode: str, size: tuple[int, int]) -> str:
@@ -128,7 +129,7 @@ def load_images(paths: list[str | Path], spec: InputSpec) -> tuple[np.ndarray, l
     for name in paths:
         path = Path(name)
         if not path.is_file():
-            raise BadInputError(f"image {path} does not exist")
+            raise BadInputError(f"image {path} {'is a folder' if path.is_dir() else 'does not exist'}; give image files")
         try:
             with Image.open(path) as image:
                 image.load()
@@ -178,6 +179,7 @@ def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runt
               first: int | None = None, topk: int = 1, data_dir: str | Path | None = None) -> InferResult:
     """Predict classes for image files or a data set's first test images."""
     images = list(images or [])
+    provider = None if provider in (None, "", "auto") else provider
     if dataset is None and not images:
         raise BadInputError("nothing to predict: give image files, or --dataset NAME --first N")
     if dataset is not None and images:
@@ -188,13 +190,14 @@ def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runt
         raise BadInputError("--topk must be at least 1")
 
     model_file, runtime, precision = pick_model_file(model, runtime, precision, target, provider)
+    if provider and runtime != "onnxruntime":
+        raise BadInputError(f"--provider is for the onnxruntime runtime; {runtime} runs where --device says")
     options = {k: v for k, v in (("provider", provider), ("threads", threads)) if v}
     with open_runtime(runtime, model_file, device, **options) as rt:
         card, spec = rt.card, rt.card.input
         notes = list(rt.notes)
         if dataset is not None:
             pixels, actual, more = dataset_images(dataset, first or 16, spec, card, data_dir)
-            pixels = np.ascontiguousarray(pixels)
             sources = [f"{dataset} test #{i}" for i in range(len(pixels))]
         else:
             pixels, more = load_images(images, spec)

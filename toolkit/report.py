@@ -56,36 +56,51 @@ def thresholds_line(report: ParityReport) -> str:
 
 def parity_summary(report: ParityReport) -> str:
     ref = report.reference
-    verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} row(s))"
-    unavailable = sum(1 for r in report.rows if r.status == "unavailable")
-    extra = f", {unavailable} unavailable here" if unavailable else ""
-    return (f"parity {verdict}: {len(report.rows)} rows{extra} against eager fp32 on {ref['images']} "
-            f"{ref['dataset']} test images")
+    counts = {status: sum(1 for r in report.rows if r.status == status) for status in ("ok", "failed", "unavailable")}
+    verdict = "PASSED" if report.passed else "FAILED"
+    found = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+    return f"parity {verdict}: {found} (against eager fp32 on {ref['images']} {ref['dataset']} test images)"
+
+
+def _short_device(device: str | None) -> str:
+    """'CPUExecutionProvider' -> 'CPU EP', for narrow terminals (files keep the full name)."""
+    return (device or "").replace("ExecutionProvider", " EP")
 
 
 def print_parity(report: ParityReport, console: Any = None) -> None:
-    """The rich terminal table, the thresholds and the verdict."""
+    """A table that fits 80 columns (files, devices and reasons below it; every field is in the JSON/Markdown)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"parity of {report.export_dir} (batch {report.reference['batch_size']})")
-    for column in PARITY_COLUMNS:
-        numeric = column not in ("runtime", "precision", "artifact", "device", "status", "reason")
-        table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+    ref = report.reference
+    table = Table(title=f"parity: {report.export_dir}, {ref['images']} {ref['dataset']} test images",
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    for column in ("runtime", "precision", "status", "accuracy", "Δ pts", "agree", "max Δ", "ms/batch"):
+        text = column in ("runtime", "precision", "status")
+        table.add_column(column, justify="left" if text else "right", no_wrap=True)
     style = {"ok": "green", "failed": "bold red", "unavailable": "yellow", "reference": "cyan"}
-    for cells in parity_cells(report):
-        cells[4] = f"[{style[cells[4]]}]{cells[4]}[/]"
-        table.add_row(*cells)
+    rows = [None, *report.rows]
+    for row, cells in zip(rows, parity_cells(report)):
+        table.add_row(cells[0], cells[1].replace(" (tensorrt)", " (trt)"), f"[{style[cells[4]]}]{cells[4]}[/]",
+                      cells[5], cells[6], cells[7], "" if row is None else _num(row.max_abs_diff, ".2g"), cells[10])
     console.print(table)
+    files = ", ".join(f"{row.artifact} on {_short_device(row.device)}" for row in report.rows if row.device)
+    console.print(f"  files: {ref['artifact']} on {ref['device']} (reference), {files}", markup=False,
+                  highlight=False)
+    for reason in dict.fromkeys(f"{row.label}: {row.reason}" for row in report.rows if row.reason):
+        console.print(f"  {reason}", markup=False, highlight=False)
     console.print(f"thresholds: {thresholds_line(report)}", highlight=False)
     console.print(("[green]" if report.passed else "[bold red]") + parity_summary(report) + "[/]", highlight=False)
 
 
 def _markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    escape = lambda text: str(text).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -117,10 +132,13 @@ def print_bench(report: BenchReport, console: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rich import box
+
     console = console or Console()
-    table = Table(title=f"bench of {report.source}")
+    table = Table(title=f"bench: {report.source}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
     for column in BENCH_COLUMNS:
-        table.add_column(column, justify="left" if column in ("runtime", "precision") else "right")
+        table.add_column(column, justify="left" if column in ("runtime", "precision") else "right", no_wrap=True)
     for cells in bench_cells(report):
         table.add_row(*cells)
     console.print(table)
@@ -152,6 +170,30 @@ def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     atomic_write_text(path, text)
     return path
+
+
+def _emit_json(target: str, document: dict[str, Any]) -> Path | None:
+    """Write to a file, or print to stdout for '-'."""
+    if target == "-":
+        print(json.dumps(document, indent=2, allow_nan=False))
+        return None
+    return write_json(target, document)
+
+
+def write_parity_files(report: ParityReport, json_file: str | None = None, markdown_file: str | None = None,
+                       plot_file: str | None = None) -> list[Path]:
+    """The requested outputs of a parity run; returns the files written."""
+    written = [_emit_json(json_file, report.to_dict()) if json_file else None,
+               write_text(markdown_file, parity_markdown(report)) if markdown_file else None,
+               parity_plot(report, plot_file) if plot_file else None]
+    return [p for p in written if p is not None]
+
+
+def write_bench_files(report: BenchReport, json_file: str | None = None,
+                      markdown_file: str | None = None) -> list[Path]:
+    written = [_emit_json(json_file, report.to_dict()) if json_file else None,
+               write_text(markdown_file, bench_markdown(report)) if markdown_file else None]
+    return [p for p in written if p is not None]
 
 
 def parity_plot(report: ParityReport, path: str | Path) -> Path:

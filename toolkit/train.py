@@ -422,7 +422,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 class StopRequest:
     """Set by SIGINT/SIGTERM (or a caller's ``should_stop``); the loop stops at the next batch boundary.
 
-    A second Ctrl-C interrupts at once.
+    A second signal interrupts at once.
     """
 
     def __init__(self, should_stop: Callable[[], bool] | None) -> None:
@@ -437,7 +437,7 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -480,7 +480,7 @@ class Progress:
 
     @contextlib.contextmanager
     def epoch(self, title: str, total: int, done: int) -> Iterator[Callable[[int, str], None]]:
-        if not self.enabled:
+        if not self.enabled or not self.console.is_terminal:  # a log file gets the epoch lines only
             yield lambda advance, text: None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
@@ -710,7 +710,8 @@ def train_command(options: dict[str, Any], explicit: set[str], nproc: int = 1) -
     if options.get("out") is None:
         options["out"] = default_run_dir(options["model"], options["dataset"])
     if options.get("resume"):
-        config = resume_config(options["out"], **{k: options[k] for k in explicit | {"quiet"} if k in options})
+        given = {k: options[k] for k in explicit | {"quiet"} if k in options and k != "out"}
+        config = resume_config(options["out"], **given)
     else:
         config = TrainConfig(**options)
     if nproc > 1:

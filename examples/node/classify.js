@@ -42,7 +42,10 @@ function readCard(modelBytes, source) {
     throw new ClassifyError(`${source} is not a readable ONNX file (${e.message})`);
   }
   const entry = props.find((p) => p.key === CARD_KEY);
-  if (!entry) throw new ClassifyError(`${source} has no rtool model card (metadata key '${CARD_KEY}'); export it with \`rtool export\``);
+  if (!entry) {
+    throw new ClassifyError(`${source} has no rtool model card (metadata key '${CARD_KEY}'); `
+      + 'export it with `rtool export`');
+  }
   let card;
   try {
     card = JSON.parse(entry.value);
@@ -50,11 +53,13 @@ function readCard(modelBytes, source) {
     throw new ClassifyError(`${source}: the model card is not valid JSON; re-export the model with rtool`);
   }
   if ((card.format_version || 0) > SUPPORTED_CARD_FORMAT) {
-    throw new ClassifyError(`${source}: model card format ${card.format_version} is newer than this script understands (${SUPPORTED_CARD_FORMAT})`);
+    throw new ClassifyError(`${source}: model card format ${card.format_version} is newer than this script `
+      + `understands (${SUPPORTED_CARD_FORMAT})`);
   }
   const spec = card.input || {};
+  const perChannel = (v) => Array.isArray(v) && v.length === spec.channels;
   if (!Array.isArray(card.class_names) || !spec.channels || !spec.height || !spec.width
-      || !Array.isArray(spec.mean) || spec.mean.length !== spec.channels || spec.std.length !== spec.channels) {
+      || !perChannel(spec.mean) || !perChannel(spec.std)) {
     throw new ClassifyError(`${source}: the model card is malformed; re-export the model with rtool`);
   }
   return card;
@@ -219,7 +224,8 @@ async function classify(modelPath, imagePaths, topK = 1) {
   const wanted = card.input.dtype === 'uint8' ? 'uint8' : 'float32';
   const graphInput = session.inputMetadata ? session.inputMetadata[0] : null;
   if (graphInput && graphInput.type !== wanted) {
-    throw new ClassifyError(`${modelPath}: the card says the input is ${wanted} but the graph takes ${graphInput.type}`);
+    throw new ClassifyError(`${modelPath}: the card says the input is ${wanted} `
+      + `but the graph takes ${graphInput.type}`);
   }
   const input = toModelInput(preprocess(imagePaths, card), card);
   const output = (await session.run({ [session.inputNames[0]]: input }))[session.outputNames[0]];
