@@ -85,6 +85,8 @@ def get_exporter(name: str) -> ExporterEntry:
 
 def artifact_filename(fmt: str, precision: str, target: str | None = None) -> str:
     """model.ts, model.pt2, model.onnx, model.fp16.onnx, model.int8-cpu.onnx, model.int8-trt.onnx, model.fp16.engine, ..."""
+    if fmt == "triton":
+        return "triton/"  # a model repository folder, one model per precision (exporters/triton.py)
     suffix = {"torchscript": "ts", "pt2": "pt2", "onnx": "onnx", "tensorrt": "engine", "checkpoint": "pt"}.get(fmt, fmt)
     tag = "" if precision == "fp32" and fmt != "tensorrt" else f".{precision}"
     if precision == "int8" and fmt == "onnx":

@@ -25,7 +25,7 @@ import torch
 
 import toolkit
 from exporters import PRECISIONS, Artifact, artifact_filename, get_exporter
-from exporters.onnx_embed import embedding_requested, export_embedded
+from exporters.onnx_embed import embedding_requested, export_embedded, variant_filename
 from exporters.validation import compare, eager_logits, reference
 from toolkit.card import MANIFEST_NAME, InputSpec, ModelCard, library_versions
 from toolkit.checkpoint import load_model, load_pretrained_weights, make_card, save_checkpoint
@@ -227,7 +227,8 @@ def export_model(source: str | Path, formats: str | Iterable[str] = "all",
             artifacts.append(get_exporter(job.format).export(src.model, src.card, staging,
                                                              precision=job.precision, **extra, **run_opts))
             if job.format == "onnx" and job.precision == "fp32" and embedding_requested(run_opts):
-                say(f"[{number}/{len(jobs)}] onnx fp32 with preprocessing/softmax in the graph")
+                say(f"[{number}/{len(jobs)}] onnx fp32, preprocessing in the graph -> "
+                    f"{variant_filename(bool(run_opts.get('embed_softmax')))}")
                 artifacts.append(export_embedded(src.model, src.card, staging, **run_opts))
         entries = [_entry(a, staging) for a in artifacts]
         kept, stale = _previous_entries(out, src, {e["file"] for e in entries})
@@ -323,13 +324,15 @@ def _previous_entries(out: Path, src: Source, rewritten: set[str]) -> tuple[list
 
 
 def _versions() -> dict[str, str]:
-    versions = library_versions()
-    try:
-        import tensorrt
+    """The libraries that shaped the files: the card's list plus the converters and TensorRT."""
+    from importlib import metadata
 
-        versions["tensorrt"] = tensorrt.__version__
-    except ImportError:
-        pass
+    versions = library_versions()
+    for dist in ("onnxscript", "onnxconverter-common", "tensorrt"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
     return versions
 
 
@@ -375,7 +378,8 @@ def summary_rows(result: ExportResult) -> list[dict[str, Any]]:
     rows = []
     for artifact in result.artifacts:
         size = artifact.path.stat().st_size
-        rows.append({"file": artifact.path.name, "format": artifact.format, "precision": artifact.precision,
+        rows.append({"file": artifact.path.relative_to(result.manifest_path.parent).as_posix(),
+                     "format": artifact.format, "precision": artifact.precision,
                      "target": artifact.target, "runtime": artifact.runtime, "size": size,
                      "size_text": f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB",
                      "max_abs_diff": artifact.validation.get("max_abs_diff", float("nan")),

@@ -120,14 +120,18 @@ class TensorRTRuntime(Runtime):
         if len(inputs) != 1 or len(outputs) != 1:
             raise BadInputError(f"{path.name} has {len(inputs)} inputs / {len(outputs)} outputs; rtool engines have one each")
         self.input_name, self.output_name = inputs[0], outputs[0]
-        low, _, high = self.engine.get_tensor_profile_shape(self.input_name, 0)
+        static = tuple(self.engine.get_tensor_shape(self.input_name))
+        if static[0] > 0:  # built without a dynamic batch: the profile is the fixed shape
+            low = high = static
+        else:
+            low, _, high = (tuple(shape) for shape in self.engine.get_tensor_profile_shape(self.input_name, 0))
         self.min_batch, self.max_batch = int(low[0]), int(high[0])
 
         self.context = self.engine.create_execution_context()
         self.stream = torch.cuda.Stream(device=self.device)
         in_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.input_name))
         self.out_dtype = _torch_dtype(trt, self.engine.get_tensor_dtype(self.output_name))
-        self.input_buffer = torch.empty(tuple(high), dtype=in_dtype, device=self.device)
+        self.input_buffer = torch.empty(high, dtype=in_dtype, device=self.device)
         self.device = f"{self.device} ({props.name}, TensorRT {trt.__version__})"
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -35,7 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from toolkit.card import InputSpec
+from toolkit.card import InputSpec, ModelCard
 from toolkit.checkpoint import load_checkpoint, make_card, save_checkpoint
 from toolkit.data import Dataset, Split, load_dataset
 from toolkit.errors import BadInputError, CheckFailedError, RtoolError, UnavailableError
@@ -168,6 +168,9 @@ def init_distributed(config: TrainConfig) -> Distributed:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(config.device, local_rank)
+    if device.type == "cuda":  # fixed input shapes: let cuDNN pick the fastest kernels; TF32 matmuls
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     if world_size <= 1:
         return Distributed(device=device)
     if device.type == "cuda":
@@ -476,7 +479,6 @@ class Progress:
 
         self.enabled = enabled
         self.console = Console(highlight=False)
-        self.bar = None
 
     @contextlib.contextmanager
     def epoch(self, title: str, total: int, done: int) -> Iterator[Callable[[int, str], None]]:
@@ -580,9 +582,10 @@ def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
     if dist_info.active:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    card_of = lambda metrics: make_card(  # noqa: E731  (the card of this run with its latest metrics)
-        config.model, class_names=data.class_names, input_spec=spec, dataset=config.dataset,
-        training={**config.settings(), "world_size": dist_info.world_size}, metrics=metrics)
+    def card_of(metrics: dict[str, Any]) -> ModelCard:
+        """The card of this run with its latest metrics."""
+        return make_card(config.model, class_names=data.class_names, input_spec=spec, dataset=config.dataset,
+                         training={**config.settings(), "world_size": dist_info.world_size}, metrics=metrics)
 
     def epoch_sums() -> list[float]:
         """This epoch's train loss sum, correct and seen so far, over all ranks."""
@@ -660,7 +663,8 @@ def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
             row = {"epoch": epoch + 1, "train_loss": round(train_loss / train_seen, 6),
                    "train_acc": round(train_correct / train_seen, 6), "test_loss": round(test_loss, 6),
                    "test_acc": round(test_acc, 6), "lr": optimizer.param_groups[0]["lr"],
-                   "images_per_s": round(train_seen / train_seconds, 1), "seconds": round(seconds, 3)}
+                   "images_per_s": round(train_seen / train_seconds, 1), "train_seconds": round(train_seconds, 3),
+                   "seconds": round(seconds, 3)}
             history.append(row)
             if test_acc > best_acc:
                 best_acc, best_epoch = test_acc, epoch + 1

@@ -1,0 +1,69 @@
+"""rtool demo end to end (short training), and how it treats its output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import assert_one_line_error
+from toolkit.demo import MARKER, OWNED, claim_folder
+from toolkit.errors import BadInputError
+
+# Short but real: enough training for INT8 to keep the eager model's predictions.
+FAST = ("--epochs", "3", "--train-limit", "2000", "--test-limit", "500", "--bench-iters", "3", "--quiet")
+
+
+def test_demo_end_to_end(tmp_path, rtool):
+    out = tmp_path / "demo"
+    result = rtool("demo", "--out", out, *FAST, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    report = (out / "report.md").read_text()
+    for link in ("train/curves.png", "parity.png", "predictions.png"):
+        assert f"]({link})" in report
+        assert (out / link).read_bytes()[:4] == b"\x89PNG"
+    assert "## Parity" in report and "## Benchmark" in report and "parity PASSED" in report
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] is True and parity["reference"]["images"] == 500
+    statuses = {(r["runtime"], r["precision"], r["target"]): r["status"] for r in parity["rows"]}
+    assert statuses[("onnxruntime", "int8", "cpu")] == "ok"
+    assert statuses[("tensorrt", "fp16", None)] in ("ok", "unavailable")
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["batch"] for r in bench["rows"]} == {1, 32}
+    assert all(r["p50_ms"] > 0 for r in bench["rows"])
+    summary = json.loads((out / MARKER).read_text())
+    assert summary["status"] == "done" and summary["passed"] is True
+    manifest = json.loads((out / "export" / "manifest.json").read_text())
+    assert {"model.pt", "model.ts", "model.pt2", "model.onnx", "model.fp16.onnx", "model.int8-cpu.onnx",
+            "model.int8-trt.onnx"} <= {a["file"] for a in manifest["artifacts"]}
+    for step in ("[1/6]", "[3/6]", "[6/6]", "report:"):
+        assert step in result.stdout
+
+
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, rtool):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_one_line_error(rtool("demo", "--out", tmp_path, *FAST), 2, "--overwrite")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_claim_folder_replaces_only_the_demos_own_files(tmp_path):
+    claim_folder(tmp_path, overwrite=False)  # empty folder: fine
+    (tmp_path / "report.md").write_text("old report")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "model.onnx").write_text("old")
+    (tmp_path / "keep.txt").write_text("someone else's")
+    claim_folder(tmp_path, overwrite=False)  # a demo folder (marker present): cleared for the new run
+    assert not (tmp_path / "report.md").exists() and not (tmp_path / "export").exists()
+    assert (tmp_path / "keep.txt").read_text() == "someone else's"
+    assert json.loads((tmp_path / MARKER).read_text())["status"] == "running"
+    assert "report.md" in OWNED
+
+
+def test_claim_folder_needs_overwrite_for_foreign_files(tmp_path):
+    (tmp_path / "data.csv").write_text("x")
+    with pytest.raises(BadInputError, match="--overwrite"):
+        claim_folder(tmp_path, overwrite=False)
+    claim_folder(tmp_path, overwrite=True)
+    assert (tmp_path / "data.csv").exists() and (tmp_path / MARKER).exists()
+    with pytest.raises(BadInputError, match="is a file"):
+        claim_folder(tmp_path / "data.csv", overwrite=True)

@@ -1,0 +1,191 @@
+"""The card's parity test: every runtime on this machine predicts what the eager model predicts.
+
+A small model trained on the embedded data is exported to every format and
+precision, then each runtime available here runs the test set against the
+eager FP32 model under the default thresholds. The other tests break things
+on purpose (perturbed weights, a changed file, strict thresholds, a required
+runtime that is missing) and check the failure is caught and named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import assert_one_line_error
+from runtimes import available
+from toolkit.card import MANIFEST_NAME
+from toolkit.errors import BadInputError
+from toolkit.parity import default_thresholds, load_thresholds, run_parity
+
+CPU_ROWS = {("torchscript", "fp32", None), ("pt2", "fp32", None), ("onnxruntime", "fp32", None),
+            ("onnxruntime", "fp16", None), ("onnxruntime", "int8", "cpu"), ("onnxruntime", "int8", "tensorrt")}
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory) -> Path:
+    """resnet20 trained briefly on mnist5k through the training API."""
+    from toolkit.train import TrainConfig, run_training
+
+    out = tmp_path_factory.mktemp("trained")
+    return run_training(TrainConfig(out=str(out), epochs=4, quiet=True)).best_path
+
+
+@pytest.fixture(scope="module")
+def trained_export(trained_checkpoint, tmp_path_factory) -> Path:
+    """The trained checkpoint exported to every format and precision this machine builds."""
+    from exporters.pipeline import export_model
+
+    return export_model(trained_checkpoint, "all", None, tmp_path_factory.mktemp("parity") / "export").manifest_path.parent
+
+
+def test_every_available_runtime_meets_the_thresholds(trained_export):
+    report = run_parity(trained_export)
+    assert report.reference["images"] == 1000 and report.reference["accuracy"] > 90
+    measured = {(r.runtime, r.precision, r.target) for r in report.rows if r.status != "unavailable"}
+    assert CPU_ROWS <= measured
+    for row in report.rows:
+        if row.status == "unavailable":
+            assert not available(row.runtime)[0] or row.artifact is None, row
+            assert row.reason
+            continue
+        assert row.status == "ok", f"{row.label}: {row.reason}"
+        assert row.failed_thresholds == []
+        limits = default_thresholds()[row.precision]
+        assert row.agreement >= limits.agreement
+        if limits.max_abs_diff is not None:
+            assert row.max_abs_diff <= limits.max_abs_diff * report.reference["logit_range"]
+        if limits.accuracy_drop is not None:
+            assert row.accuracy_delta >= -limits.accuracy_drop
+        assert row.latency_ms > 0
+    assert report.passed
+
+
+def test_tensorrt_rows_say_why_they_are_unavailable(trained_export):
+    ok, reason = available("tensorrt")
+    if ok:
+        pytest.skip("TensorRT runs on this machine, so its rows are measured")
+    report = run_parity(trained_export, runtimes=["tensorrt"])
+    assert [(r.precision, r.status) for r in report.rows] == [("fp16", "unavailable"), ("int8", "unavailable")]
+    assert all("TensorRT" in r.reason for r in report.rows)
+    assert report.passed
+
+
+def copy_export(source: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "export"
+    shutil.copytree(source, target)
+    return target
+
+
+def restamp(export_dir: Path, name: str) -> None:
+    """Record a changed file's new sha256 and size in the manifest, as if it had been exported that way."""
+    manifest = json.loads((export_dir / MANIFEST_NAME).read_text())
+    data = (export_dir / name).read_bytes()
+    for entry in manifest["artifacts"]:
+        if entry["file"] == name:
+            entry.update(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    (export_dir / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+def perturb_onnx_weights(path: Path, scale: float = 1.0) -> None:
+    """Add noise as large as the weights themselves to the classifier (the last initializer with 2 dims)."""
+    model = onnx.load(str(path))
+    weights = [t for t in model.graph.initializer if len(t.dims) == 2][-1]
+    values = numpy_helper.to_array(weights)
+    noisy = values + scale * values.std() * np.random.default_rng(0).standard_normal(values.shape)
+    weights.CopyFrom(numpy_helper.from_array(noisy.astype(values.dtype), weights.name))
+    onnx.save(model, str(path))
+
+
+def test_perturbed_onnx_fails_and_names_the_threshold(cpu_export_dir, tmp_path, rtool):
+    export_dir = copy_export(cpu_export_dir, tmp_path)
+    perturb_onnx_weights(export_dir / "model.onnx")
+    restamp(export_dir, "model.onnx")
+    out = tmp_path / "parity.json"
+    result = rtool("parity", export_dir, "--runtimes", "onnxruntime", "--precisions", "fp32", "--limit", "200",
+                   "--json", out, "--markdown", tmp_path / "parity.md", "--plot", tmp_path / "parity.png")
+    assert_one_line_error(result, 1, "max abs diff")
+    assert "onnxruntime fp32 (model.onnx)" in result.stderr
+    document = json.loads(out.read_text())
+    assert document["passed"] is False
+    [row] = [r for r in document["rows"] if r["runtime"] == "onnxruntime"]
+    assert row["status"] == "failed" and row["max_abs_diff"] > 1e-3 * document["reference"]["logit_range"]
+    assert any(t.startswith("max abs diff") for t in row["failed_thresholds"])
+    assert "failed" in (tmp_path / "parity.md").read_text()
+    assert (tmp_path / "parity.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_untouched_export_passes_fp32_on_the_cli(cpu_export_dir, tmp_path, rtool):
+    """The same command as above on the unbroken files exits 0: the failure above came from the weights."""
+    result = rtool("parity", cpu_export_dir, "--runtimes", "onnxruntime,torchscript", "--precisions", "fp32",
+                   "--limit", "200", "--json", "-")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["passed"] is True
+    assert {r["runtime"] for r in document["rows"] if r["status"] == "ok"} == {"onnxruntime", "torchscript"}
+
+
+def test_file_changed_after_export_fails_its_row(cpu_export_dir, tmp_path):
+    export_dir = copy_export(cpu_export_dir, tmp_path)
+    perturb_onnx_weights(export_dir / "model.onnx", scale=0.01)  # manifest left as it was
+    report = run_parity(export_dir, runtimes=["onnxruntime"], precisions=["fp32"], limit=50)
+    [row] = [r for r in report.rows if r.runtime == "onnxruntime"]
+    assert row.status == "failed" and "sha256" in row.reason
+    assert not report.passed
+
+
+def test_a_stricter_threshold_flag_fails_the_row(cpu_export_dir, rtool):
+    result = rtool("parity", cpu_export_dir, "--runtimes", "onnxruntime", "--precisions", "fp16", "--limit", "100",
+                   "--threshold", "fp16.max_abs_diff=0")
+    assert_one_line_error(result, 1, "onnxruntime fp16 (model.fp16.onnx): max abs diff")
+
+
+def test_require_turns_unavailable_into_failure(cpu_export_dir, rtool):
+    if available("tensorrt")[0]:
+        pytest.skip("TensorRT runs on this machine")
+    result = rtool("parity", cpu_export_dir, "--runtimes", "tensorrt", "--require", "tensorrt")
+    assert_one_line_error(result, 1, "required by --require")
+    assert rtool("parity", cpu_export_dir, "--runtimes", "tensorrt").returncode == 0
+
+
+def test_thresholds_from_json_toml_and_flags(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"int8": {"agreement": 99.5, "accuracy_drop": "none"}}))
+    (tmp_path / "t.toml").write_text("[fp32]\nmax_abs_diff = 1e-4\n[fp16]\nagreement = 98\n")
+    from_json = load_thresholds(tmp_path / "t.json")
+    assert (from_json["int8"].agreement, from_json["int8"].accuracy_drop) == (99.5, None)
+    assert from_json["fp32"].agreement == 99.9  # untouched defaults stay
+    from_toml = load_thresholds(tmp_path / "t.toml", ["fp16.agreement=97.5"])
+    assert from_toml["fp32"].max_abs_diff == 1e-4 and from_toml["fp16"].agreement == 97.5
+
+
+@pytest.mark.parametrize("content, flag, message", [
+    ('{"int9": {"agreement": 99}}', None, "unknown precision 'int9'"),
+    ('{"int8": {"agreemnt": 99}}', None, "unknown threshold 'agreemnt'"),
+    ('{"int8": {"agreement": "high"}}', None, "not a number"),
+    ('{"int8": 99}', None, "must map each precision"),
+    ("{not json", None, "not valid JSON"),
+    (None, "int8.agreement", "PRECISION.KEY=VALUE"),
+    (None, "int8.agreement=-1", ">= 0"),
+])
+def test_bad_thresholds_are_refused(tmp_path, content, flag, message):
+    path = None
+    if content is not None:
+        path = tmp_path / "t.json"
+        path.write_text(content)
+    with pytest.raises(BadInputError, match=message.replace("(", r"\(")):
+        load_thresholds(path, [flag] if flag else [])
+
+
+def test_bad_input_exits_2_in_one_line(cpu_export_dir, tmp_path, rtool):
+    assert_one_line_error(rtool("parity", tmp_path / "missing"), 2, "does not exist")
+    assert_one_line_error(rtool("parity", tmp_path), 2, MANIFEST_NAME)
+    assert_one_line_error(rtool("parity", cpu_export_dir, "--runtimes", "warp"), 2, "unknown 'warp'")
+    assert_one_line_error(rtool("parity", cpu_export_dir, "--thresholds", tmp_path / "none.toml"), 2, "does not exist")
+    assert_one_line_error(rtool("parity", cpu_export_dir, "--dataset", "cifar10", "--data-dir", tmp_path), 2)
