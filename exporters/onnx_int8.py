@@ -2,7 +2,8 @@
 
 ``cpu`` (``model.int8-cpu.onnx``): uint8 activations, int8 per-channel weights
 (U8S8), the form ONNX Runtime's x86 kernels run fastest (QLinearConv and
-friends, with Relu folded into the convolution).
+friends, with Relu folded into the convolution). Weights use 7 of their 8
+bits so the result is exact on CPUs without VNNI too.
 
 ``tensorrt`` (``model.int8-trt.onnx``): symmetric int8 activations and
 weights, every zero point 0, weight scales per output channel (axis 0): the
@@ -46,7 +47,9 @@ CALIB_BATCH = 32
 def recipe(target: str) -> dict[str, Any]:
     """The ``quantize_static`` arguments that make the Q/DQ graph right for ``target``."""
     if target == "cpu":
-        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+        # reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2 only) add u8*s8 products in int16, which
+        # saturates with full 8-bit weights: measured on one, top-1 agreement with eager fell from 99.4% to 98.3%.
+        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, "reduce_range": True,
                 "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
     if target == "tensorrt":
         return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
@@ -123,7 +126,7 @@ def int8_graph(fp32: onnx.ModelProto, card: ModelCard, target: str, opts: dict[s
             "quantization": "static QDQ", "target": target, "calibration": {
                 "method": method, "images": len(batch), "source": source},
             "activations": "uint8 asymmetric" if target == "cpu" else "int8 symmetric (zero point 0)",
-            "weights": "int8 symmetric, per output channel",
+            "weights": "int8 symmetric, per output channel" + (", 7-bit range" if target == "cpu" else ""),
         }
         return proto, settings
 

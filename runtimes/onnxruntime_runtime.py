@@ -27,6 +27,7 @@ from runtimes import Runtime, cuda_gpus, error_summary, physical_cores, register
 from runtimes.cards import card_beside, card_from_json
 from toolkit.card import ONNX_METADATA_KEY
 from toolkit.errors import BadInputError, UnavailableError
+from toolkit.safety import check_onnx_file
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ALIASES = {"tensorrt": PREFERENCE[0], "trt": PREFERENCE[0], "cuda": PREFERENCE[1], "cpu": PREFERENCE[2]}
@@ -137,6 +138,7 @@ class OnnxRuntimeRuntime(Runtime):
         import onnxruntime as ort
 
         path = self.expect_file(artifact_path)
+        check_onnx_file(path)  # external data outside its folder, absurd sizes: refused before ONNX Runtime reads it
         providers, self.notes = choose_providers(self.options.get("provider"), device)
         options = session_options(self.options.get("threads"), self.options.get("optimized_model_path"))
         quiet = os.environ.get("RTOOL_DEBUG") is None and providers != [PREFERENCE[2]]
@@ -171,7 +173,11 @@ class OnnxRuntimeRuntime(Runtime):
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         feed = pixels_from_input(batch, self.card.input) if self.raw_pixels else batch
-        out = self.session.run(None, {self.input_name: feed})[0]
+        try:
+            out = self.session.run(None, {self.input_name: feed})[0]
+        except Exception as e:  # onnxruntime's own error classes: the file, not rtool, failed
+            raise BadInputError(f"ONNX Runtime failed to run this model ({error_summary(e)}); "
+                                f"the file may be corrupt, re-export it") from None
         if self.card.output == "probabilities":
             return np.log(np.maximum(out, np.finfo(np.float32).tiny))
         return out

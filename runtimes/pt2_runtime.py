@@ -16,6 +16,7 @@ from runtimes import Runtime, error_summary, register_runtime, resolve_device
 from runtimes.cards import card_beside, card_from_json
 from toolkit.card import EXTRA_FILE_NAME
 from toolkit.errors import BadInputError
+from toolkit.safety import check_pt2_archive
 
 
 @register_runtime
@@ -32,6 +33,7 @@ class Pt2Runtime(Runtime):
             torch.set_num_threads(int(self.options["threads"]))
         if not zipfile.is_zipfile(path):
             raise BadInputError(f"{path.name} is not a readable torch.export file (not a .pt2 archive); re-export it")
+        check_pt2_archive(path)  # torch.export.load would unpickle anything a part needs: refuse all but tensors
         extra = {EXTRA_FILE_NAME: ""}
         export_log = logging.getLogger("torch.export")
         level = export_log.level

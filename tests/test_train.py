@@ -67,9 +67,14 @@ def test_limit_split_keeps_every_class(mnist):
     assert train.limit_split(mnist.train, None) is mnist.train
 
 
-def test_a_run_writes_checkpoints_metrics_and_curves(tmp_path, mnist):
-    result = run_training(TrainConfig(out=str(tmp_path / "run"), epochs=2, **TINY))
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 2-epoch resnet20 run on 192 images (read-only for the tests that share it)."""
+    return run_training(TrainConfig(out=str(tmp_path_factory.mktemp("tiny") / "run"), epochs=2, **TINY))
+
+
+def test_a_run_writes_checkpoints_metrics_and_curves(tiny_run, mnist):
+    result, run = tiny_run, tiny_run.run_dir
     assert {p.name for p in run.iterdir()} == {"best.pt", "last.pt", "metrics.csv", "metrics.jsonl", "curves.png"}
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -92,8 +97,8 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("stop_after", [4, 3])  # mid-epoch 2, and exactly at the end of epoch 1
-def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, stop_after):
-    whole = run_training(TrainConfig(out=str(tmp_path / "whole"), epochs=2, **TINY))
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_run, stop_after):
+    whole = tiny_run
 
     batches = iter(range(1, 100))
     stopped = run_training(TrainConfig(out=str(tmp_path / "parts"), epochs=2, **TINY),
@@ -104,7 +109,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, stop_afte
 
     resumed = run_training(resume_config(tmp_path / "parts"))
     assert not resumed.interrupted
-    for key, value in _weights(tmp_path / "whole" / "last.pt").items():
+    for key, value in _weights(whole.run_dir / "last.pt").items():
         assert torch.equal(value, _weights(tmp_path / "parts" / "last.pt")[key]), key
     same = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
     assert [{k: r[k] for k in same} for r in resumed.history] == [{k: r[k] for k in same} for r in whole.history]
@@ -128,11 +133,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert load_model(tmp_path / "run" / "best.pt")[1].metrics["epoch"] == 1
 
 
-def test_resume_refuses_changed_settings_and_allows_runtime_ones(tmp_path):
-    run_training(TrainConfig(out=str(tmp_path / "run"), epochs=1, **TINY))
-    assert resume_config(tmp_path / "run", quiet=False, device="cpu").quiet is False
+def test_resume_refuses_changed_settings_and_allows_runtime_ones(tmp_path, tiny_run):
+    config = resume_config(tiny_run.run_dir, quiet=False, device="cpu", epochs=2)
+    assert config.quiet is False and config.resume and config.train_limit == TINY["train_limit"]
     with pytest.raises(train.BadInputError, match="--lr"):
-        resume_config(tmp_path / "run", lr=0.5)
+        resume_config(tiny_run.run_dir, lr=0.5)
     with pytest.raises(train.BadInputError, match="nothing to resume"):
         resume_config(tmp_path / "elsewhere")
 
@@ -193,14 +198,13 @@ def test_ctrl_c_saves_last_pt_and_resume_finishes_the_run(tmp_path):
     assert [r["epoch"] for r in train.read_metrics(out)] == [1, 2, 3, 4]
 
 
-def test_compare_draws_several_runs(tmp_path):
-    for name, model in (("plain20", "plain20"), ("resnet20", "resnet20")):
-        run_training(TrainConfig(model=model, out=str(tmp_path / name), epochs=1, **TINY))
+def test_compare_draws_several_runs(tmp_path, tiny_run):
+    run_training(TrainConfig(model="plain20", out=str(tmp_path / "plain20"), epochs=1, **TINY))
     out = tmp_path / "compare.png"
-    result = run_rtool("compare", tmp_path / "plain20", tmp_path / "resnet20", "--out", out, "--json")
+    result = run_rtool("compare", tmp_path / "plain20", tiny_run.run_dir, "--out", out, "--json")
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)["runs"]
-    assert [r["run"] for r in rows] == ["plain20", "resnet20"]
+    assert [(r["run"], r["epochs"]) for r in rows] == [("plain20", 1), ("run", 2)]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from runtimes import Runtime, available, list_runtimes, open_runtime, physical_cores
 from runtimes.cards import read_manifest, verify_sha256
-from toolkit.card import MANIFEST_NAME
+from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError
 from toolkit.parity import FORMAT_RUNTIME, PRECISIONS, RUNTIME_ORDER, artifact_path, exported_precisions
 
@@ -153,8 +153,57 @@ def timed_rounds(runtimes: list[Runtime], batch: np.ndarray, warmup: int, iters:
     return times
 
 
+def cpu_description() -> dict[str, Any]:
+    """The CPU model and whether it has int8 dot-product instructions (they decide what INT8 gains)."""
+    name, flags = platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    return {"cpu": name, "physical_cores": physical_cores(), "int8_dot_product": ", ".join(vnni) or "none found",
+            "python": platform.python_version()}
+
+
+def select_artifacts(manifest: dict[str, Any], runtimes: list[str] | None,
+                     precisions: list[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """(manifest entries to time, in table order; what cannot be timed here, with the reason)."""
+    def chosen(runtime: Any, precision: Any) -> bool:
+        return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
+
+    runnable, unavailable = [], []
+    for entry in manifest["artifacts"]:
+        if not isinstance(entry, dict) or not chosen(entry.get("runtime"), entry.get("precision")):
+            continue
+        ok, why = available(str(entry.get("runtime")))
+        if ok:
+            runnable.append(entry)
+        else:
+            unavailable.append({"runtime": str(entry["runtime"]), "precision": str(entry["precision"]), "reason": why})
+    for skip in manifest.get("skipped") or []:
+        runtime = FORMAT_RUNTIME.get(str(skip.get("format")), str(skip.get("format")))
+        if isinstance(skip, dict) and chosen(runtime, skip.get("precision")):
+            unavailable.append({"runtime": runtime, "precision": str(skip.get("precision")),
+                                "reason": f"not exported: {skip.get('reason')}"})
+    listed = {e["runtime"] for e in runnable} | {u["runtime"] for u in unavailable}
+    for name in runtimes or list_runtimes():
+        ok, why = available(name)
+        if not ok and name not in listed:
+            unavailable += [{"runtime": name, "precision": p, "reason": why} for p in exported_precisions(name)
+                            if chosen(name, p)]
+    runnable.sort(key=lambda e: (RUNTIME_ORDER.index(e["runtime"]) if e["runtime"] in RUNTIME_ORDER else 99,
+                                 PRECISIONS.index(e["precision"]) if e["precision"] in PRECISIONS else 99,
+                                 e.get("target") or ""))
+    return runnable, unavailable
+
+
 def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None = None,
-                     precisions: Iterable[str] | None = None, batch_sizes: Iterable[int] = DEFAULT_BATCH_SIZES,
+                     precisions: Iterable[str] | None = None, batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES,
                      warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, threads: int | None = None,
                      device: str = "cpu", source: str | None = None,
                      progress: Progress | None = None) -> BenchReport:
@@ -162,42 +211,15 @@ def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None =
     export_dir = Path(export_dir)
     if warmup < 0 or iters < 1:
         raise BadInputError("--warmup must be >= 0 and --iters >= 1")
-    runtime_names = _names(runtimes, list_runtimes(), "--runtimes")
-    precision_names = _names(precisions, PRECISIONS, "--precisions")
     sizes = parse_batch_sizes(batch_sizes)
     threads = threads or physical_cores()
     manifest = read_manifest(export_dir)
-    from toolkit.card import ModelCard
-
     card = ModelCard.from_dict(manifest.get("card") or {})
-    chosen = [e for e in manifest["artifacts"] if isinstance(e, dict)
-              and (runtime_names is None or e.get("runtime") in runtime_names)
-              and (precision_names is None or e.get("precision") in precision_names)]
-    unavailable = [{"runtime": FORMAT_RUNTIME.get(str(s.get("format")), str(s.get("format"))),
-                    "precision": str(s.get("precision")), "reason": str(s.get("reason"))}
-                   for s in manifest.get("skipped") or [] if isinstance(s, dict)
-                   and (runtime_names is None or FORMAT_RUNTIME.get(str(s.get("format"))) in runtime_names)
-                   and (precision_names is None or s.get("precision") in precision_names)]
-    listed = {e.get("runtime") for e in chosen} | {u["runtime"] for u in unavailable}
-    for name in runtime_names or list_runtimes():
-        ok, why = available(name)
-        if not ok and name not in listed:
-            unavailable += [{"runtime": name, "precision": p, "reason": why} for p in exported_precisions(name)
-                            if precision_names is None or p in precision_names]
-    runnable = []
-    for entry in chosen:
-        ok, why = available(str(entry.get("runtime")))
-        if ok:
-            runnable.append(entry)
-        else:
-            unavailable.append({"runtime": str(entry.get("runtime")), "precision": str(entry.get("precision")),
-                                "reason": why})
+    runnable, unavailable = select_artifacts(manifest, _names(runtimes, list_runtimes(), "--runtimes"),
+                                             _names(precisions, PRECISIONS, "--precisions"))
     if not runnable:
         raise BadInputError(f"nothing to time: {export_dir} holds no runnable artifact for the chosen runtimes "
                             f"and precisions")
-    runnable.sort(key=lambda e: (RUNTIME_ORDER.index(e["runtime"]) if e["runtime"] in RUNTIME_ORDER else 99,
-                                 PRECISIONS.index(e["precision"]) if e["precision"] in PRECISIONS else 99,
-                                 e.get("target") or ""))
     rows: list[BenchRow] = []
     rng = np.random.default_rng(0)
     with ExitStack() as stack:
@@ -208,19 +230,18 @@ def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None =
                 raise BadInputError(f"{path.name} is listed in {MANIFEST_NAME} but missing; re-export")
             verify_sha256(path, entry)
             loaded.append(stack.enter_context(open_runtime(entry["runtime"], path, device, threads=threads)))
+        limit = min((rt.max_batch for rt in loaded if rt.max_batch), default=None)
+        if limit is not None and max(sizes) > limit:
+            raise BadInputError(f"batch {max(sizes)} exceeds an engine's limit of {limit}; choose --batch-sizes "
+                                f"up to {limit}")
         for size in sizes:
-            limit = min((rt.max_batch for rt in loaded if rt.max_batch), default=None)
-            if limit is not None and size > limit:
-                raise BadInputError(f"batch {size} exceeds an engine's limit of {limit}; choose --batch-sizes "
-                                    f"up to {limit}")
             batch = rng.standard_normal((size, *card.input.shape)).astype(np.float32)
             label = f"batch {size}: {len(loaded)} runtimes x {iters} timed calls"
             tick = (lambda calls: progress(label, calls, iters)) if progress else None
             times = timed_rounds(loaded, batch, warmup, iters, tick)
             rows += [percentile_row(e, size, t, rt.device) for e, t, rt in zip(runnable, times, loaded)]
     settings = {"batch_sizes": sizes, "warmup": warmup, "iters": iters, "threads": threads, "device": device,
-                "machine": {"cpu": platform.processor() or platform.machine(), "physical_cores": physical_cores(),
-                            "python": platform.python_version()}}
+                "block": BLOCK, "machine": cpu_description()}
     return BenchReport(source=source or str(export_dir), model=card.model, input_shape=list(card.input.shape),
                        settings=settings, rows=rows, unavailable=unavailable)
 

@@ -24,6 +24,12 @@ Examples:
 """
 
 
+def warn_no_verify(export_dir: str) -> None:
+    """--no-verify turns off a safety check: say so on every run, where a log keeps it."""
+    click.echo(f"rtool: warning: --no-verify: files in {export_dir} are NOT checked against the sha256 in its "
+               f"manifest.json; a changed or swapped file runs as is", err=True)
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224); every dimension a positive integer."""
     try:
@@ -136,9 +142,11 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option("--save-grid", type=click.Path(dir_okay=False), default=None,
               help="Write a PNG grid of the images labelled predicted/actual (wrong ones in red).")
+@click.option("--no-verify", is_flag=True, help="Run a file from an export folder even if it no longer matches "
+              "the sha256 in its manifest.json (not recommended).")
 def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: str | None, target: str | None,
           provider: str | None, threads: int | None, device: str, dataset: str | None, first: int | None,
-          data_dir: str | None, topk: int, as_json: bool, save_grid: str | None) -> None:
+          data_dir: str | None, topk: int, as_json: bool, save_grid: str | None, no_verify: bool) -> None:
     """Predict the class of IMAGES (or of a data set's first test images) with MODEL on any runtime.
 
     MODEL is a checkpoint, an exported file (.ts, .pt2, .onnx, .engine) or an
@@ -147,9 +155,11 @@ def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: s
     """
     from toolkit import infer as inference
 
+    if no_verify:
+        warn_no_verify(model)
     result = inference.run_infer(model, list(images), runtime=runtime, precision=precision, target=target,
                                  provider=provider, threads=threads, device=device, dataset=dataset, first=first,
-                                 topk=topk, data_dir=data_dir)
+                                 topk=topk, data_dir=data_dir, verify=not no_verify)
     for note in result.notes:
         click.echo(f"rtool: note: {note}", err=True)
     grid = inference.save_grid(result, save_grid) if save_grid else None
@@ -414,10 +424,12 @@ Thresholds file (JSON, or TOML with one [precision] table each):
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
 @click.option("--plot", "plot_file", default=None, metavar="FILE", help="Write a PNG of accuracy and latency.")
+@click.option("--no-verify", is_flag=True, help="Skip checking every file against the sha256 in manifest.json "
+              "(not recommended).")
 def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes: str | None, precisions: str | None,
            require: str | None, limit: int | None, thresholds_file: str | None, threshold_flags: tuple[str, ...],
            device: str, threads: int | None, json_file: str | None, markdown_file: str | None,
-           plot_file: str | None) -> None:
+           plot_file: str | None, no_verify: bool) -> None:
     """Check that every runtime x precision in EXPORT_DIR predicts what the eager model predicts.
 
     The eager FP32 model (model.pt) runs the model card's test set; every other
@@ -430,14 +442,19 @@ def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes:
 
     from toolkit import report as reporting
     from toolkit.errors import CheckFailedError
-    from toolkit.parity import load_thresholds, run_parity
+    from toolkit.parity import load_thresholds, run_parity, verify_export
 
     thresholds = load_thresholds(thresholds_file, threshold_flags)
+    if no_verify:
+        warn_no_verify(export_dir)
+    else:
+        verify_export(export_dir)
     console = Console(stderr=json_file == "-", highlight=False)
     with reporting.progress_bars(True, console) as bars:
         result = run_parity(export_dir, dataset=dataset, data_dir=data_dir, runtimes=[runtimes] if runtimes else None,
                             precisions=[precisions] if precisions else None, require=[require] if require else None,
-                            limit=limit, thresholds=thresholds, device=device, threads=threads, progress=bars)
+                            limit=limit, thresholds=thresholds, device=device, threads=threads, progress=bars,
+                            verify=not no_verify)
     reporting.print_parity(result, console)
     for path in reporting.write_parity_files(result, json_file, markdown_file, plot_file):
         console.print(f"wrote {path}")

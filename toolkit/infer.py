@@ -92,8 +92,10 @@ def default_precision(runtime: str) -> str:
 
 
 def pick_model_file(model: str | Path, runtime: str | None = None, precision: str | None = None,
-                    target: str | None = None, provider: str | None = None) -> tuple[Path, str, str | None]:
-    """(file, runtime, precision) for MODEL: a file as given, or the folder's file for runtime x precision."""
+                    target: str | None = None, provider: str | None = None,
+                    verify: bool = True) -> tuple[Path, str, str | None]:
+    """(file, runtime, precision) for MODEL: a file as given, or the folder's file for runtime x precision
+    (its sha256 checked against the folder's manifest unless ``verify`` is False)."""
     path = Path(model)
     if not path.exists():
         raise BadInputError(f"model {path} does not exist (give a checkpoint, an exported file or an export folder)")
@@ -105,7 +107,7 @@ def pick_model_file(model: str | Path, runtime: str | None = None, precision: st
         precision = precision or default_precision(runtime)
         if target is None and (runtime == "tensorrt" or (provider or "").lower() in ("tensorrt", "trt")):
             target = "tensorrt"
-        return resolve_artifact(path, runtime, precision, target), runtime, precision
+        return resolve_artifact(path, runtime, precision, target, verify=verify), runtime, precision
     runtime = runtime or runtime_for_file(path)
     if precision:  # a file is what it is: check the request against its manifest entry, if it has one
         entry = manifest_entry(path)
@@ -176,8 +178,12 @@ def top_k(logits: np.ndarray, class_names: list[str], k: int) -> list[list[tuple
 def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runtime: str | None = None,
               precision: str | None = None, target: str | None = None, provider: str | None = None,
               threads: int | None = None, device: str = "auto", dataset: str | None = None,
-              first: int | None = None, topk: int = 1, data_dir: str | Path | None = None) -> InferResult:
-    """Predict classes for image files or a data set's first test images."""
+              first: int | None = None, topk: int = 1, data_dir: str | Path | None = None,
+              verify: bool = True) -> InferResult:
+    """Predict classes for image files or a data set's first test images.
+
+    ``verify=False`` skips the sha256 check of a file picked from an export folder (``--no-verify``).
+    """
     images = list(images or [])
     provider = None if provider in (None, "", "auto") else provider
     if dataset is None and not images:
@@ -189,7 +195,7 @@ def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runt
     if topk < 1:
         raise BadInputError("--topk must be at least 1")
 
-    model_file, runtime, precision = pick_model_file(model, runtime, precision, target, provider)
+    model_file, runtime, precision = pick_model_file(model, runtime, precision, target, provider, verify)
     if provider and runtime != "onnxruntime":
         raise BadInputError(f"--provider is for the onnxruntime runtime; {runtime} runs where --device says")
     options = {k: v for k, v in (("provider", provider), ("threads", threads)) if v}

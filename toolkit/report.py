@@ -125,7 +125,8 @@ def bench_settings_line(report: BenchReport) -> str:
     s = report.settings
     return (f"{report.model} {'x'.join(map(str, report.input_shape))}, {s['threads']} threads, {s['warmup']} warm-up "
             f"and {s['iters']} timed calls per runtime and batch size, interleaved; device {s['device']} "
-            f"({s['machine']['cpu']}, {s['machine']['physical_cores']} physical cores)")
+            f"({s['machine']['cpu']}, {s['machine']['physical_cores']} physical cores, int8 dot product: "
+            f"{s['machine'].get('int8_dot_product', 'unknown')})")
 
 
 def print_bench(report: BenchReport, console: Any = None) -> None:

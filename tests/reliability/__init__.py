@@ -1,0 +1,1 @@
+"""Reliability and security tests: hostile files, interrupted work, bad inputs (``pytest -m reliability``)."""

@@ -1,0 +1,215 @@
+"""Checks on model files that may come from elsewhere, made before a library opens them for real.
+
+ONNX files may point at "external data" files by path; a hostile one points
+outside its folder (``../``, an absolute path, a symbolic link) so that
+loading it reads any file on the machine. It may also claim absurd sizes (a
+tensor of 10^12 elements, an input dimension of 2^40) that make a runtime
+allocate terabytes. torch.export archives (``.pt2``) hold pickles, and
+``torch.export.load`` falls back to full unpickling — running any code the
+file names — when a part does not load as plain tensors. These checks read
+only the file's structure (never external data, never unpickling) and
+refuse such files with one line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickle
+import zipfile
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterator
+
+from toolkit.errors import BadInputError, UnsafeFileError
+
+MAX_TENSOR_ELEMENTS = 1 << 31  # 8 GB of float32: far above any ResNet weight or image batch
+MAX_STATIC_DIM = 1 << 20  # one fixed dimension of a graph input or output
+SMALL_CONSTANT = 16  # constants read to find the size a ConstantOfShape asks for
+
+
+def _refuse_location(path: Path, tensor: str, location: str) -> str:
+    """Why an external-data location is not a plain relative path inside the model's folder ('' if it is)."""
+    if not location:
+        return "an empty location"
+    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute() \
+            or PureWindowsPath(location).drive or location.startswith(("/", "\\")):
+        return f"the absolute path '{location}'"
+    if ".." in PurePosixPath(location.replace("\\", "/")).parts:
+        return f"'{location}', which climbs out with '..'"
+    folder = path.resolve().parent
+    if not (folder / location).resolve().is_relative_to(folder):
+        return f"'{location}', a symbolic link that leaves the folder"
+    return ""
+
+
+def check_external_data(path: Path, tensor: Any) -> None:
+    """Refuse an external-data reference that leaves the model's folder; check its byte range fits the file."""
+    info = {entry.key: entry.value for entry in tensor.external_data}
+    location = info.get("location", "")
+    why = _refuse_location(path, tensor.name, location)
+    if why:
+        raise UnsafeFileError(f"refused {path.name}: tensor '{tensor.name}' takes its data from {why}; an ONNX "
+                              f"file may only use data files inside its own folder")
+    data_file = path.resolve().parent / location
+    if not data_file.is_file():
+        raise BadInputError(f"{path.name}: tensor '{tensor.name}' needs the data file {location}, which is missing "
+                            f"beside it; copy it along or re-export as one file")
+    try:
+        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
+    except ValueError:
+        raise BadInputError(f"{path.name}: tensor '{tensor.name}' has a malformed external-data offset/length") from None
+    size = data_file.stat().st_size
+    if offset < 0 or offset > size or (length >= 0 and offset + length > size):
+        raise BadInputError(f"{path.name}: tensor '{tensor.name}' asks for bytes beyond the end of {location} "
+                            f"({size} bytes); the files are truncated or do not belong together")
+
+
+def _tensors(graph: Any, where: str = "graph") -> Iterator[tuple[Any, str]]:
+    """Every TensorProto in a graph: initializers, Constant/attribute tensors, and those of subgraphs."""
+    for tensor in graph.initializer:
+        yield tensor, where
+    for sparse in graph.sparse_initializer:
+        yield sparse.values, where
+        yield sparse.indices, where
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t, f"node {node.name or node.op_type}"
+            yield from ((t, f"node {node.name or node.op_type}") for t in attr.tensors)
+            if attr.HasField("sparse_tensor"):
+                yield attr.sparse_tensor.values, f"node {node.name or node.op_type}"
+            if attr.HasField("g"):
+                yield from _tensors(attr.g, f"subgraph of {node.op_type}")
+            for sub in attr.graphs:
+                yield from _tensors(sub, f"subgraph of {node.op_type}")
+
+
+def _elements(dims: Any) -> int:
+    return math.prod(int(d) for d in dims)
+
+
+def _check_tensor(path: Path, tensor: Any, where: str) -> None:
+    if any(int(d) < 0 for d in tensor.dims):
+        raise BadInputError(f"{path.name}: tensor '{tensor.name}' ({where}) has a negative dimension; "
+                            f"the file is corrupt")
+    count = _elements(tensor.dims)
+    if count > MAX_TENSOR_ELEMENTS:
+        raise BadInputError(f"{path.name}: tensor '{tensor.name}' ({where}) claims {count:,} elements (limit "
+                            f"{MAX_TENSOR_ELEMENTS:,}); the file is corrupt or hostile")
+
+
+def _check_value_infos(path: Path, values: Any, kind: str) -> None:
+    for value in values:
+        if not value.type.HasField("tensor_type"):
+            continue
+        dims = [d.dim_value for d in value.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        if any(d > MAX_STATIC_DIM for d in dims) or _elements(dims) > MAX_TENSOR_ELEMENTS:
+            raise BadInputError(f"{path.name}: {kind} '{value.name}' has the absurd shape {dims} (a dimension "
+                                f"above {MAX_STATIC_DIM:,}); the file is corrupt or hostile")
+
+
+def _check_constant_of_shape(path: Path, graph: Any) -> None:
+    """A ConstantOfShape whose shape is a constant must not ask for more than the tensor limit."""
+    from onnx import numpy_helper
+
+    small = {t.name: t for t in graph.initializer if _elements(t.dims) <= SMALL_CONSTANT}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t") and _elements(attr.t.dims) <= SMALL_CONSTANT:
+                    small[node.output[0]] = attr.t
+    for node in graph.node:
+        if node.op_type != "ConstantOfShape" or not node.input or node.input[0] not in small:
+            continue
+        shape_tensor = small[node.input[0]]
+        if shape_tensor.data_location == shape_tensor.EXTERNAL:
+            continue
+        try:
+            shape = [int(v) for v in numpy_helper.to_array(shape_tensor).reshape(-1)]
+        except (ValueError, TypeError):
+            continue
+        if any(d < 0 for d in shape) or _elements(shape) > MAX_TENSOR_ELEMENTS:
+            raise BadInputError(f"{path.name}: node {node.name or 'ConstantOfShape'} would build a tensor of shape "
+                                f"{shape} (limit {MAX_TENSOR_ELEMENTS:,} elements); the file is corrupt or hostile")
+
+
+def check_onnx_file(path: str | Path) -> Any:
+    """The parsed ONNX ModelProto (external data not loaded) once the file passed every check.
+
+    Refused: unparsable or empty files (BadInputError), external data outside
+    the model's folder (UnsafeFileError, before any of it is read), tensors,
+    inputs and outputs of absurd size (BadInputError).
+    """
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"model file {path} does not exist")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError, onnx's own errors: all mean "not an ONNX file"
+        reason = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:120]
+        raise BadInputError(f"{path.name} is not a loadable ONNX model (truncated or corrupt: {reason})") from None
+    if not model.graph.node or not model.graph.output:
+        raise BadInputError(f"{path.name} is not a loadable ONNX model (it holds no graph; truncated or corrupt)")
+    for tensor, where in _tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            check_external_data(path, tensor)
+        _check_tensor(path, tensor, where)
+    initializers = {t.name for t in model.graph.initializer}
+    _check_value_infos(path, [v for v in model.graph.input if v.name not in initializers], "input")
+    _check_value_infos(path, model.graph.output, "output")
+    _check_constant_of_shape(path, model.graph)
+    return model
+
+
+# ---------------------------------------------------------------- torch.export archives
+
+PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")  # pickled Python objects, never plain tensors
+
+
+def _pickled_members(archive: zipfile.ZipFile) -> set[str]:
+    """The members torch.export.load unpickles: ``.pt`` files and every config entry marked ``use_pickle``."""
+    names = set(archive.namelist())
+    members = {n for n in names if n.endswith((".pt", ".pkl"))}
+    for config_name in (n for n in names if n.endswith("_config.json") and "/data/" in f"/{n}"):
+        try:
+            config = json.loads(archive.read(config_name)).get("config", {})
+        except (ValueError, AttributeError):
+            continue
+        folder = config_name.rsplit("/", 1)[0]
+        for entry in config.values() if isinstance(config, dict) else []:
+            if isinstance(entry, dict) and entry.get("use_pickle"):
+                members.add(f"{folder}/{entry.get('path_name', '')}")
+    return members & names
+
+
+def check_pt2_archive(path: str | Path) -> None:
+    """Refuse a ``.pt2`` file whose pickled parts are anything but tensors and plain containers.
+
+    Each part torch.export.load would unpickle is first read with
+    ``torch.load(weights_only=True)``: a part that needs more (a function, a
+    class) is refused, so torch never reaches its full-unpickling fallback.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        raise BadInputError(f"{path.name} is not a readable torch.export file (not a .pt2 archive); re-export it") from None
+    with archive:
+        for name in archive.namelist():
+            if name.rsplit("/", 1)[-1].startswith(PICKLED_OBJECT_PREFIXES):
+                raise UnsafeFileError(f"refused {path.name}: it holds pickled Python objects ({name}), and loading "
+                                      f"them could run code; rtool opens .pt2 files of tensors only")
+        for name in sorted(_pickled_members(archive)):
+            try:
+                torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+            except pickle.UnpicklingError:
+                raise UnsafeFileError(f"refused {path.name}: its part {name} needs more than plain tensors to "
+                                      f"load, and unpickling it could run code; re-export it with rtool") from None
+            except Exception as e:  # torch raises many kinds for a broken part; each means "corrupt"
+                raise BadInputError(f"{path.name} is not a readable torch.export file ({name} is corrupt: "
+                                    f"{e.__class__.__name__}); re-export it") from None
