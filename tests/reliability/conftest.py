@@ -1,23 +1,17 @@
 """Every test in this folder is a reliability test: ``pytest -m reliability`` runs them all.
 
 Shared here: a digit image, copies of the session's export folder (tests may
-change the copy), and a runner that starts several real `rtool` processes at
-once (they spend most of their time importing PyTorch, so two at a time
-roughly halves the wall time on two cores).
+change the copy) and the marker file a hostile payload would create.
 """
 
 from __future__ import annotations
 
 import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-
-from conftest import run_rtool
 
 HERE = Path(__file__).resolve().parent
 
@@ -26,13 +20,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.reliability)
-
-
-def run_many(commands: dict[str, tuple], timeout: float = 120, workers: int = 2) -> dict[str, subprocess.CompletedProcess]:
-    """Run ``rtool`` with each argument tuple, ``workers`` at a time; results by the same keys."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {key: pool.submit(run_rtool, *args, timeout=timeout) for key, args in commands.items()}
-        return {key: future.result() for key, future in futures.items()}
 
 
 @pytest.fixture(scope="session")

@@ -91,7 +91,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
 def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fixed, per-class train/test indices (same seed, same split on every machine).
 
-    A class with two or more images keeps at least one in each split.
+    A class with two or more images keeps at least one in each split. Each split
+    comes in a fixed shuffled order, so "the first N test images" mix the classes.
     """
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -103,7 +104,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int = 0) ->
             n_test = min(max(n_test, 1), len(idx) - 1)
         test.append(idx[:n_test])
         train.append(idx[n_test:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
 
 
 __all__ = ["Dataset", "Split", "load_dataset", "list_datasets", "register_dataset", "stratified_split"]
