@@ -89,12 +89,14 @@ def resolve_source(source: str | Path, *, input_shape: tuple[int, ...] | None = 
     text = str(source)
     if text in list_models() and not Path(text).is_file():
         return _model_source(text, input_shape, num_classes, weights)
+    path = Path(text)
+    if not path.is_file() and path.suffix not in (".pt", ".pth"):
+        if input_shape or num_classes or weights:  # meant as a model name: say which names exist
+            get_entry(text)
+        raise BadInputError(f"'{text}' is neither a checkpoint file nor a model name; see `rtool models`")
     if input_shape or num_classes or weights:
         raise BadInputError("--input-shape, --num-classes and --weights go with a model name, not a checkpoint "
                             "(its card already fixes them)")
-    path = Path(text)
-    if not path.is_file() and path.suffix not in (".pt", ".pth"):
-        raise BadInputError(f"'{text}' is neither a checkpoint file nor a model name; see `rtool models`")
     model, card = load_model(path)
     info = {"kind": "checkpoint", "path": str(path.resolve()), "sha256": sha256_file(path)}
     return Source(model, card, info, path.resolve().parent / "export")

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 
 CARD_KEY = "rtool.model_card"  # the ONNX metadata_props key that holds the card as JSON
 SUPPORTED_CARD_FORMAT = 1  # newest card format this file understands
+QUIET = 4  # onnxruntime log severity: fatal only (errors come back as exceptions, turned into PredictorError)
 
 ImageSource = Union[str, Path, Image.Image]
 
@@ -49,6 +50,7 @@ class Predictor:
         if not path.is_file():
             raise PredictorError(f"model file {path} does not exist")
         options = ort.SessionOptions()
+        options.log_severity_level = QUIET  # every failure reaches the caller as a PredictorError instead
         if threads:
             options.intra_op_num_threads = threads
         try:
@@ -112,8 +114,15 @@ class Predictor:
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         """float64 (N, classes): softmax of the logits, or the model's own probabilities."""
         batch = self.preprocess(images)
-        outputs = [self.session.run([self.output_name], {self.input_name: batch[i:i + self.batch_size]})[0]
-                   for i in range(0, len(batch), self.batch_size)]
+        run_options = ort.RunOptions()
+        run_options.log_severity_level = QUIET
+        try:
+            outputs = [self.session.run([self.output_name], {self.input_name: batch[i:i + self.batch_size]},
+                                        run_options)[0] for i in range(0, len(batch), self.batch_size)]
+        except Exception as e:  # onnxruntime's errors derive from Exception directly
+            reason = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
+            raise PredictorError(f"ONNX Runtime failed to run the model ({reason}); the file may be "
+                                 f"corrupt, re-export it with rtool") from None
         scores = np.concatenate(outputs).astype(np.float64)
         if self.outputs_probabilities:
             return scores

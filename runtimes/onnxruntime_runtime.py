@@ -96,11 +96,20 @@ def choose_providers(requested: str | None = None, device: str = "auto") -> tupl
     return list(dict.fromkeys([wanted, PREFERENCE[2]])), []
 
 
-def session_options(threads: int | None = None, optimized_model_path: str | Path | None = None) -> Any:
-    """Full graph optimization, sequential execution, one inter-op thread, intra-op = physical cores."""
+def session_options(threads: int | None = None, optimized_model_path: str | Path | None = None,
+                    simulate_qdq: bool = False) -> Any:
+    """Full graph optimization, sequential execution, one inter-op thread, intra-op = physical cores.
+
+    ``simulate_qdq`` keeps Q/DQ pairs as they are (no int8 kernels): the graph
+    then computes in float exactly what its quantization defines, whatever the
+    CPU. That is how a TensorRT-target INT8 file is checked where TensorRT is
+    missing; x86 int8 kernels without VNNI saturate on its symmetric form.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if simulate_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.intra_op_num_threads = int(threads) if threads else physical_cores()
@@ -121,7 +130,7 @@ def pixels_from_input(batch: np.ndarray, spec: Any) -> np.ndarray:
 
 @register_runtime
 class OnnxRuntimeRuntime(Runtime):
-    """Options: ``provider`` (auto|tensorrt|cuda|cpu), ``threads``, ``optimized_model_path``."""
+    """Options: ``provider`` (auto|tensorrt|cuda|cpu), ``threads``, ``optimized_model_path``, ``simulate_qdq``."""
 
     name = "onnxruntime"
     suffixes = (".onnx",)
@@ -140,7 +149,8 @@ class OnnxRuntimeRuntime(Runtime):
         path = self.expect_file(artifact_path)
         check_onnx_file(path)  # external data outside its folder, absurd sizes: refused before ONNX Runtime reads it
         providers, self.notes = choose_providers(self.options.get("provider"), device)
-        options = session_options(self.options.get("threads"), self.options.get("optimized_model_path"))
+        options = session_options(self.options.get("threads"), self.options.get("optimized_model_path"),
+                                  bool(self.options.get("simulate_qdq")))
         quiet = os.environ.get("RTOOL_DEBUG") is None and providers != [PREFERENCE[2]]
         # A GPU provider that passed the checks can still fail to load (e.g. a missing cuDNN); ONNX Runtime
         # then logs a multi-line error at ERROR severity. It is reported below in one line instead.
@@ -157,7 +167,7 @@ class OnnxRuntimeRuntime(Runtime):
         if missing and not self.notes:
             self.notes.append(f"{missing[0]} failed to start (set RTOOL_DEBUG=1 for ONNX Runtime's log): "
                               f"using {got[0]}")
-        self.device = got[0]
+        self.device = got[0] + (" (Q/DQ simulated in float)" if self.options.get("simulate_qdq") else "")
         stored = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
         self.card = card_from_json(stored, path) if stored else card_beside(path)
         if self.card is None:
@@ -172,9 +182,14 @@ class OnnxRuntimeRuntime(Runtime):
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        import onnxruntime as ort
+
         feed = pixels_from_input(batch, self.card.input) if self.raw_pixels else batch
+        run_options = ort.RunOptions()
+        if os.environ.get("RTOOL_DEBUG") is None:  # a failing node is logged in many lines; reported in one below
+            run_options.log_severity_level = FATAL_SEVERITY
         try:
-            out = self.session.run(None, {self.input_name: feed})[0]
+            out = self.session.run(None, {self.input_name: feed}, run_options)[0]
         except Exception as e:  # onnxruntime's own error classes: the file, not rtool, failed
             raise BadInputError(f"ONNX Runtime failed to run this model ({error_summary(e)}); "
                                 f"the file may be corrupt, re-export it") from None

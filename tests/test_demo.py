@@ -11,7 +11,7 @@ from toolkit.demo import MARKER, OWNED, claim_folder
 from toolkit.errors import BadInputError
 
 # Short but real: enough training for INT8 to keep the eager model's predictions.
-FAST = ("--epochs", "3", "--train-limit", "2000", "--test-limit", "500", "--bench-iters", "3", "--quiet")
+FAST = ("--epochs", "4", "--test-limit", "500", "--bench-iters", "3", "--quiet")
 
 
 def test_demo_end_to_end(tmp_path, rtool):

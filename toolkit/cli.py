@@ -30,6 +30,17 @@ def warn_no_verify(export_dir: str) -> None:
                f"manifest.json; a changed or swapped file runs as is", err=True)
 
 
+def check_output_files(*flags: tuple[str, str | None]) -> None:
+    """Refuse an output file whose folder cannot be written before the long work, not after it."""
+    from pathlib import Path
+
+    from toolkit.fileio import check_writable_dir
+
+    for flag, name in flags:
+        if name and name != "-":
+            check_writable_dir(Path(name).parent, flag)
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """'1x3x224x224' -> (1, 3, 224, 224); every dimension a positive integer."""
     try:
@@ -155,6 +166,8 @@ def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: s
     """
     from toolkit import infer as inference
 
+    if save_grid:
+        check_output_files(("--save-grid", save_grid))
     if no_verify:
         warn_no_verify(model)
     result = inference.run_infer(model, list(images), runtime=runtime, precision=precision, target=target,
@@ -352,7 +365,9 @@ def evaluate(model_file: str, dataset: str | None, data_dir: str | None, downloa
     from pathlib import Path
 
     from toolkit.evaluate import evaluate_file, write_eval_outputs
+    from toolkit.fileio import check_writable_dir
 
+    check_writable_dir(out or Path(model_file).parent / "eval")
     result = evaluate_file(model_file, dataset, data_dir=data_dir, download=download, limit=limit,
                            batch_size=batch_size, device=device, runtime=runtime)
     files = write_eval_outputs(result, out or Path(model_file).parent / "eval")
@@ -445,6 +460,7 @@ def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes:
     from toolkit.parity import load_thresholds, run_parity, verify_export
 
     thresholds = load_thresholds(thresholds_file, threshold_flags)
+    check_output_files(("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file))
     if no_verify:
         warn_no_verify(export_dir)
     else:
@@ -496,6 +512,7 @@ def bench(source: str, runtimes: str | None, precisions: str | None, batch_sizes
     from toolkit.bench import run_bench
 
     shape = parse_shape(input_shape) if input_shape else None
+    check_output_files(("--json", json_file), ("--markdown", markdown_file))
     console = Console(stderr=json_file == "-", highlight=False)
     with reporting.progress_bars(True, console) as bars:
         result = run_bench(source, runtimes=[runtimes] if runtimes else None,
@@ -535,11 +552,14 @@ def demo(out: str, overwrite: bool, quiet: bool, epochs: int | None, train_limit
                         test_limit=test_limit, bench_iters=bench_iters))
 
 
-def main() -> None:
-    """Entry point: run the group and turn known errors into one line and an exit code."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the group and turn known errors into one line and an exit code.
+
+    ``argv`` (default: the process's arguments) lets tests run the real entry point in-process.
+    """
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
     try:
-        cli.main(standalone_mode=False, prog_name="rtool")
+        cli.main(args=argv, standalone_mode=False, prog_name="rtool")
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.exceptions.Abort:

@@ -11,14 +11,34 @@ from typing import Iterator
 from toolkit.errors import BadInputError
 
 
-def ensure_writable_dir(directory: Path) -> Path:
+def check_writable_dir(directory: str | Path, flag: str = "--out") -> Path:
+    """Say in one line why files cannot be written in ``directory``, without creating it.
+
+    Commands call this before long work, so a bad output path fails at once
+    instead of after training or a parity run. A missing folder is fine if its
+    nearest existing parent is a writable folder (it is created on first write).
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise BadInputError(f"cannot write in {directory}: {existing} is a file, not a folder; "
+                            f"choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInputError(f"output folder {existing} is not writable; choose another {flag}")
+    return directory
+
+
+def ensure_writable_dir(directory: str | Path, flag: str = "--out") -> Path:
     """Create ``directory`` (and parents) or say in one line why it cannot be written."""
+    directory = check_writable_dir(directory, flag)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise BadInputError(f"cannot create output folder {directory} ({e.strerror}); choose another with --out") from None
+        raise BadInputError(f"cannot create output folder {directory} ({e.strerror}); choose another {flag}") from None
     if not os.access(directory, os.W_OK):
-        raise BadInputError(f"output folder {directory} is not writable; choose another with --out")
+        raise BadInputError(f"output folder {directory} is not writable; choose another {flag}")
     return directory
 
 

@@ -39,7 +39,7 @@ from toolkit.card import InputSpec, ModelCard
 from toolkit.checkpoint import load_checkpoint, make_card, save_checkpoint
 from toolkit.data import Dataset, Split, load_dataset
 from toolkit.errors import BadInputError, CheckFailedError, RtoolError, UnavailableError
-from toolkit.fileio import atomic_write_text, ensure_writable_dir
+from toolkit.fileio import atomic_write_text, check_writable_dir
 from toolkit.models import create_model
 
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "metrics.jsonl", "curves.png")
@@ -520,7 +520,7 @@ def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
     if config.amp == "fp16" and device.type != "cuda":
         raise BadInputError("--amp fp16 needs --device cuda; on the CPU use --amp bf16 or none")
     if dist_info.is_main:
-        ensure_writable_dir(run_dir)
+        check_writable_dir(run_dir)  # created by the first file written: a run that fails first leaves nothing
         if config.overwrite:
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
@@ -575,6 +575,9 @@ def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         if start_epoch >= config.epochs:
             progress.line(f"{run_dir} already finished its {config.epochs} epochs; nothing to resume")
+            if dist_info.is_main:  # a run stopped right after its last checkpoint still needs these
+                write_metrics(run_dir, history)
+                _draw_curves(run_dir, history, config)
             return _result(run_dir, history, best_acc, best_epoch)
         progress.line(f"resuming {run_dir} at epoch {start_epoch + 1}, batch {start_batch + 1}")
 
@@ -677,15 +680,20 @@ def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
                           f"acc {100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  "
                           f"{row['images_per_s']:.0f} img/s  {seconds:.1f}s")
 
-    if dist_info.is_main and history:
-        from toolkit.plots import training_curves
-
-        training_curves(history, run_dir / "curves.png", title=f"{config.model} on {config.dataset}")
+    if dist_info.is_main:
+        _draw_curves(run_dir, history, config)
     result = _result(run_dir, history, best_acc, best_epoch, interrupted)
     result.rank = dist_info.rank
     if interrupted:
         result.resume_command = f"rtool train --out {run_dir} --resume"
     return result
+
+
+def _draw_curves(run_dir: Path, history: list[dict[str, Any]], config: TrainConfig) -> None:
+    if history:
+        from toolkit.plots import training_curves
+
+        training_curves(history, run_dir / "curves.png", title=f"{config.model} on {config.dataset}")
 
 
 def _result(run_dir: Path, history: list[dict[str, Any]], best_acc: float, best_epoch: int,

@@ -196,3 +196,50 @@ def nudge_onnx_weight(path: Path) -> None:
     data[start:start + 4] = np.nextafter(value, np.float32(np.inf)).astype(np.float32).tobytes()
     path.write_bytes(bytes(data))
 
+
+
+ESCAPES = ("dot-dot", "absolute", "symlink")
+
+
+def escaping_onnx_models(real_onnx: Path, folder: Path) -> dict[str, tuple[Path, Path]]:
+    """Copies of a real ONNX file in ``folder/model/`` whose largest weight reads its bytes from outside that folder.
+
+    For each way out (``../``, an absolute path, a symbolic link inside the folder
+    that leads out) two targets in ``folder/outside/``: ``weights.bin``, a regular
+    file holding the true weight bytes (so a loader that follows the reference
+    gets a working model), and ``weights.fifo``, a named pipe with no writer:
+    opening it for reading blocks forever, so a loader that so much as opens it
+    hangs. Returns ``{"escape/target": (model file, target file)}``.
+    """
+    model_dir, outside = folder / "model", folder / "outside"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    outside.mkdir(parents=True, exist_ok=True)
+    (outside / "weights.bin").write_bytes(external_weight_bytes(real_onnx))
+    os.mkfifo(outside / "weights.fifo")
+    files = {}
+    for target in ("weights.bin", "weights.fifo"):
+        kind = target.split(".")[1]
+        link = model_dir / f"link-{kind}.bin"
+        os.symlink((outside / target).resolve(), link)
+        locations = {"dot-dot": f"../outside/{target}", "absolute": str((outside / target).resolve()),
+                     "symlink": link.name}
+        for escape, location in locations.items():
+            files[f"{escape}/{kind}"] = (move_to_external(real_onnx, model_dir / f"{escape}-{kind}.onnx", location),
+                                         outside / target)
+    return files
+
+
+def computed_shape_model(real_onnx: Path, path: Path) -> Path:
+    """A model with a real card whose ConstantOfShape asks, at run time only, for 2^40 floats (4 TB).
+
+    The shape is computed (2^20 * 2^20), so no static check can see it: the
+    runtime must fail the allocation and say so, not hang or crash.
+    """
+    s = helper.make_tensor("s", TensorProto.INT64, [1], [2 ** 20])
+    one = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    model = _graph_model([helper.make_node("Mul", ["s", "s"], ["s2"]),
+                          helper.make_node("ConstantOfShape", ["s2"], ["big"], value=one),
+                          helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+                          helper.make_node("Add", ["x", "r"], ["y"])], [s], ("N", 1, 28, 28), ("N", 1, 28, 28))
+    model.metadata_props.extend(onnx.load(str(real_onnx), load_external_data=False).metadata_props)
+    return save_model(model, path)
