@@ -148,6 +148,12 @@ def runtime_for_file(path: str | Path) -> str:
                         f"{', '.join(s for c in _REGISTRY.values() for s in c.suffixes)}")
 
 
+def artifact_label(runtime: str, precision: str, target: str | None = None) -> str:
+    """How reports name a file's row: 'onnxruntime int8 (cpu)'; the INT8 target tells the two INT8 files apart."""
+    suffix = f" ({target})" if target and precision == "int8" else ""
+    return f"{runtime} {precision}{suffix}"
+
+
 def error_summary(error: BaseException, limit: int = 140) -> str:
     """The first sentence of a library's error message, short enough for a one-line report."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__

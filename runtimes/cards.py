@@ -17,6 +17,7 @@ from typing import Any
 from exporters import artifact_filename
 from toolkit.card import EXTRA_FILE_NAME, MANIFEST_NAME, ONNX_METADATA_KEY, ModelCard
 from toolkit.errors import BadInputError, UnsafeFileError
+from toolkit.safety import DAMAGED_ZIP_ERRORS
 
 
 def card_from_json(text: str | bytes, source: Path) -> ModelCard:
@@ -74,8 +75,9 @@ def _zip_extra_card(path: Path) -> ModelCard | None:
             for name in archive.namelist():
                 if name.endswith(f"/{EXTRA_FILE_NAME}") or name == EXTRA_FILE_NAME:
                     return card_from_json(archive.read(name), path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise BadInputError(f"{path.name} is not a readable model archive ({e}); re-export it") from None
+    except DAMAGED_ZIP_ERRORS as e:
+        raise BadInputError(f"{path.name} is not a readable model archive ({e.__class__.__name__}: "
+                            f"{str(e)[:120]}); re-export it") from None
     return None
 
 

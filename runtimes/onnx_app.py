@@ -101,11 +101,11 @@ class Predictor:
         if not isinstance(image, Image.Image):
             try:
                 with Image.open(image) as opened:
-                    image = opened.convert(self.color)  # reads the pixels; a copy when the mode already fits
-            except (OSError, UnidentifiedImageError) as e:
+                    image = _convert(opened, self.color)  # reads the pixels; a copy when the mode already fits
+            except (OSError, UnidentifiedImageError, ValueError) as e:
                 raise PredictorError(f"cannot read image {image} ({e.__class__.__name__}: {e})") from None
         if image.mode != self.color:
-            image = image.convert(self.color)
+            image = _convert(image, self.color)
         if image.size != (self.width, self.height):
             image = image.resize((self.width, self.height), Image.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
@@ -140,6 +140,14 @@ class Predictor:
         k = max(1, min(int(top_k), probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    """``image.convert(mode)``, through RGB where Pillow has no direct path (e.g. a CIELab TIFF to grey)."""
+    try:
+        return image.convert(mode)
+    except ValueError:
+        return image.convert("RGB").convert(mode)
 
 
 def read_card(session: ort.InferenceSession, path: Path) -> dict[str, Any]:

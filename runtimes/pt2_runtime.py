@@ -40,7 +40,7 @@ class Pt2Runtime(Runtime):
         export_log.setLevel(logging.ERROR)  # torch logs a traceback at WARNING before raising its own error
         try:
             program = torch.export.load(str(path), extra_files=extra)
-        except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile, AssertionError) as e:
+        except Exception as e:  # a damaged archive raises many kinds (BadZipFile, KeyError, SpecViolationError, ...)
             raise BadInputError(f"{path.name} is not a readable torch.export file "
                                 f"({error_summary(e)})") from None
         finally:
@@ -57,8 +57,12 @@ class Pt2Runtime(Runtime):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        try:
+            with torch.inference_mode():
+                return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        except RuntimeError as e:  # a graph or weights damaged in the file fail here, not at load
+            raise BadInputError(f"torch.export program failed to run this model ({error_summary(e)}); the file "
+                                f"may be corrupt, re-export it") from None
 
     def close(self) -> None:
         self.module = None

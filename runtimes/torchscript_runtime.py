@@ -41,8 +41,12 @@ class TorchScriptRuntime(Runtime):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         import torch
 
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        try:
+            with torch.inference_mode():
+                return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+        except RuntimeError as e:  # the TorchScript interpreter's errors: the file's graph or weights are damaged
+            raise BadInputError(f"TorchScript failed to run this model ({error_summary(e)}); the file may be "
+                                f"corrupt, re-export it") from None
 
     def close(self) -> None:
         self.module = None

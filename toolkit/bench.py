@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from runtimes import Runtime, available, list_runtimes, open_runtime, physical_cores
+from runtimes import Runtime, artifact_label, available, list_runtimes, open_runtime, physical_cores
 from runtimes.cards import read_manifest, verify_sha256
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError
@@ -50,8 +50,7 @@ class BenchRow:
 
     @property
     def label(self) -> str:
-        target = f" ({self.target})" if self.target and self.precision == "int8" else ""
-        return f"{self.runtime} {self.precision}{target}"
+        return artifact_label(self.runtime, self.precision, self.target)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,7 @@ of another size or colour mode is converted, and a note says so.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,13 +134,16 @@ def load_images(paths: list[str | Path], spec: InputSpec) -> tuple[np.ndarray, l
         if not path.is_file():
             raise BadInputError(f"image {path} {'is a folder' if path.is_dir() else 'does not exist'}; give image files")
         try:
-            with Image.open(path) as image:
-                image.load()
-                found = describe_image(image.mode, image.size)
-                arrays.append(convert_image(image, spec))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")  # Pillow warns about damaged files: a note each, not a stack
+                with Image.open(path) as image:
+                    image.load()
+                    found = describe_image(image.mode, image.size)
+                    arrays.append(convert_image(image, spec))
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
             reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
             raise BadInputError(f"{path} is not a usable image ({reason})") from None
+        notes += [f"{path.name}: {warning.message}" for warning in caught]
         if found != wanted:
             notes.append(f"{path.name} is {found}; converted to {wanted} as the model card says")
     return np.stack(arrays), notes

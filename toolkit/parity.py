@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from runtimes import available, error_summary, infer_in_batches, list_runtimes, open_runtime
+from runtimes import artifact_label, available, error_summary, infer_in_batches, list_runtimes, open_runtime
 from runtimes.cards import read_manifest, verify_sha256
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError, RtoolError, UnsafeFileError
@@ -154,8 +154,7 @@ class ParityRow:
 
     @property
     def label(self) -> str:
-        target = f" ({self.target})" if self.target and self.precision == "int8" else ""
-        return f"{self.runtime} {self.precision}{target}"
+        return artifact_label(self.runtime, self.precision, self.target)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

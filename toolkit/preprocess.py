@@ -15,7 +15,10 @@ from toolkit.card import InputSpec
 def convert_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """A PIL image -> uint8 array (C, H, W) with the card's colour mode and size (bilinear resize)."""
     if image.mode != spec.color:
-        image = image.convert(spec.color)
+        try:
+            image = image.convert(spec.color)
+        except ValueError:  # no direct path in Pillow (e.g. a CIELab TIFF to grey): through RGB
+            image = image.convert("RGB").convert(spec.color)
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)

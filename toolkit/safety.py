@@ -18,11 +18,14 @@ import json
 import math
 import pickle
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator
 
 from toolkit.errors import BadInputError, UnsafeFileError
 
+# What zipfile raises for a damaged archive: a bad CRC, a garbled name or header, a broken deflate stream.
+DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError)
 MAX_TENSOR_ELEMENTS = 1 << 31  # 8 GB of float32: far above any ResNet weight or image batch
 MAX_STATIC_DIM = 1 << 20  # one fixed dimension of a graph input or output
 SMALL_CONSTANT = 16  # constants read to find the size a ConstantOfShape asks for
@@ -197,14 +200,19 @@ def check_pt2_archive(path: str | Path) -> None:
     path = Path(path)
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError):
+    except DAMAGED_ZIP_ERRORS:
         raise BadInputError(f"{path.name} is not a readable torch.export file (not a .pt2 archive); re-export it") from None
     with archive:
         for name in archive.namelist():
             if name.rsplit("/", 1)[-1].startswith(PICKLED_OBJECT_PREFIXES):
                 raise UnsafeFileError(f"refused {path.name}: it holds pickled Python objects ({name}), and loading "
                                       f"them could run code; rtool opens .pt2 files of tensors only")
-        for name in sorted(_pickled_members(archive)):
+        try:
+            pickled = sorted(_pickled_members(archive))
+        except DAMAGED_ZIP_ERRORS as e:
+            raise BadInputError(f"{path.name} is not a readable torch.export file ({e.__class__.__name__}: "
+                                f"{str(e)[:120]}); re-export it") from None
+        for name in pickled:
             try:
                 torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
             except pickle.UnpicklingError:

@@ -19,11 +19,13 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import onnx
+import pytest
 from PIL import Image
 
 from conftest import REPO
@@ -56,17 +58,6 @@ def after(seconds: float) -> Trigger:
     return lambda folder, elapsed: elapsed >= seconds
 
 
-def writing(final: str) -> Trigger:
-    """True while a temporary file for ``final`` exists with some bytes in it (anywhere below the folder)."""
-    def fire(folder: Path, elapsed: float) -> bool:
-        for path in _walk(folder):
-            match = TEMP.match(path.name)
-            if match and match["final"] == final and _size(path) > 0:
-                return True
-        return False
-    return fire
-
-
 def replaced(name: str) -> Trigger:
     """True once ``name`` is a different file than when the process started: just after an atomic rename."""
     first: dict[str, tuple[int, int] | None] = {}
@@ -76,6 +67,20 @@ def replaced(name: str) -> Trigger:
         if "start" not in first:
             first["start"] = now
         return now is not None and now != first["start"]
+    return fire
+
+
+def writing(final: str) -> Trigger:
+    """True while a temporary file for ``final`` exists (anywhere below the folder), or, should the poll miss
+    that moment (a small file is written in well under a millisecond), once ``final`` has been replaced."""
+    landed = replaced(final)
+
+    def fire(folder: Path, elapsed: float) -> bool:
+        for path in _walk(folder):
+            match = TEMP.match(path.name)
+            if match and match["final"] == final:
+                return True
+        return landed(folder, elapsed)
     return fire
 
 
@@ -99,13 +104,6 @@ def _walk(folder: Path) -> list[Path]:
         return []
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         stat = path.stat()
@@ -117,6 +115,7 @@ def _identity(path: Path) -> tuple[int, int] | None:
 def run_and_kill(args: tuple, folder: Path, trigger: Trigger | None, name: str) -> Outcome:
     """Start ``rtool ARGS``; SIGKILL it the moment ``trigger`` fires (polled every millisecond)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    before = {p.name for p in _walk(folder) if TEMP.match(p.name)}
     with open(folder.parent / f"{folder.name}.stderr", "w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", *map(str, args)], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=err)
@@ -130,10 +129,11 @@ def run_and_kill(args: tuple, folder: Path, trigger: Trigger | None, name: str) 
             if trigger is not None and trigger(folder, elapsed):
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-                left = sorted(p.name for p in _walk(folder) if TEMP.match(p.name))
+                left = sorted({p.name for p in _walk(folder) if TEMP.match(p.name)} - before)
                 return Outcome(name, True, elapsed, left)
             if elapsed > TIMEOUT:
                 proc.kill()
+                proc.wait()
                 raise AssertionError(f"{' '.join(map(str, args))} ran over {TIMEOUT}s")
             time.sleep(0.001)
 
@@ -187,15 +187,14 @@ def report(label: str, outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
-def test_killed_training_resumes_to_the_same_complete_run(tmp_path):
+def train_chain(run: Path) -> list[Outcome]:
+    """One training run killed again and again, each time resumed from its last.pt (or started afresh)."""
     rng = random.Random(SEED)
-    run = tmp_path / "run"
     plan = [("random delay", after(rng.uniform(0.5, 3.0))),
             ("writing best.pt", writing("best.pt")),
-            ("writing last.pt", writing("last.pt")),
             ("just after last.pt lands", replaced("last.pt")),
+            ("writing last.pt", writing("last.pt")),
             ("writing metrics.jsonl", writing("metrics.jsonl")),
-            ("random delay", after(rng.uniform(2.0, 5.0))),
             ("writing curves.png", writing("curves.png"))]
     outcomes: list[Outcome] = []
     for name, trigger in [*plan, ("to the end", None)]:
@@ -203,33 +202,53 @@ def test_killed_training_resumes_to_the_same_complete_run(tmp_path):
         args = ("train", "--out", run, "--resume", "--quiet") if resume else (*TRAIN, "--out", run, "--overwrite")
         outcomes.append(run_and_kill(args, run, trigger, f"{name}{' (resumed)' if resume else ''}"))
         assert_only_complete_files(run, RUN_FILES)
-        saved, listed = epochs_done(run)
-        assert listed == list(range(1, len(listed) + 1)) and saved - 1 <= len(listed) <= saved, (saved, listed)
+        saved, listed = epochs_done(run)  # metrics are written after last.pt: they may lag, never lead
+        assert listed == list(range(1, len(listed) + 1)) and len(listed) <= saved, (saved, listed)
         if not outcomes[-1].killed:
             break
-    print(report("rtool train", outcomes))
-    assert epochs_done(run) == (EPOCHS, list(range(1, EPOCHS + 1))), report("rtool train", outcomes)
-    assert {p.name for p in run.iterdir() if not p.name.startswith(".")} == RUN_FILES
-    assert sum(o.killed for o in outcomes) >= 5, report("rtool train", outcomes)
-    assert any(o.mid_write for o in outcomes), report("rtool train", outcomes)
+    return outcomes
 
 
-def test_killed_export_never_leaves_a_partial_file(tmp_path, untrained_checkpoint):
+def export_chain(out: Path, checkpoint: Path) -> list[Outcome]:
+    """One export into one folder killed again and again, then run to the end."""
     rng = random.Random(SEED + 1)
-    out = tmp_path / "export"
     plan = [("random delay", after(rng.uniform(0.5, 3.0))),
             ("staging folder made", staged("")),
             ("model.onnx staged", staged("model.onnx")),
-            ("moved into place", replaced("model.onnx")),
-            ("writing manifest.json", writing("manifest.json")),
-            ("random delay", after(rng.uniform(3.0, 6.0)))]
+            ("writing manifest.json", writing("manifest.json"))]  # the files are in place, the manifest not yet
     outcomes: list[Outcome] = []
     for name, trigger in [*plan, ("to the end", None)]:
-        outcomes.append(run_and_kill(("export", untrained_checkpoint, "--format", "onnx", "--out", out), out,
-                                     trigger, name))
+        outcomes.append(run_and_kill(("export", checkpoint, "--format", "onnx", "--out", out), out, trigger, name))
         assert_only_complete_files(out, EXPORT_FILES)
-    print(report("rtool export", outcomes))
-    assert not outcomes[-1].seconds or not outcomes[-1].killed
-    assert verify_manifest(out) == [], report("rtool export", outcomes)
-    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == EXPORT_FILES
-    assert sum(o.killed for o in outcomes) >= 4, report("rtool export", outcomes)
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory, untrained_checkpoint) -> dict[str, Future]:
+    """Both chains at once (one thread each, one CPU thread per process): the suite's two cores stay busy."""
+    folder = tmp_path_factory.mktemp("interrupted")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {"train": pool.submit(train_chain, folder / "run"),
+                   "export": pool.submit(export_chain, folder / "export", untrained_checkpoint)}
+        wait(futures.values())
+    return {**futures, "folder": folder}
+
+
+def test_killed_training_resumes_to_the_same_complete_run(chains):
+    run = chains["folder"] / "run"
+    outcomes = chains["train"].result()
+    summary = report("rtool train", outcomes)
+    print(summary)
+    assert epochs_done(run) == (EPOCHS, list(range(1, EPOCHS + 1))), summary
+    assert {p.name for p in run.iterdir() if not p.name.startswith(".")} == RUN_FILES, summary
+    assert sum(o.killed for o in outcomes) >= 5 and any(o.mid_write for o in outcomes), summary
+
+
+def test_killed_export_never_leaves_a_partial_file(chains):
+    out = chains["folder"] / "export"
+    outcomes = chains["export"].result()
+    summary = report("rtool export", outcomes)
+    print(summary)
+    assert verify_manifest(out) == [], summary
+    assert {p.name for p in out.iterdir() if not p.name.startswith(".")} == EXPORT_FILES, summary
+    assert sum(o.killed for o in outcomes) >= 3, summary
