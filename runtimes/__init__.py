@@ -161,10 +161,15 @@ def error_summary(error: BaseException, limit: int = 140) -> str:
     return sentence if len(sentence) <= limit else sentence[:limit - 3] + "..."
 
 
-def resolve_device(device: str) -> str:
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> the torch device to use; UnavailableError if CUDA is asked for but absent."""
+def resolve_device(device: str, threads: int | None = None) -> str:
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> the torch device to use; UnavailableError if CUDA is asked for but absent.
+
+    ``threads`` sets torch's CPU threads too: every PyTorch runtime takes the same option.
+    """
     import torch
 
+    if threads:
+        torch.set_num_threads(int(threads))
     if device == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device == "cpu":

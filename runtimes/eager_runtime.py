@@ -25,13 +25,9 @@ class EagerRuntime(Runtime):
         if not zipfile.is_zipfile(path):  # every torch.save since PyTorch 1.6 is a zip archive
             raise BadInputError(f"{path.name} is not a readable PyTorch checkpoint (not a zip archive); "
                                 f"give an rtool checkpoint (best.pt)")
-        import torch
-
         from toolkit.checkpoint import load_model
 
-        self.device = resolve_device(device)
-        if self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+        self.device = resolve_device(device, self.options.get("threads"))
         model, self.card = load_model(path)
         self.model = model.to(self.device)
 

@@ -28,9 +28,7 @@ class Pt2Runtime(Runtime):
         path = self.expect_file(artifact_path)
         import torch
 
-        self.device = resolve_device(device)
-        if self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+        self.device = resolve_device(device, self.options.get("threads"))
         if not zipfile.is_zipfile(path):
             raise BadInputError(f"{path.name} is not a readable torch.export file (not a .pt2 archive); re-export it")
         check_pt2_archive(path)  # torch.export.load would unpickle anything a part needs: refuse all but tensors

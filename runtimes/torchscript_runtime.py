@@ -22,9 +22,7 @@ class TorchScriptRuntime(Runtime):
         path = self.expect_file(artifact_path)
         import torch
 
-        self.device = resolve_device(device)
-        if self.options.get("threads"):
-            torch.set_num_threads(int(self.options["threads"]))
+        self.device = resolve_device(device, self.options.get("threads"))
         extra = {EXTRA_FILE_NAME: ""}
         try:
             with warnings.catch_warnings():  # TorchScript is in maintenance; the format is still required
