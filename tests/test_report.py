@@ -96,3 +96,12 @@ def test_demo_page_links_every_figure():
     for link in ("](train/curves.png)", "](parity.png)", "](predictions.png)"):
         assert link in text
     assert "## Parity" in text and "## Benchmark" in text and "1.10 MB" in text
+
+
+def test_bench_terminal_output_keeps_brackets_in_reasons():
+    bench = bench_report()
+    bench.unavailable = [{"runtime": "tensorrt", "precision": "int8",
+                          "reason": "TensorRT is not installed (pip install 'rtool[tensorrt]')"}]
+    out = io.StringIO()
+    report.print_bench(bench, Console(file=out, width=200))
+    assert "pip install 'rtool[tensorrt]'" in out.getvalue()

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from rich.markup import escape
+
 from toolkit.bench import BenchReport
 from toolkit.fileio import atomic_path, atomic_write_text
 from toolkit.parity import ParityReport, ParityRow
@@ -145,7 +147,8 @@ def print_bench(report: BenchReport, console: Any = None) -> None:
     console.print(table)
     console.print(bench_settings_line(report), highlight=False)
     for item in report.unavailable:
-        console.print(f"[yellow]{item['runtime']} {item['precision']} unavailable:[/] {item['reason']}", highlight=False)
+        console.print(f"[yellow]{item['runtime']} {item['precision']} unavailable:[/] {escape(item['reason'])}",
+                      highlight=False)
     for name, ratio in report.ratios(1).items():
         console.print(f"p50 at batch 1: {name} = {ratio:.2f}x", highlight=False)
 
