@@ -154,6 +154,21 @@ def artifact_label(runtime: str, precision: str, target: str | None = None) -> s
     return f"{runtime} {precision}{suffix}"
 
 
+def run_torch_module(module: Any, batch: np.ndarray, device: str, kind: str) -> np.ndarray:
+    """Logits of a loaded TorchScript or torch.export module; its interpreter's errors become one BadInputError.
+
+    A graph or weights damaged in the file fail here rather than at load, so they are the file's fault, not rtool's.
+    """
+    import torch
+
+    try:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+    except RuntimeError as e:
+        raise BadInputError(f"{kind} failed to run this model ({error_summary(e)}); the file may be corrupt, "
+                            f"re-export it") from None
+
+
 def error_summary(error: BaseException, limit: int = 140) -> str:
     """The first sentence of a library's error message, short enough for a one-line report."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__

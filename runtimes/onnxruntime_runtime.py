@@ -180,16 +180,14 @@ class OnnxRuntimeRuntime(Runtime):
         self.raw_pixels = inputs[0].type == "tensor(uint8)"
         batch_dim = inputs[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        self.run_options = ort.RunOptions()
+        if os.environ.get("RTOOL_DEBUG") is None:  # a failing node is logged in many lines; _run says it in one
+            self.run_options.log_severity_level = FATAL_SEVERITY
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        import onnxruntime as ort
-
         feed = pixels_from_input(batch, self.card.input) if self.raw_pixels else batch
-        run_options = ort.RunOptions()
-        if os.environ.get("RTOOL_DEBUG") is None:  # a failing node is logged in many lines; reported in one below
-            run_options.log_severity_level = FATAL_SEVERITY
         try:
-            out = self.session.run(None, {self.input_name: feed}, run_options)[0]
+            out = self.session.run(None, {self.input_name: feed}, self.run_options)[0]
         except Exception as e:  # onnxruntime's own error classes: the file, not rtool, failed
             raise BadInputError(f"ONNX Runtime failed to run this model ({error_summary(e)}); "
                                 f"the file may be corrupt, re-export it") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes import Runtime, error_summary, register_runtime, resolve_device
+from runtimes import Runtime, error_summary, register_runtime, resolve_device, run_torch_module
 from runtimes.cards import card_beside, card_from_json
 from toolkit.card import EXTRA_FILE_NAME
 from toolkit.errors import BadInputError
@@ -53,14 +53,7 @@ class Pt2Runtime(Runtime):
             raise BadInputError(f"{path.name} carries no rtool model card; export it with `rtool export`")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        try:
-            with torch.inference_mode():
-                return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-        except RuntimeError as e:  # a graph or weights damaged in the file fail here, not at load
-            raise BadInputError(f"torch.export program failed to run this model ({error_summary(e)}); the file "
-                                f"may be corrupt, re-export it") from None
+        return run_torch_module(self.module, batch, self.device, "torch.export program")
 
     def close(self) -> None:
         self.module = None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtimes import Runtime, error_summary, register_runtime, resolve_device
+from runtimes import Runtime, error_summary, register_runtime, resolve_device, run_torch_module
 from runtimes.cards import card_beside, card_from_json
 from toolkit.card import EXTRA_FILE_NAME
 from toolkit.errors import BadInputError
@@ -37,14 +37,7 @@ class TorchScriptRuntime(Runtime):
             raise BadInputError(f"{path.name} carries no rtool model card; export it with `rtool export`")
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        try:
-            with torch.inference_mode():
-                return self.module(torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
-        except RuntimeError as e:  # the TorchScript interpreter's errors: the file's graph or weights are damaged
-            raise BadInputError(f"TorchScript failed to run this model ({error_summary(e)}); the file may be "
-                                f"corrupt, re-export it") from None
+        return run_torch_module(self.module, batch, self.device, "TorchScript")
 
     def close(self) -> None:
         self.module = None

@@ -166,8 +166,7 @@ def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: s
     """
     from toolkit import infer as inference
 
-    if save_grid:
-        check_output_files(("--save-grid", save_grid))
+    check_output_files(("--save-grid", save_grid))
     if no_verify:
         warn_no_verify(model)
     result = inference.run_infer(model, list(images), runtime=runtime, precision=precision, target=target,
@@ -367,10 +366,10 @@ def evaluate(model_file: str, dataset: str | None, data_dir: str | None, downloa
     from toolkit.evaluate import evaluate_file, write_eval_outputs
     from toolkit.fileio import check_writable_dir
 
-    check_writable_dir(out or Path(model_file).parent / "eval")
+    eval_dir = check_writable_dir(out or Path(model_file).parent / "eval")
     result = evaluate_file(model_file, dataset, data_dir=data_dir, download=download, limit=limit,
                            batch_size=batch_size, device=device, runtime=runtime)
-    files = write_eval_outputs(result, out or Path(model_file).parent / "eval")
+    files = write_eval_outputs(result, eval_dir)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "files": {k: str(v) for k, v in files.items()}}, indent=2))
         return
