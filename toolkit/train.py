@@ -508,7 +508,10 @@ def run_training(config: TrainConfig, should_stop: Callable[[], bool] | None = N
     run_dir = check_run_dir(config)
     dist_info = init_distributed(config)
     try:
-        return _train(config, run_dir, dist_info, should_stop)
+        result = _train(config, run_dir, dist_info, should_stop)
+        if dist_info.active:  # rank 0 still writes after the last collective: tear gloo down together, or a
+            dist.barrier()    # rank that leaves first can abort in gloo's threads ("terminate called ...")
+        return result
     finally:
         if dist_info.active:
             dist.destroy_process_group()
