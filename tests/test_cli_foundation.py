@@ -83,6 +83,14 @@ def test_models_table(runs):
     assert "11.69" in out and "1.814" in out  # resnet18: params (M), GFLOPs
 
 
+def test_models_table_piped_without_columns_keeps_one_line_per_model():
+    out = run_rtool("models", env={"COLUMNS": ""})  # not a terminal, no width given: rich would wrap at 80
+    assert out.returncode == 0, out.stderr
+    rows = table_rows(out.stdout)
+    assert sorted(rows) == sorted(MODELS)
+    assert "imagenet-resnet" in rows["resnet18"] and "1.814" in rows["resnet18"] and "torchvision" in rows["resnet18"]
+
+
 def table_rows(out: str) -> dict[str, str]:
     return {line.split("│")[1].strip(): line for line in out.splitlines() if line.count("│") >= 4}
 
