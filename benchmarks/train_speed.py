@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--no-channels-last", action="store_true", help="Train rtool's loop in NCHW too.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -164,7 +164,7 @@ def test_cli_defaults_are_the_config_defaults():
     for name, value in parsed.items():
         if name not in ("nproc", "out", "lr", "weight_decay"):  # resolved in TrainConfig/train_command
             assert value == getattr(config, name), name
-    assert parsed["lr"] is None and parsed["weight_decay"] is None and config.lr == 0.1
+    assert parsed["lr"] is None and parsed["weight_decay"] is None and config.lr == 0.05
 
 
 def test_cli_diverging_run_exits_1_with_one_line(tmp_path):
