@@ -38,6 +38,9 @@ def test_demo_end_to_end(tmp_path, rtool):
             "model.int8-trt.onnx"} <= {a["file"] for a in manifest["artifacts"]}
     for step in ("[1/6]", "[3/6]", "[6/6]", "report:"):
         assert step in result.stdout
+    for line in result.stdout.splitlines():  # reasons are printed as they are, not read as rich markup
+        if "TensorRT is not installed" in line:
+            assert "pip install 'rtool[tensorrt]'" in line, line
 
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path, rtool):

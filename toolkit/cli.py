@@ -11,15 +11,12 @@ import json
 import os
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any
 
 import click
 
 from toolkit import __version__
+from toolkit.console import make_console
 from toolkit.errors import RtoolError
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 EPILOG_MODELS = """\b
 Examples:
@@ -70,15 +67,6 @@ def cli() -> None:
     """
 
 
-def _console(stderr: bool = False, **options: Any) -> Console:
-    """A rich console; piped output without COLUMNS gets a wide one, so a table row stays one line for grep."""
-    from rich.console import Console
-
-    if (sys.stderr if stderr else sys.stdout).isatty() or os.environ.get("COLUMNS", "").isdigit():
-        return Console(stderr=stderr, **options)
-    return Console(stderr=stderr, width=1000, **options)
-
-
 @cli.command(epilog=EPILOG_MODELS)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def models(as_json: bool) -> None:
@@ -101,7 +89,7 @@ def models(as_json: bool) -> None:
     for r in rows:
         table.add_row(r["name"], r["family"], r["default_input"], f"{r['params'] / 1e6:.2f}",
                       f"{r['gflops']:.3f}", r["description"])
-    _console().print(table)
+    make_console().print(table)
 
 
 @cli.command(epilog="""\b
@@ -131,7 +119,7 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
         table.add_column(col, justify="right" if col == "params" else "left")
     for r in result["layers"]:
         table.add_row(r["name"], r["kind"], str(r["output_shape"]), f"{r['params']:,}")
-    console = _console()
+    console = make_console()
     console.print(table)
     console.print(f"total params: {result['params']:,}   GFLOPs: {result['gflops']:.3f}   output: {result['output_shape']}")
 
@@ -276,7 +264,7 @@ def export(source: str, formats: str, precisions: str | None, target: str | None
     for r in rows:
         table.add_row(r["file"], r["format"], r["precision"], r["target"] or "", r["size_text"],
                       f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.1%}")
-    console = _console()
+    console = make_console()
     console.print(table)
     for s in result.skipped:
         console.print(f"skipped {s['format']} {s['precision']}: {s['reason']}", markup=False, highlight=False)
@@ -390,7 +378,7 @@ def evaluate(model_file: str, dataset: str | None, data_dir: str | None, downloa
     table.add_column("accuracy", justify="right")
     for name, acc in result.per_class_accuracy.items():
         table.add_row(name, f"{100 * acc:.2f}%")
-    console = _console(highlight=False)
+    console = make_console(highlight=False)
     console.print(table)
     console.print(f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}   "
                   f"confusion matrix: {files['confusion']}", markup=False)
@@ -471,7 +459,7 @@ def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes:
         warn_no_verify(export_dir)
     else:
         verify_export(export_dir)
-    console = _console(stderr=json_file == "-", highlight=False)
+    console = make_console(stderr=json_file == "-", highlight=False)
     with reporting.progress_bars(True, console) as bars:
         result = run_parity(export_dir, dataset=dataset, data_dir=data_dir, runtimes=[runtimes] if runtimes else None,
                             precisions=[precisions] if precisions else None, require=[require] if require else None,
@@ -518,7 +506,7 @@ def bench(source: str, runtimes: str | None, precisions: str | None, batch_sizes
 
     shape = parse_shape(input_shape) if input_shape else None
     check_output_files(("--json", json_file), ("--markdown", markdown_file))
-    console = _console(stderr=json_file == "-", highlight=False)
+    console = make_console(stderr=json_file == "-", highlight=False)
     with reporting.progress_bars(True, console) as bars:
         result = run_bench(source, runtimes=[runtimes] if runtimes else None,
                            precisions=[precisions] if precisions else None, batch_sizes=batch_sizes,

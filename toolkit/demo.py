@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
+from toolkit.console import make_console
 from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.fileio import atomic_write_text, ensure_writable_dir
 
@@ -96,7 +98,6 @@ def prediction_grid(export_dir: Path, dataset: str, out: Path) -> tuple[Path, st
 
 def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
     """Train, export, parity, bench, grid and report; see the module docstring."""
-    from rich.console import Console
 
     from exporters.pipeline import export_model
     from toolkit import report as reporting
@@ -104,7 +105,7 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
     from toolkit.parity import run_parity
     from toolkit.train import TrainConfig, run_training
 
-    console = console or Console(highlight=False)
+    console = console or make_console(highlight=False)
     out = Path(config.out)
     claim_folder(out, config.overwrite)
     timings: dict[str, float] = {}
@@ -126,12 +127,12 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
     timings["train"] = time.perf_counter() - began
 
     began = step(2, "exporting every format and precision")
-    say = (lambda message: None) if config.quiet else (lambda message: console.print(f"    {message}"))
+    say = (lambda message: None) if config.quiet else (lambda message: console.print(f"    {message}", markup=False))
     exported = export_model(trained.best_path, "all", None, out / "export", progress=say)
     for note in exported.notes:
-        console.print(f"    [yellow]note:[/] {note}")
+        console.print(f"    [yellow]note:[/] {escape(note)}")
     for skipped in exported.skipped:
-        console.print(f"    skipped {skipped['format']} {skipped['precision']}: {skipped['reason']}")
+        console.print(f"    skipped {skipped['format']} {skipped['precision']}: {skipped['reason']}", markup=False)
     timings["export"] = time.perf_counter() - began
 
     began = step(3, "parity of every runtime against the eager model")
@@ -154,7 +155,7 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
 
     began = step(5, "predicted vs actual images")
     grid, caption = prediction_grid(out / "export", config.dataset, out / "predictions.png")
-    console.print(f"    {caption}")
+    console.print(f"    {caption}", markup=False)
     timings["predictions"] = time.perf_counter() - began
 
     step(6, "report")
@@ -189,7 +190,7 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
     summary = {"status": "done", "passed": parity.passed, "report": "report.md", "timings": timings,
                "best_test_accuracy": trained.best_acc, "failure": parity.failure_summary()}
     atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
-    console.print(f"report: {report_path} ({timings['total']:.0f} s in all)")
+    console.print(f"report: {report_path} ({timings['total']:.0f} s in all)", markup=False)
     result = DemoResult(out, report_path, parity.passed, parity.failure_summary(), timings)
     if not parity.passed:
         raise CheckFailedError(f"parity failed (report written to {report_path}): {result.failure}")

@@ -19,6 +19,7 @@ import numpy as np
 from runtimes import available, infer_in_batches, open_runtime, runtime_for_file
 from runtimes.cards import manifest_entry, resolve_artifact
 from toolkit.card import InputSpec, ModelCard
+from toolkit.console import make_console
 from toolkit.errors import BadInputError, UnavailableError
 from toolkit.preprocess import conform_pixels, convert_image, normalize
 
@@ -273,12 +274,11 @@ def save_grid(result: InferResult, out: str | Path) -> Path:
 
 def print_result(result: InferResult) -> None:
     """A table of predictions (and actual classes), then the accuracy."""
-    from rich.console import Console
     from rich.table import Table
 
     labelled = result.labelled > 0
     precision = f" {result.precision}" if result.precision else ""
-    console = Console()
+    console = make_console()
     console.print(f"{result.model_file.name}: {result.runtime}{precision} on {result.device}", highlight=False)
     table = Table()
     table.add_column("#", justify="right")

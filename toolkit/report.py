@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 from rich.markup import escape
 
 from toolkit.bench import BenchReport
+from toolkit.console import make_console
 from toolkit.fileio import atomic_path, atomic_write_text
 from toolkit.parity import ParityReport, ParityRow
 
@@ -72,10 +73,9 @@ def _short_device(device: str | None) -> str:
 def print_parity(report: ParityReport, console: Any = None) -> None:
     """A table that fits 80 columns (files, devices and reasons below it; every field is in the JSON/Markdown)."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or make_console()
     ref = report.reference
     table = Table(title=f"parity: {report.export_dir}, {ref['images']} {ref['dataset']} test images",
                   box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
@@ -132,12 +132,11 @@ def bench_settings_line(report: BenchReport) -> str:
 
 
 def print_bench(report: BenchReport, console: Any = None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from rich import box
 
-    console = console or Console()
+    console = console or make_console()
     table = Table(title=f"bench: {report.source}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
                   collapse_padding=True)
     for column in BENCH_COLUMNS:

@@ -37,6 +37,7 @@ from torch import nn
 
 from toolkit.card import InputSpec, ModelCard
 from toolkit.checkpoint import load_checkpoint, make_card, save_checkpoint
+from toolkit.console import make_console
 from toolkit.data import Dataset, Split, load_dataset
 from toolkit.errors import BadInputError, CheckFailedError, RtoolError, UnavailableError
 from toolkit.fileio import atomic_write_text, check_writable_dir
@@ -475,10 +476,9 @@ class Progress:
     """A rich progress bar per epoch and one line after it; silent when quiet or not rank 0."""
 
     def __init__(self, enabled: bool) -> None:
-        from rich.console import Console
 
         self.enabled = enabled
-        self.console = Console(highlight=False)
+        self.console = make_console(highlight=False)
 
     @contextlib.contextmanager
     def epoch(self, title: str, total: int, done: int) -> Iterator[Callable[[int, str], None]]:

@@ -1,0 +1,23 @@
+"""One rule for every command's rich console, so piped output reads the same everywhere."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+def make_console(stderr: bool = False, **options: Any) -> Console:
+    """A rich console; piped output without COLUMNS gets a wide one, so a table row stays one line for grep.
+
+    rich falls back to 80 columns when its stream is not a terminal, which cut
+    and wrapped tables written to files and pipes.
+    """
+    from rich.console import Console
+
+    if (sys.stderr if stderr else sys.stdout).isatty() or os.environ.get("COLUMNS", "").isdigit():
+        return Console(stderr=stderr, **options)
+    return Console(stderr=stderr, width=1000, **options)
