@@ -500,7 +500,6 @@ def bench(source: str, runtimes: str | None, precisions: str | None, batch_sizes
     Runtimes take turns in short blocks, so load from other processes
     reaches them alike and their ratios stay fair.
     """
-
     from toolkit import report as reporting
     from toolkit.bench import run_bench
 

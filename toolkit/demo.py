@@ -98,7 +98,6 @@ def prediction_grid(export_dir: Path, dataset: str, out: Path) -> tuple[Path, st
 
 def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
     """Train, export, parity, bench, grid and report; see the module docstring."""
-
     from exporters.pipeline import export_model
     from toolkit import report as reporting
     from toolkit.bench import bench_export_dir

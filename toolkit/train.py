@@ -476,7 +476,6 @@ class Progress:
     """A rich progress bar per epoch and one line after it; silent when quiet or not rank 0."""
 
     def __init__(self, enabled: bool) -> None:
-
         self.enabled = enabled
         self.console = make_console(highlight=False)
 
