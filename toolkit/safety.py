@@ -17,6 +17,7 @@ import io
 import json
 import math
 import pickle
+import re
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -168,56 +169,98 @@ def check_onnx_file(path: str | Path) -> Any:
 
 
 # ---------------------------------------------------------------- torch.export archives
+#
+# torch.export.load (torch/export/pt2_archive/_package.py) reads an archive by member name and by the
+# ``*_config.json`` payload tables. It unpickles (runs code) in these places:
+#   - a weights/constants config entry with ``use_pickle: true`` (torch.load, weights_only=False);
+#   - a constants entry whose ``path_name`` starts with ``custom_obj_`` (torch._C._pickle_load_obj) or
+#     ``opaque_obj_`` (pickle.loads), whatever ``use_pickle`` says, and ``os.path.join`` lets a path_name
+#     with ``/`` or ``..`` point at any member;
+#   - ``data/sample_inputs/*.pt`` (falls back to weights_only=False when the safe load fails);
+#   - ``data/aotinductor/`` holds compiled shared libraries that are loaded and run.
+# So rtool accepts only what a plain torch.export.save of a tensor-only program writes (an allowlist of
+# member names, config entries that name plain tensor files), and reads every .pt member the safe way.
 
-PICKLED_OBJECT_PREFIXES = ("custom_obj_", "opaque_obj_")  # pickled Python objects, never plain tensors
+PT2_FIXED_MEMBERS = {"archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id"}
+PT2_MEMBER_PATTERNS = (
+    re.compile(r"models/\w+\.json"),
+    re.compile(r"data/(weights/\w+_weights|constants/\w+_constants)_config\.json"),
+    re.compile(r"data/weights/weight_\d+"),
+    re.compile(r"data/constants/tensor_\d+"),
+    re.compile(r"data/sample_inputs/\w+\.pt"),
+    re.compile(r"extra/[\w.-]+"),
+)
+PT2_TENSOR_PATH = {"weights": re.compile(r"weight_\d+"), "constants": re.compile(r"tensor_\d+")}
 
 
-def _pickled_members(archive: zipfile.ZipFile) -> set[str]:
-    """The members torch.export.load unpickles: ``.pt`` files and every config entry marked ``use_pickle``."""
-    names = set(archive.namelist())
-    members = {n for n in names if n.endswith((".pt", ".pkl"))}
-    for config_name in (n for n in names if n.endswith("_config.json") and "/data/" in f"/{n}"):
+def _pt2_root(path: Path, names: list[str]) -> str:
+    """The archive's one top folder (torch.export.save writes every member under it)."""
+    roots = {name.split("/", 1)[0] for name in names}
+    if len(roots) != 1 or any("/" not in name for name in names):
+        raise BadInputError(f"{path.name} is not a torch.export archive (its members are not under one folder); "
+                            f"re-export it")
+    return roots.pop() + "/"
+
+
+def _refuse_pt2(path: Path, what: str) -> UnsafeFileError:
+    return UnsafeFileError(f"refused {path.name}: {what}, which torch.export.load would unpickle or run; "
+                           f"rtool opens .pt2 files of plain tensors only (re-export it with `rtool export`)")
+
+
+def _check_pt2_members(path: Path, members: list[str]) -> None:
+    for name in members:
+        if name not in PT2_FIXED_MEMBERS and not any(p.fullmatch(name) for p in PT2_MEMBER_PATTERNS):
+            raise _refuse_pt2(path, f"it holds the part '{name}'")
+
+
+def _check_pt2_config(path: Path, archive: zipfile.ZipFile, root: str, config_name: str, members: set[str]) -> None:
+    """Every entry of a payload table must name a plain tensor file of its own folder, unpickled never."""
+    kind = "weights" if config_name.startswith("data/weights/") else "constants"
+    try:
+        table = json.loads(archive.read(root + config_name))
+    except (ValueError, RecursionError, *DAMAGED_ZIP_ERRORS):
+        raise BadInputError(f"{path.name}: {config_name} is not readable JSON; re-export it") from None
+    config = table.get("config") if isinstance(table, dict) else None
+    if not isinstance(config, dict):
+        raise BadInputError(f"{path.name}: {config_name} holds no payload table; re-export it")
+    for fqn, entry in config.items():
+        if not isinstance(entry, dict):
+            raise BadInputError(f"{path.name}: {config_name} entry '{fqn}' is not a table; re-export it")
+        path_name = entry.get("path_name")
+        if entry.get("use_pickle") is not False:
+            raise _refuse_pt2(path, f"{config_name} marks '{fqn}' as pickled")
+        if not isinstance(path_name, str) or not PT2_TENSOR_PATH[kind].fullmatch(path_name):
+            raise _refuse_pt2(path, f"{config_name} points '{fqn}' at '{path_name}' (not a plain tensor file)")
+        if f"data/{kind}/{path_name}" not in members:
+            raise BadInputError(f"{path.name}: {config_name} names {path_name}, which is missing; re-export it")
+
+
+def _check_pickled_parts(path: Path, archive: zipfile.ZipFile, root: str, members: list[str]) -> None:
+    """Each ``.pt`` member loads with weights_only=True, so torch never reaches its full-unpickling fallback."""
+    import torch
+
+    for name in (n for n in members if n.endswith(".pt")):
         try:
-            config = json.loads(archive.read(config_name)).get("config", {})
-        except (ValueError, AttributeError):
-            continue
-        folder = config_name.rsplit("/", 1)[0]
-        for entry in config.values() if isinstance(config, dict) else []:
-            if isinstance(entry, dict) and entry.get("use_pickle"):
-                members.add(f"{folder}/{entry.get('path_name', '')}")
-    return members & names
+            torch.load(io.BytesIO(archive.read(root + name)), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise _refuse_pt2(path, f"its part {name} needs more than plain tensors to load") from None
+        except Exception as e:  # torch raises many kinds for a broken part; each means "corrupt"
+            raise BadInputError(f"{path.name} is not a readable torch.export file ({name} is corrupt: "
+                                f"{e.__class__.__name__}); re-export it") from None
 
 
 def check_pt2_archive(path: str | Path) -> None:
-    """Refuse a ``.pt2`` file whose pickled parts are anything but tensors and plain containers.
-
-    Each part torch.export.load would unpickle is first read with
-    ``torch.load(weights_only=True)``: a part that needs more (a function, a
-    class) is refused, so torch never reaches its full-unpickling fallback.
-    """
-    import torch
-
+    """Refuse a ``.pt2`` file holding anything torch.export.load would unpickle or run (see above)."""
     path = Path(path)
     try:
-        archive = zipfile.ZipFile(path)
-    except DAMAGED_ZIP_ERRORS:
-        raise BadInputError(f"{path.name} is not a readable torch.export file (not a .pt2 archive); re-export it") from None
-    with archive:
-        for name in archive.namelist():
-            if name.rsplit("/", 1)[-1].startswith(PICKLED_OBJECT_PREFIXES):
-                raise UnsafeFileError(f"refused {path.name}: it holds pickled Python objects ({name}), and loading "
-                                      f"them could run code; rtool opens .pt2 files of tensors only")
-        try:
-            pickled = sorted(_pickled_members(archive))
-        except DAMAGED_ZIP_ERRORS as e:
-            raise BadInputError(f"{path.name} is not a readable torch.export file ({e.__class__.__name__}: "
-                                f"{str(e)[:120]}); re-export it") from None
-        for name in pickled:
-            try:
-                torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:
-                raise UnsafeFileError(f"refused {path.name}: its part {name} needs more than plain tensors to "
-                                      f"load, and unpickling it could run code; re-export it with rtool") from None
-            except Exception as e:  # torch raises many kinds for a broken part; each means "corrupt"
-                raise BadInputError(f"{path.name} is not a readable torch.export file ({name} is corrupt: "
-                                    f"{e.__class__.__name__}); re-export it") from None
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if not n.endswith("/")]
+            root = _pt2_root(path, names)
+            members = [n[len(root):] for n in names]
+            _check_pt2_members(path, members)
+            for config_name in (m for m in members if m.endswith("_config.json")):
+                _check_pt2_config(path, archive, root, config_name, set(members))
+            _check_pickled_parts(path, archive, root, members)
+    except DAMAGED_ZIP_ERRORS as e:
+        raise BadInputError(f"{path.name} is not a readable torch.export file ({e.__class__.__name__}: "
+                            f"{str(e)[:120]}); re-export it") from None
