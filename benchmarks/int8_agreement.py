@@ -15,8 +15,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from exporters import ExportContext
 from exporters.onnx import fp32_graph
-from exporters.onnx_int8 import int8_graph
+from exporters.onnx_int8 import Int8Options, int8_graph
 from toolkit.checkpoint import load_model
 from toolkit.data import load_dataset
 from toolkit.preprocess import prepare_batch
@@ -35,11 +36,12 @@ def main() -> None:
     labels = test.labels.numpy()
     with torch.inference_mode():
         eager = model(torch.from_numpy(x)).argmax(1).numpy()
-    opts = {"cache": {}, "calib_size": args.calib_size, "calib_method": args.calib_method, "data_dir": args.data_dir}
-    fp32 = fp32_graph(model, card, opts)
+    context = ExportContext(options={Int8Options: Int8Options(calib_size=args.calib_size,
+                                                              calib_method=args.calib_method)}, data_dir=args.data_dir)
+    fp32 = fp32_graph(model, card, context)
     print(f"{args.checkpoint}: {len(x)} test images, eager accuracy {np.mean(eager == labels):.4f}")
     for target in ("cpu", "tensorrt"):
-        graph, _ = int8_graph(fp32, card, target, opts)
+        graph, _ = int8_graph(fp32, card, target, context)
         options = ort.SessionOptions()
         if target == "tensorrt":
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -1,94 +1,180 @@
-"""Export formats, one module each, registered by name.
+"""Export formats, one module each, registered by name: the registry is the one list of formats.
 
-Each format module defines ``export(model, card, out_dir, *, precision, **opts) -> Artifact``
-and registers it with ``@register_exporter("name", precisions=(...))``. The
-orchestration (checkpoint in, every requested format out, ``manifest.json``)
-lives in ``exporters.pipeline``; adding a format touches one module and its test.
+A format module declares everything about its format where it registers it:
 
-File names say what they are (see ``artifact_filename``).
+    @register_exporter("torchscript", precisions=("fp32",), runtime="torchscript",
+                       files={"fp32": "model.ts"})
+    def export(model, card, out_dir, *, precision, target, context) -> Artifact: ...
+
+its precisions, the file (or folder) each precision writes, the runtime that
+runs those files, whether ``--format all`` includes it, its INT8 targets, its
+typed options (dataclasses; CLI flags and validation come from them, see
+``toolkit.options``) and ``available() -> (ok, reason)``. Modules are found by
+scanning this package, so adding a format is one new module here (and its
+test); export, parity, bench, infer and the CLI read every list from here.
+docs/extending.md walks through it.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, TypeVar
 
 from toolkit.errors import BadInputError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+CHECKPOINT_FILE = "model.pt"  # the eager reference every export folder holds (written by the pipeline)
+T = TypeVar("T")
 
 
 @dataclass
 class Artifact:
     """One exported file and what is known about it."""
 
-    format: str  # "torchscript" | "pt2" | "onnx" | "tensorrt" | "checkpoint" | ...
+    format: str  # a registered format name, or "checkpoint" for model.pt
     precision: str  # "fp32" | "fp16" | "int8"
     path: Path
-    runtime: str  # the runtime that runs it: "eager", "torchscript", "pt2", "onnxruntime", "tensorrt"
+    runtime: str  # the runtime that runs it (a registered runtime, or an app/server such as "triton")
     target: str | None = None  # for int8 ONNX: "cpu" or "tensorrt"
     settings: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ExportContext:
+    """What one export run shares between formats: typed options, a cache of built graphs, notes, data."""
+
+    options: dict[type, Any] = field(default_factory=dict)  # one instance per options class
+    cache: dict[Any, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the user (e.g. random calibration)
+    data_dir: str | None = None  # where the card's data set lives (validation and calibration images)
+
+    def option(self, cls: type[T]) -> T:
+        """The run's options of ``cls`` (its defaults when the run set none)."""
+        if cls not in self.options:
+            self.options[cls] = cls()
+        return self.options[cls]
+
+    def cached(self, key: tuple, build: Callable[[], T]) -> T:
+        """``build()`` once per run: formats share the FP32 graph, calibration, reference logits."""
+        if key not in self.cache:
+            self.cache[key] = build()
+        return self.cache[key]
+
+
 class ExportFn(Protocol):
-    def __call__(self, model: Any, card: Any, out_dir: Path, *, precision: str, **opts: Any) -> Artifact: ...
+    """Write the format's file(s) at ``precision`` into ``out_dir``, each checked against eager first."""
 
-
-@dataclass(frozen=True)
-class ExporterEntry:
-    name: str
-    export: ExportFn
-    precisions: tuple[str, ...]
-    available: Callable[[], tuple[bool, str]]
-
-
-_REGISTRY: dict[str, ExporterEntry] = {}
-PRECISIONS = ("fp32", "fp16", "int8")
+    def __call__(self, model: Any, card: Any, out_dir: Path, *, precision: str, target: str | None,
+                 context: ExportContext) -> Artifact | list[Artifact]: ...
 
 
 def _always() -> tuple[bool, str]:
     return True, ""
 
 
-def register_exporter(name: str, precisions: tuple[str, ...],
-                      available: Callable[[], tuple[bool, str]] = _always) -> Callable[[ExportFn], ExportFn]:
-    """Register a format; ``available()`` says (False, reason) where it cannot be built here."""
+@dataclass(frozen=True)
+class ExporterEntry:
+    """Everything rtool knows about a format; see the module docstring."""
+
+    name: str
+    export: ExportFn
+    precisions: tuple[str, ...]
+    runtime: str  # the runtime that runs its files ("triton": a server, not run by rtool)
+    files: dict[str, str]  # precision (or "precision-target") -> file name written into the export folder
+    in_all: bool = True  # written by --format all
+    targets: dict[str, tuple[str, ...]] = field(default_factory=dict)  # precision -> INT8 targets, default first
+    options: tuple[type, ...] = ()  # typed option dataclasses its export reads
+    available: Callable[[], tuple[bool, str]] = _always
+    owns: tuple[str, ...] = ()  # extra regexes of names it writes (folders, variants), for safe clean-up
+
+    def filename(self, precision: str, target: str | None = None) -> str:
+        key = f"{precision}-{target}" if target else precision
+        if key not in self.files:
+            raise BadInputError(f"{self.name} writes no {precision}{f' ({target})' if target else ''} file; "
+                                f"it exports {', '.join(self.precisions)}")
+        return self.files[key]
+
+    def owned_patterns(self) -> list[re.Pattern[str]]:
+        """Names of files this format writes: only such files are ever removed from an export folder."""
+        names = [re.escape(name) for name in self.files.values() if not name.endswith("/")]
+        return [re.compile(p) for p in (*names, *self.owns)]
+
+
+_REGISTRY: dict[str, ExporterEntry] = {}
+_loaded = False
+
+
+def register_exporter(name: str, *, precisions: tuple[str, ...], runtime: str, files: dict[str, str],
+                      **declared: Any) -> Callable[[ExportFn], ExportFn]:
+    """Register a format (see ExporterEntry for what may be declared); a name taken twice is refused."""
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        raise ValueError(f"format '{name}': unknown precision {unknown[0]}; rtool knows {', '.join(PRECISIONS)}")
+
     def wrap(fn: ExportFn) -> ExportFn:
-        _REGISTRY[name] = ExporterEntry(name, fn, precisions, available)
+        if name in _REGISTRY and _REGISTRY[name].export is not fn:
+            raise ValueError(f"format '{name}' is registered twice ({_REGISTRY[name].export.__module__} and "
+                             f"{fn.__module__}); pick another name")
+        _REGISTRY[name] = ExporterEntry(name, fn, tuple(precisions), runtime, dict(files), **declared)
         return fn
+
     return wrap
 
 
-def _load_all() -> None:
-    import importlib
+def load_all() -> None:
+    """Import every module of this package once, so each format registers itself."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
-    for module in ("torchscript", "pt2", "onnx", "tensorrt", "triton"):
-        try:
-            importlib.import_module(f"exporters.{module}")
-        except ModuleNotFoundError as e:
-            if e.name != f"exporters.{module}":
-                raise
 
-
-def list_formats() -> list[str]:
-    _load_all()
-    return list(_REGISTRY)
+def exporters() -> list[ExporterEntry]:
+    load_all()
+    return list(_REGISTRY.values())
 
 
 def get_exporter(name: str) -> ExporterEntry:
-    _load_all()
+    load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
         raise BadInputError(f"unknown format '{name}'; choose one of: {', '.join(_REGISTRY)}, all") from None
 
 
+def formats_of_runtime(runtime: str) -> list[ExporterEntry]:
+    """The formats whose files ``runtime`` runs."""
+    return [entry for entry in exporters() if entry.runtime == runtime]
+
+
+def all_targets() -> tuple[str, ...]:
+    """Every INT8 target any format declares (for --target), default first."""
+    found: dict[str, None] = {}
+    for entry in exporters():
+        for targets in entry.targets.values():
+            found.update(dict.fromkeys(targets))
+    return tuple(found)
+
+
+def option_classes() -> list[type]:
+    """Every typed options class a registered format reads, each once, in registration order."""
+    return list(dict.fromkeys(cls for entry in exporters() for cls in entry.options))
+
+
+def owned_patterns() -> list[re.Pattern[str]]:
+    """Names any format (or the pipeline's checkpoint copy) writes."""
+    return [re.compile(re.escape(CHECKPOINT_FILE)), *(p for e in exporters() for p in e.owned_patterns())]
+
+
 def artifact_filename(fmt: str, precision: str, target: str | None = None) -> str:
-    """model.ts, model.pt2, model.onnx, model.fp16.onnx, model.int8-cpu.onnx, model.int8-trt.onnx, model.fp16.engine, ..."""
-    if fmt == "triton":
-        return "triton/"  # a model repository folder, one model per precision (exporters/triton.py)
-    suffix = {"torchscript": "ts", "pt2": "pt2", "onnx": "onnx", "tensorrt": "engine", "checkpoint": "pt"}.get(fmt, fmt)
-    tag = "" if precision == "fp32" and fmt != "tensorrt" else f".{precision}"
-    if precision == "int8" and fmt == "onnx":
-        tag = f".int8-{'trt' if target == 'tensorrt' else 'cpu'}"
-    return f"model{tag}.{suffix}"
+    """The file a format writes at a precision: model.ts, model.fp16.onnx, model.int8-cpu.onnx, ..."""
+    if fmt == "checkpoint":
+        return CHECKPOINT_FILE
+    return get_exporter(fmt).filename(precision, target)

@@ -1,7 +1,4 @@
-"""What makes an ONNX file easy to embed in an app: its metadata and in-graph preprocessing.
-
-``onnx_metadata`` is the set of ``metadata_props`` every rtool ONNX file
-carries (the full ModelCard plus a few flat keys; see docs/onnx-metadata.md).
+"""What makes an ONNX file easy to embed in an app: in-graph preprocessing (``--embed-preprocessing``).
 
 ``InGraphPreprocessing`` wraps a model for ``--embed-preprocessing`` (and
 ``--embed-softmax``); ``export_embedded`` writes it as an extra FP32 file,
@@ -15,7 +12,7 @@ image decoder.
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +21,38 @@ import onnx
 import torch
 from torch import nn
 
-from exporters import Artifact
-from toolkit.card import ONNX_METADATA_KEY, InputSpec, ModelCard
+from exporters import Artifact, ExportContext
+from exporters.onnx_common import (INPUT_NAME, MAX_BATCH, OUTPUT_NAME, OnnxOptions, check_file, onnx_metadata,
+                                   save_single_file, torch_to_onnx)
+from exporters.validation import (VALIDATION_IMAGES, compare, eager_logits, load_pixels, random_pixels,
+                                 require_fp32_match)
+from toolkit.card import InputSpec, ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
+from toolkit.fileio import atomic_path
+from toolkit.options import option
+from toolkit.preprocess import prepare_batch
 
-# Flat keys beside the card, for readers that want one field without parsing the card.
-CLASS_NAMES_KEY = "rtool.class_names"  # JSON list of strings, index = output position
-INPUT_KEY = "rtool.input"  # JSON object: the card's "input" (size, colour, layout, dtype, mean/std, scale)
-OUTPUT_KEY = "rtool.output"  # "logits" or "probabilities"
-CARD_FORMAT_KEY = "rtool.card_format_version"  # integer as text
-VALIDATION_IMAGES = 16
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    """The extra FP32 file for apps: raw pixels in (and probabilities out)."""
+
+    embed_preprocessing: bool = option(False, "Also write model.raw.onnx (FP32) for apps: it takes uint8 (N, H, W, C) "
+                                       "pixels and does the scaling, mean/std and layout inside the graph (the FP32 "
+                                       "Triton model serves it too).")
+    embed_softmax: bool = option(False, "With --embed-preprocessing: that file ends in a softmax and outputs "
+                                 "probabilities (model.raw-softmax.onnx, instead of model.raw.onnx).")
+
+    def validate(self) -> None:
+        if self.embed_softmax and not self.embed_preprocessing:
+            raise BadInputError("--embed-softmax goes with --embed-preprocessing (it makes model.raw-softmax.onnx)")
+
+    def check_jobs(self, jobs: list[Any]) -> None:
+        """The variant is written beside an FP32 ONNX file (or served by the FP32 Triton model)."""
+        if self.embed_preprocessing and not any(j.format in ("onnx", "triton") and j.precision == "fp32"
+                                                for j in jobs):
+            raise BadInputError("--embed-preprocessing/--embed-softmax add an FP32 ONNX variant: use them with "
+                                "--format onnx (or triton) and --precision fp32")
 
 
 class InGraphPreprocessing(nn.Module):
@@ -70,32 +89,11 @@ def card_dict(card: ModelCard, *, softmax: bool = False) -> dict[str, Any]:
     return d
 
 
-def onnx_metadata(card: ModelCard | dict[str, Any]) -> dict[str, str]:
-    """The ``metadata_props`` of an rtool ONNX file: the card as JSON plus flat copies of what apps read first."""
-    d = card.to_dict() if isinstance(card, ModelCard) else card
-    return {
-        ONNX_METADATA_KEY: json.dumps(d, sort_keys=True),
-        CLASS_NAMES_KEY: json.dumps(d["class_names"]),
-        INPUT_KEY: json.dumps(d["input"], sort_keys=True),
-        OUTPUT_KEY: str(d.get("output", "logits")),
-        CARD_FORMAT_KEY: str(d["format_version"]),
-    }
-
-
-def embedding_requested(opts: dict[str, Any]) -> bool:
-    """Whether ``--embed-preprocessing`` was given (``--embed-softmax`` alone is refused)."""
-    if opts.get("embed_softmax") and not opts.get("embed_preprocessing"):
-        raise BadInputError("--embed-softmax goes with --embed-preprocessing (it makes model.raw-softmax.onnx)")
-    return bool(opts.get("embed_preprocessing"))
-
-
-def validation_pixels(card: ModelCard, opts: dict[str, Any]) -> tuple[np.ndarray, str]:
+def validation_pixels(card: ModelCard, context: ExportContext) -> tuple[np.ndarray, str]:
     """uint8 (N, C, H, W) images to check a variant on: the card's test images where they load, else noise."""
-    from exporters.validation import load_pixels, random_pixels
-
     if card.dataset:
         try:
-            pixels = load_pixels(card, "test", VALIDATION_IMAGES, opts.get("data_dir"), opts.get("cache"))
+            pixels = load_pixels(card, "test", VALIDATION_IMAGES, context.data_dir, context.cache)
             return pixels, f"{card.dataset} test, {len(pixels)} images"
         except BadInputError:
             pass
@@ -121,39 +119,34 @@ def run_variant(path: Path, pixels: np.ndarray) -> np.ndarray:
     return full
 
 
-def export_embedded(model: nn.Module, card: ModelCard, out_dir: Path, *, embed_softmax: bool = False,
-                    **opts: Any) -> Artifact:
+def raw_graph(model: nn.Module, card: ModelCard, context: ExportContext) -> onnx.ModelProto:
+    """The raw-pixel variant as an ONNX graph, built once per run (the Triton exporter serves the same one)."""
+    softmax = context.option(EmbedOptions).embed_softmax
+    opset = context.option(OnnxOptions).opset
+    spec = card.input
+
+    def build() -> onnx.ModelProto:
+        wrapped = InGraphPreprocessing(model, spec, softmax=softmax).eval()
+        example = torch.zeros((2, spec.height, spec.width, spec.channels), dtype=torch.uint8)
+        proto = torch_to_onnx(wrapped, example, opset, "probabilities" if softmax else OUTPUT_NAME)
+        onnx.helper.set_model_props(proto, onnx_metadata(card_dict(card, softmax=softmax)))
+        proto.producer_name = "rtool"
+        return proto
+
+    return context.cached(("onnx-raw", softmax, opset), build)
+
+
+def export_embedded(model: nn.Module, card: ModelCard, out_dir: Path, context: ExportContext) -> Artifact:
     """Write model.raw.onnx (or model.raw-softmax.onnx), FP32, beside the plain model.onnx.
 
     Checked like every rtool export: onnx.checker, then ONNX Runtime on real
     test images against the eager model fed the same images through
     ``toolkit.preprocess`` (and a softmax when the graph has one).
     """
-    from exporters.onnx import (DEFAULT_OPSET, INPUT_NAME, MAX_BATCH, OUTPUT_NAME, _quiet_exporter, cached,
-                                check_file, check_opset, save_single_file)
-    from exporters.validation import compare, eager_logits, require_fp32_match
-    from toolkit.fileio import atomic_path
-    from toolkit.preprocess import prepare_batch
-
-    softmax = bool(embed_softmax)
+    softmax = context.option(EmbedOptions).embed_softmax
     spec = card.input
-    output_name = "probabilities" if softmax else OUTPUT_NAME
-    opset = check_opset(int(opts.get("opset") or DEFAULT_OPSET))
-
-    def build() -> onnx.ModelProto:
-        wrapped = InGraphPreprocessing(model, spec, softmax=softmax).eval()
-        example = torch.zeros((2, spec.height, spec.width, spec.channels), dtype=torch.uint8)
-        with _quiet_exporter():
-            program = torch.onnx.export(wrapped, (example,), input_names=[INPUT_NAME], output_names=[output_name],
-                                        opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},))
-        proto = program.model_proto
-        onnx.helper.set_model_props(proto, onnx_metadata(card_dict(card, softmax=softmax)))
-        proto.producer_name = "rtool"
-        return proto
-
-    proto = cached(opts, ("onnx-raw", softmax, opset), build)  # the Triton exporter reuses it
-    pixels, source = validation_pixels(card, opts)
+    proto = raw_graph(model, card, context)
+    pixels, source = validation_pixels(card, context)
     expected = eager_logits(model, prepare_batch(pixels, spec))
     if softmax:
         expected = torch.softmax(torch.from_numpy(expected), dim=1).numpy()
@@ -163,8 +156,9 @@ def export_embedded(model: nn.Module, card: ModelCard, out_dir: Path, *, embed_s
         check_file(tmp, path.name)
         stats = compare(expected, run_variant(tmp, np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))), source)
         require_fp32_match(path.name, stats, expected)
-    settings = {"opset": opset, "input": INPUT_NAME, "input_dtype": "uint8", "input_layout": "NHWC",
-                "input_shape": ["N", spec.height, spec.width, spec.channels], "output": output_name,
+    settings = {"opset": context.option(OnnxOptions).opset, "input": INPUT_NAME, "input_dtype": "uint8",
+                "input_layout": "NHWC", "input_shape": ["N", spec.height, spec.width, spec.channels],
+                "output": "probabilities" if softmax else OUTPUT_NAME,
                 "embedded": ["preprocessing", "softmax"] if softmax else ["preprocessing"],
                 "dynamic_batch": [1, MAX_BATCH], "exporter": f"torch.onnx (dynamo) {torch.__version__}"}
     return Artifact(format="onnx", precision="fp32", path=path, runtime="onnx_app", settings=settings,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,18 +31,28 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from exporters.onnx import INPUT_NAME, cached, opset_of
+from exporters import ExportContext
+from exporters.onnx_common import INPUT_NAME, opset_of
 from exporters.validation import load_pixels, random_pixels
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError
+from toolkit.options import option
 from toolkit.preprocess import prepare_batch
 
 TARGETS = ("cpu", "tensorrt")
 CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}
-DEFAULT_CALIB_SIZE = 256
-DEFAULT_CALIB_METHOD = "minmax"
 CALIB_BATCH = 32
+MAX_CALIB_SIZE = 100_000  # calibration images are held in memory; more adds nothing to the ranges
+
+
+@dataclass(frozen=True)
+class Int8Options:
+    """How INT8 files are calibrated."""
+
+    calib_size: int = option(256, "INT8 calibration images from the training split.", low=1, high=MAX_CALIB_SIZE)
+    calib_method: str = option("minmax", "INT8 calibration method.", choices=tuple(CALIB_METHODS),
+                               what="calibration method")
 
 
 def recipe(target: str) -> dict[str, Any]:
@@ -69,18 +80,17 @@ class _Batches(CalibrationDataReader):
         return None if chunk is None else {INPUT_NAME: np.ascontiguousarray(chunk)}
 
 
-def calibration_batch(card: ModelCard, size: int, opts: dict[str, Any]) -> tuple[np.ndarray, str]:
+def calibration_batch(card: ModelCard, size: int, context: ExportContext) -> tuple[np.ndarray, str]:
     """(float32 calibration batch, where it came from): training images, or noise for a card without data set."""
     if size < 1:
         raise BadInputError(f"--calib-size must be at least 1, got {size}")
     if card.dataset:
-        pixels = load_pixels(card, "train", size, opts.get("data_dir"), opts.get("cache"))
+        pixels = load_pixels(card, "train", size, context.data_dir, context.cache)
         return prepare_batch(pixels, card.input), f"{card.dataset} train, {len(pixels)} images"
-    notes = opts.get("notes")
     message = ("the model card names no data set, so INT8 is calibrated on random pixels; its accuracy "
                "may suffer (export from a checkpoint trained by rtool to calibrate on real images)")
-    if notes is not None and message not in notes:
-        notes.append(message)
+    if message not in context.notes:
+        context.notes.append(message)
     return prepare_batch(random_pixels(card, size, seed=1), card.input), f"random pixels, {size} images"
 
 
@@ -102,16 +112,14 @@ def calibrate(model_path: Path, batch: np.ndarray, method: str, *, symmetric: bo
     return calibrator.compute_data()
 
 
-def int8_graph(fp32: onnx.ModelProto, card: ModelCard, target: str, opts: dict[str, Any]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def int8_graph(fp32: onnx.ModelProto, card: ModelCard, target: str,
+               context: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """(Q/DQ graph for ``target``, the settings that made it) from the FP32 graph, calibrated as the options say."""
     arguments = recipe(target)
-    method = opts.get("calib_method") or DEFAULT_CALIB_METHOD
-    if method not in CALIB_METHODS:
-        raise BadInputError(f"unknown calibration method '{method}'; choose one of: {', '.join(CALIB_METHODS)}")
-    size = int(opts.get("calib_size") or DEFAULT_CALIB_SIZE)
+    method, size = context.option(Int8Options).calib_method, context.option(Int8Options).calib_size
 
     def build() -> tuple[onnx.ModelProto, dict[str, Any]]:
-        batch, source = calibration_batch(card, size, opts)
+        batch, source = calibration_batch(card, size, context)
         with tempfile.TemporaryDirectory(prefix="rtool-int8-") as work, contextlib.redirect_stdout(io.StringIO()):
             folder = Path(work)
             # Shape inference + ONNX Runtime's graph fusions first, so calibration sees the graph that runs.
@@ -130,4 +138,4 @@ def int8_graph(fp32: onnx.ModelProto, card: ModelCard, target: str, opts: dict[s
         }
         return proto, settings
 
-    return cached(opts, ("onnx", "int8", target, method, size, opset_of(fp32)), build)
+    return context.cached(("onnx", "int8", target, method, size, opset_of(fp32)), build)

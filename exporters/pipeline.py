@@ -11,9 +11,8 @@ which parity checks and ``rtool infer`` use as the reference.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -24,18 +23,17 @@ from typing import Any, Callable, Iterable
 import torch
 
 import toolkit
-from exporters import PRECISIONS, Artifact, artifact_filename, get_exporter
-from exporters.onnx_embed import embedding_requested, export_embedded, variant_filename
+from exporters import (CHECKPOINT_FILE, PRECISIONS, Artifact, ExportContext, ExporterEntry, all_targets, exporters,
+                       get_exporter, option_classes, owned_patterns)
 from exporters.validation import compare, eager_logits, reference
-from toolkit.card import MANIFEST_NAME, InputSpec, ModelCard, library_versions
+from toolkit.card import InputSpec, ModelCard, library_versions
 from toolkit.checkpoint import load_model, load_pretrained_weights, make_card, save_checkpoint
 from toolkit.errors import BadInputError, UnavailableError
-from toolkit.fileio import atomic_write_text, ensure_writable_dir
+from toolkit.fileio import ensure_writable_dir
+from toolkit.manifest import is_inside, read_manifest, sha256_file, write_manifest, written_by_rtool
 from toolkit.models import create_model, get_entry, list_models
+from toolkit.options import comma_list, from_values
 
-MANIFEST_VERSION = 1
-ALL_FORMATS = ("torchscript", "pt2", "onnx", "tensorrt")  # what --format all writes; others by name only
-ONNX_TARGETS = ("cpu", "tensorrt")
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 GREY_MEAN, GREY_STD = [0.5], [0.5]
 
@@ -57,6 +55,7 @@ class ExportResult:
     manifest_path: Path
     notes: list[str] = field(default_factory=list)  # warnings the caller should show (e.g. random calibration)
     removed: list[str] = field(default_factory=list)  # stale files of another model, removed from the folder
+    left: list[str] = field(default_factory=list)  # files listed by the old manifest that rtool cannot prove it wrote
 
 
 @dataclass
@@ -65,14 +64,6 @@ class Source:
     card: ModelCard
     info: dict[str, Any]
     default_out: Path
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- source
@@ -123,38 +114,38 @@ def _model_source(name: str, input_shape: tuple[int, ...] | None, num_classes: i
 
 # ---------------------------------------------------------------- plan
 
-def _split(value: str | Iterable[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [i.strip().lower() for i in items if i and i.strip()]
+def _precisions_for(entry: ExporterEntry, wanted: list[str], everything: bool) -> list[str]:
+    if wanted:
+        return [p for p in wanted if p in entry.precisions]
+    return list(entry.precisions) if everything else [entry.precisions[0]]
+
+
+def _jobs_of(entry: ExporterEntry, precision: str, target: str | None, everything: bool) -> list[Job]:
+    """One job per INT8 target the format declares at this precision (the asked one, all, or its default)."""
+    targets = entry.targets.get(precision)
+    if not targets:
+        return [Job(entry.name, precision)]
+    if target:
+        return [Job(entry.name, precision, target)] if target in targets else []
+    return [Job(entry.name, precision, t) for t in (targets if everything else targets[:1])]
 
 
 def plan(formats: str | Iterable[str] = "all", precisions: str | Iterable[str] | None = None,
          target: str | None = None) -> tuple[list[Job], list[dict[str, Any]]]:
     """(jobs to run, skipped with reasons) for the requested formats x precisions x INT8 targets."""
-    names = _split(formats) or ["all"]
+    names = comma_list(formats) or ["all"]
     everything = "all" in names
-    if everything:
-        names = list(ALL_FORMATS)
-    entries = [get_exporter(n) for n in dict.fromkeys(names)]
-    wanted = _split(precisions)
-    for p in wanted:
-        if p not in PRECISIONS:
-            raise BadInputError(f"unknown precision '{p}'; choose from: {', '.join(PRECISIONS)}")
-    if target is not None and target not in ONNX_TARGETS:
-        raise BadInputError(f"unknown target '{target}'; choose one of: {', '.join(ONNX_TARGETS)}")
-    targets = [target] if target else (list(ONNX_TARGETS) if everything else ["cpu"])
-
+    entries = [e for e in exporters() if e.in_all] if everything else [get_exporter(n) for n in names]
+    wanted = comma_list(precisions, PRECISIONS, "--precision", "precision")
+    if target is not None and target not in all_targets():
+        raise BadInputError(f"unknown target '{target}'; choose one of: {', '.join(all_targets())}")
     jobs: list[Job] = []
     skipped: list[dict[str, Any]] = []
     for entry in entries:
-        chosen = [p for p in wanted if p in entry.precisions] if wanted else (
-            list(entry.precisions) if everything else [entry.precisions[0]])
+        chosen = _precisions_for(entry, wanted, everything)
         if not chosen:
             if len(entries) == 1:
-                raise BadInputError(f"{entry.name} exports {', '.join(entry.precisions)}; "
-                                    f"not {', '.join(wanted)}")
+                raise BadInputError(f"{entry.name} exports {', '.join(entry.precisions)}; not {', '.join(wanted)}")
             continue
         ok, reason = entry.available()
         if not ok:
@@ -162,40 +153,33 @@ def plan(formats: str | Iterable[str] = "all", precisions: str | Iterable[str] |
                 raise UnavailableError(f"cannot export {entry.name} here: {reason}")
             skipped += [{"format": entry.name, "precision": p, "reason": reason} for p in chosen]
             continue
-        for p in chosen:
-            if entry.name == "onnx" and p == "int8":
-                jobs += [Job("onnx", "int8", t) for t in targets]
-            else:
-                jobs.append(Job(entry.name, p))
+        jobs += [job for p in chosen for job in _jobs_of(entry, p, target, everything)]
     if target and not any(j.target for j in jobs):
         raise BadInputError("--target picks the form of an INT8 ONNX file; add --precision int8 and --format onnx")
     return jobs, skipped
 
 
-def check_options(jobs: list[Job], opts: dict[str, Any]) -> None:
-    """Refuse bad option values before any slow work starts."""
-    formats = {j.format for j in jobs}
-    if formats & {"onnx", "tensorrt"}:
-        from exporters.onnx import DEFAULT_OPSET, check_opset
+def export_options(values: dict[str, Any]) -> dict[type, Any]:
+    """Typed, validated options of every format from flag values (None: not given, the default holds)."""
+    classes = option_classes()
+    known = {f.name for cls in classes for f in dataclasses.fields(cls)}
+    unknown = sorted(k for k, v in values.items() if k not in known and v is not None)
+    if unknown:
+        raise BadInputError(f"unknown export option '{unknown[0]}'; known: {', '.join(sorted(known))}")
+    return {cls: from_values(cls, values) for cls in classes}
 
-        check_opset(int(opts.get("opset") or DEFAULT_OPSET))
-    if any(j.precision == "int8" for j in jobs):
-        from exporters.onnx_int8 import CALIB_METHODS
 
-        if opts.get("calib_method") and opts["calib_method"] not in CALIB_METHODS:
-            raise BadInputError(f"unknown calibration method '{opts['calib_method']}'; choose one of: "
-                                f"{', '.join(CALIB_METHODS)}")
-        if opts.get("calib_size") is not None and int(opts["calib_size"]) < 1:
-            raise BadInputError(f"--calib-size must be at least 1, got {opts['calib_size']}")
-    if "tensorrt" in formats:
-        from exporters.tensorrt import parse_batch_range
+def check_options(jobs: list[Job], values: dict[str, Any]) -> dict[type, Any]:
+    """The typed options of ``values``, refused before any slow work when bad or when no job reads them.
 
-        parse_batch_range(opts.get("batch_range"))
-        if opts.get("workspace") is not None and float(opts["workspace"]) <= 0:
-            raise BadInputError(f"--workspace must be a positive number of GB, got {opts['workspace']}")
-    if embedding_requested(opts) and not any(j.format in ("onnx", "triton") and j.precision == "fp32" for j in jobs):
-        raise BadInputError("--embed-preprocessing/--embed-softmax add an FP32 ONNX variant: use them with "
-                            "--format onnx (or triton) and --precision fp32")
+    Options that only make sense with some jobs say so themselves
+    (``check_jobs``: e.g. --embed-preprocessing needs an FP32 ONNX job).
+    """
+    options = export_options(values)
+    for instance in options.values():
+        if hasattr(instance, "check_jobs"):
+            instance.check_jobs(jobs)
+    return options
 
 
 # ---------------------------------------------------------------- run
@@ -203,37 +187,23 @@ def check_options(jobs: list[Job], opts: dict[str, Any]) -> None:
 def export_model(source: str | Path, formats: str | Iterable[str] = "all",
                  precisions: str | Iterable[str] | None = None, out_dir: str | Path | None = None, *,
                  target: str | None = None, input_shape: tuple[int, ...] | None = None,
-                 num_classes: int | None = None, weights: str | Path | None = None,
-                 progress: Callable[[str], None] | None = None, **opts: Any) -> ExportResult:
+                 num_classes: int | None = None, weights: str | Path | None = None, data_dir: str | None = None,
+                 progress: Callable[[str], None] | None = None, **option_values: Any) -> ExportResult:
     """Export ``source`` to every requested format x precision in ``out_dir`` and write its manifest.
 
-    ``opts`` reach every exporter: opset, batch_range, calib_size, calib_method,
-    workspace, timing_cache, data_dir.
+    ``option_values`` are the formats' typed options by field name (opset,
+    calib_size, batch_range, triton_model_name, ...; see ``export_options``),
+    all validated before any slow work starts.
     """
     jobs, skipped = plan(formats, precisions, target)
-    check_options(jobs, opts)
+    context = ExportContext(options=check_options(jobs, option_values), data_dir=data_dir)
     src = resolve_source(source, input_shape=input_shape, num_classes=num_classes, weights=weights)
     out = ensure_writable_dir(Path(out_dir) if out_dir else src.default_out)
-    notes: list[str] = []
-    run_opts = {**opts, "cache": {}, "notes": notes}
-    say = progress or (lambda message: None)
-
     staging = Path(tempfile.mkdtemp(prefix=".rtool-export-", dir=out))
     try:
-        say(f"checkpoint copy -> {artifact_filename('checkpoint', 'fp32')}")
-        artifacts = [_write_checkpoint_copy(src, staging, run_opts)]
-        for number, job in enumerate(jobs, 1):
-            name = artifact_filename(job.format, job.precision, job.target)
-            say(f"[{number}/{len(jobs)}] {job.describe()} -> {name}")
-            extra = {"target": job.target} if job.target else {}
-            artifacts.append(get_exporter(job.format).export(src.model, src.card, staging,
-                                                             precision=job.precision, **extra, **run_opts))
-            if job.format == "onnx" and job.precision == "fp32" and embedding_requested(run_opts):
-                say(f"[{number}/{len(jobs)}] onnx fp32, preprocessing in the graph -> "
-                    f"{variant_filename(bool(run_opts.get('embed_softmax')))}")
-                artifacts.append(export_embedded(src.model, src.card, staging, **run_opts))
+        artifacts = _run_jobs(src, jobs, staging, context, progress or (lambda message: None))
         entries = [_entry(a, staging) for a in artifacts]
-        kept, stale = _previous_entries(out, src, {e["file"] for e in entries})
+        kept, stale, left = _previous_entries(out, src, {e["file"] for e in entries})
         _move_into_place(staging, out)
         for artifact in artifacts:
             artifact.path = out / artifact.path.relative_to(staging)
@@ -241,27 +211,35 @@ def export_model(source: str | Path, formats: str | Iterable[str] = "all",
             (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-    manifest = {
-        "manifest_version": MANIFEST_VERSION,
+    context.notes.extend(f"left {name} in place: the old manifest lists it, but rtool cannot prove it wrote it "
+                         f"(not one of its file names, or changed since); remove it yourself if it is stale"
+                         for name in left)
+    manifest_path = write_manifest(out, {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "rtool_version": toolkit.__version__,
-        "source": src.info,
-        "card": src.card.to_dict(),
-        "artifacts": entries + kept,
-        "skipped": skipped,
-        "versions": _versions(),
-    }
-    manifest_path = out / MANIFEST_NAME
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return ExportResult(artifacts, skipped, manifest_path, notes, sorted(stale))
+        "rtool_version": toolkit.__version__, "source": src.info, "card": src.card.to_dict(),
+        "artifacts": entries + kept, "skipped": skipped, "versions": _versions()})
+    return ExportResult(artifacts, skipped, manifest_path, context.notes, sorted(stale), sorted(left))
 
 
-def _write_checkpoint_copy(src: Source, staging: Path, opts: dict[str, Any]) -> Artifact:
+def _run_jobs(src: Source, jobs: list[Job], staging: Path, context: ExportContext,
+              say: Callable[[str], None]) -> list[Artifact]:
+    """The checkpoint copy, then every job's files, written into ``staging``."""
+    say(f"checkpoint copy -> {CHECKPOINT_FILE}")
+    artifacts = [_write_checkpoint_copy(src, staging, context)]
+    for number, job in enumerate(jobs, 1):
+        entry = get_exporter(job.format)
+        say(f"[{number}/{len(jobs)}] {job.describe()} -> {entry.filename(job.precision, job.target) or entry.name}")
+        written = entry.export(src.model, src.card, staging, precision=job.precision, target=job.target,
+                               context=context)
+        artifacts += written if isinstance(written, list) else [written]
+    return artifacts
+
+
+def _write_checkpoint_copy(src: Source, staging: Path, context: ExportContext) -> Artifact:
     """``model.pt``: the eager reference, saved the safe way and reloaded to prove it."""
-    path = staging / artifact_filename("checkpoint", "fp32")
+    path = staging / CHECKPOINT_FILE
     save_checkpoint(path, src.model, src.card)
-    batch, expected, source = reference(src.model, src.card, opts)
+    batch, expected, source = reference(src.model, src.card, context)
     reloaded, _ = load_model(path)
     stats = compare(expected, eager_logits(reloaded, batch), source)
     return Artifact(format="checkpoint", precision="fp32", path=path, runtime="eager",
@@ -269,26 +247,21 @@ def _write_checkpoint_copy(src: Source, staging: Path, opts: dict[str, Any]) -> 
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
-    """Move what the exporters wrote from ``staging`` to ``out``: files replace files; a folder (e.g. a
-    Triton repository) has each of its entries replaced, so other entries beside them survive."""
+    """Move what the exporters wrote from ``staging`` to ``out``, file by file: a file replaces the file of the
+    same name, a folder (e.g. a Triton repository) is merged, so whatever else the user keeps there survives."""
     for item in sorted(staging.iterdir()):
-        if item.name.startswith("."):
+        if item.name.startswith(".") and item.parent == staging:
             continue
         final = out / item.name
-        if item.is_dir() and final.is_dir():
-            for child in sorted(item.iterdir()):
-                if (final / child.name).is_dir():
-                    shutil.rmtree(final / child.name)
-                os.replace(child, final / child.name)
+        if item.is_dir() and not item.is_symlink():
+            if final.is_symlink() or (final.exists() and not final.is_dir()):
+                raise BadInputError(f"{final} is in the way of the folder the export writes there; move it away")
+            final.mkdir(exist_ok=True)
+            _move_into_place(item, final)
         else:
-            if final.is_dir():
-                shutil.rmtree(final)
+            if final.is_dir() and not final.is_symlink():
+                raise BadInputError(f"{final} is a folder where the export writes a file; move it away")
             os.replace(item, final)
-
-
-def _inside(folder: Path, name: str) -> bool:
-    """True if ``name`` is a relative path that stays inside ``folder`` (manifests are not trusted blindly)."""
-    return bool(name) and not Path(name).is_absolute() and (folder / name).resolve().is_relative_to(folder.resolve())
 
 
 def _entry(artifact: Artifact, staging: Path) -> dict[str, Any]:
@@ -298,31 +271,30 @@ def _entry(artifact: Artifact, staging: Path) -> dict[str, Any]:
             "size": path.stat().st_size, "settings": artifact.settings, "validation": artifact.validation}
 
 
-def _previous_entries(out: Path, src: Source, rewritten: set[str]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Entries of an earlier export of the same source to keep, and stale files of another model to remove.
+def _previous_entries(out: Path, src: Source, rewritten: set[str]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(entries of an earlier export of the same source to keep, stale files to remove, files to leave alone).
 
     Exporting one format after another into one folder keeps the earlier files
-    (still listed, still verified); exporting another model there removes them,
-    so the folder never mixes two models.
+    (still listed, still verified); exporting another model there removes the
+    earlier model's files, so the folder never mixes two models, but only
+    those rtool provably wrote (``written_by_rtool``): a name added to the
+    manifest by hand, or a file changed since, is left where it is.
     """
     try:
         old = read_manifest(out)
     except BadInputError:
-        return [], []
+        return [], [], []
     same = old.get("source") == src.info and old.get("card") == src.card.to_dict()
-    kept, stale = [], []
+    kept, stale, left = [], [], []
     for entry in old["artifacts"]:
-        name = str(entry.get("file", ""))
-        if name in rewritten or not _inside(out, name):
+        name = entry["file"]
+        if name in rewritten or not is_inside(out, name) or not (out / name).is_file():
             continue
-        path = out / name
-        if not path.is_file():
-            continue
-        if same and entry.get("sha256") == sha256_file(path):
-            kept.append(entry)
+        if written_by_rtool(out, entry, owned_patterns()):
+            (kept if same else stale).append(entry if same else name)
         else:
-            stale.append(name)
-    return kept, stale
+            left.append(name)
+    return kept, stale, left
 
 
 def _versions() -> dict[str, str]:
@@ -339,41 +311,6 @@ def _versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- reading
-
-def read_manifest(export_dir: str | Path) -> dict[str, Any]:
-    """The folder's ``manifest.json``; BadInputError (one line) if it is missing or unreadable."""
-    path = Path(export_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise BadInputError(f"{export_dir} has no {MANIFEST_NAME}; make one with `rtool export CHECKPOINT --out {export_dir}`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadInputError(f"{path} is unreadable ({e.__class__.__name__}); export again") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
-        raise BadInputError(f"{path} lists no artifacts; export again")
-    if int(manifest.get("manifest_version", 0)) > MANIFEST_VERSION:
-        raise BadInputError(f"{path} was written by a newer rtool (manifest v{manifest['manifest_version']}); upgrade rtool")
-    return manifest
-
-
-def verify_manifest(export_dir: str | Path) -> list[str]:
-    """Problems with the folder against its manifest (missing files, sizes, sha256); empty when all is well."""
-    folder = Path(export_dir)
-    problems = []
-    for entry in read_manifest(folder)["artifacts"]:
-        name = str(entry.get("file", ""))
-        path = folder / name
-        if not _inside(folder, name):
-            problems.append(f"{name!r} points outside the export folder")
-        elif not path.is_file():
-            problems.append(f"{name} is listed but missing")
-        elif path.stat().st_size != entry.get("size"):
-            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {entry.get('size')}")
-        elif sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name} does not match its sha256 (changed after export)")
-    return problems
-
-
 
 def summary_rows(result: ExportResult) -> list[dict[str, Any]]:
     """One row per written file for the command's table / JSON: name, kind, size, validation figures."""

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters import Artifact, artifact_filename, register_exporter
+from exporters import Artifact, ExportContext, register_exporter
 from exporters.validation import compare, reference, require_fp32_match
 from toolkit.card import EXTRA_FILE_NAME, ModelCard
 from toolkit.errors import CheckFailedError
@@ -34,12 +34,15 @@ def exported_program(model: torch.nn.Module, example: torch.Tensor) -> torch.exp
         return torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
 
 
-@register_exporter("pt2", precisions=("fp32",))
-def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str = "fp32",
-           **opts: Any) -> Artifact:
-    batch, expected, source = reference(model, card, opts)
+FILES = {"fp32": "model.pt2"}
+
+
+@register_exporter("pt2", precisions=("fp32",), runtime="pt2", files=FILES)
+def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
+           context: ExportContext) -> Artifact:
+    batch, expected, source = reference(model, card, context)
     program = exported_program(model, torch.from_numpy(batch[:EXAMPLE_BATCH].copy()))
-    path = Path(out_dir) / artifact_filename("pt2", precision)
+    path = Path(out_dir) / FILES[precision]
     with atomic_path(path) as tmp:
         buffer = io.BytesIO()  # torch.export names files by their ending; the temporary name has none
         torch.export.save(program, buffer, extra_files={EXTRA_FILE_NAME: card.to_json()})

@@ -15,22 +15,38 @@ was built for, so its manifest entry is stamped with both.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from exporters import Artifact, artifact_filename, register_exporter
-from exporters.onnx import INPUT_NAME, OUTPUT_NAME, onnx_graph
+from exporters import Artifact, ExportContext, artifact_filename, register_exporter
+from exporters.onnx import onnx_graph
+from exporters.onnx_common import INPUT_NAME, OUTPUT_NAME, OnnxOptions
+from exporters.onnx_int8 import Int8Options
 from exporters.validation import compare, reference
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, CheckFailedError, UnavailableError
 from toolkit.fileio import atomic_path, atomic_write_bytes
+from toolkit.options import option
 
 INSTALL_HINT = "pip install 'rtool[tensorrt]'"
 DEFAULT_BATCH_RANGE = "1:8:64"
-DEFAULT_WORKSPACE_GB = 4.0
+FILES = {"fp16": "model.fp16.engine", "int8": "model.int8.engine"}
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """How engines are built."""
+
+    batch_range: str = option(DEFAULT_BATCH_RANGE, "TensorRT optimization profile MIN:OPT:MAX.")
+    workspace: float = option(4.0, "TensorRT builder workspace in GB.", low=0.01, high=1024)
+    timing_cache: str | None = option(None, "TensorRT timing cache file, reused across builds "
+                                            "(default: ~/.cache/rtool/, one per TensorRT version and GPU).")
+
+    def validate(self) -> None:
+        parse_batch_range(self.batch_range)
 
 
 def available() -> tuple[bool, str]:
@@ -143,28 +159,30 @@ def run_engine(engine_bytes: bytes, batch: np.ndarray) -> np.ndarray:
     return out.float().cpu().numpy()
 
 
-@register_exporter("tensorrt", precisions=("fp16", "int8"), available=available)
-def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str = "fp16",
-           **opts: Any) -> Artifact:
+@register_exporter("tensorrt", precisions=("fp16", "int8"), runtime="tensorrt", files=FILES, available=available,
+                   options=(OnnxOptions, Int8Options, TensorRTOptions))
+def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
+           context: ExportContext) -> Artifact:
     ok, reason = available()
     if not ok:
         raise UnavailableError(f"cannot build TensorRT engines here: {reason}")
     import tensorrt as trt
 
     source_precision, target, flags = onnx_source(major_version(trt.__version__), precision)
-    graph, onnx_settings = onnx_graph(model, card, source_precision, opts, target)
-    batch_range = parse_batch_range(opts.get("batch_range"))
-    workspace = float(opts.get("workspace") or DEFAULT_WORKSPACE_GB)
+    graph, onnx_settings = onnx_graph(model, card, source_precision, context, target)
+    options = context.option(TensorRTOptions)
+    batch_range = parse_batch_range(options.batch_range)
+    workspace = options.workspace
     stamp = engine_stamp()
-    cache_file = Path(opts.get("timing_cache") or default_timing_cache(stamp["tensorrt_version"],
-                                                                       stamp["compute_capability"]))
+    cache_file = Path(options.timing_cache or default_timing_cache(stamp["tensorrt_version"],
+                                                                   stamp["compute_capability"]))
     engine = build_engine(graph.SerializeToString(), input_shape=card.input.shape, flags=flags,
                           batch_range=batch_range, workspace_gb=workspace, timing_cache=cache_file)
-    batch, expected, source = reference(model, card, opts)
+    batch, expected, source = reference(model, card, context)
     rows = min(max(len(batch), batch_range[0]), batch_range[2])  # a batch the profile accepts
     stats = compare(np.resize(expected, (rows, *expected.shape[1:])),
                     run_engine(engine, np.resize(batch, (rows, *batch.shape[1:]))), source)
-    path = Path(out_dir) / artifact_filename("tensorrt", precision)
+    path = Path(out_dir) / FILES[precision]
     with atomic_path(path) as tmp:
         tmp.write_bytes(engine)
     settings = {**stamp, "onnx_source": artifact_filename("onnx", source_precision, target),

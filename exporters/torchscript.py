@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters import Artifact, artifact_filename, register_exporter
+from exporters import Artifact, ExportContext, register_exporter
 from exporters.validation import compare, reference, require_fp32_match
 from toolkit.card import EXTRA_FILE_NAME, ModelCard
 from toolkit.errors import CheckFailedError
@@ -24,16 +24,19 @@ from toolkit.fileio import atomic_path
 TRACE_BATCH = 2
 
 
-@register_exporter("torchscript", precisions=("fp32",))
-def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str = "fp32",
-           **opts: Any) -> Artifact:
-    batch, expected, source = reference(model, card, opts)
+FILES = {"fp32": "model.ts"}
+
+
+@register_exporter("torchscript", precisions=("fp32",), runtime="torchscript", files=FILES)
+def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
+           context: ExportContext) -> Artifact:
+    batch, expected, source = reference(model, card, context)
     example = torch.from_numpy(batch[:TRACE_BATCH].copy())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, torch.jit.TracerWarning))
         with torch.inference_mode(False), torch.no_grad():
             traced = torch.jit.trace(model, example, check_trace=False)
-        path = Path(out_dir) / artifact_filename("torchscript", precision)
+        path = Path(out_dir) / FILES[precision]
         with atomic_path(path) as tmp:
             torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE_NAME: card.to_json()})
             stats = _reload_and_compare(tmp, batch, expected, source)

@@ -26,10 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from exporters import Artifact, get_exporter, register_exporter
-from exporters.onnx_embed import embedding_requested, export_embedded
+from exporters import Artifact, ExportContext, get_exporter, register_exporter
+from exporters.onnx import onnx_graph
+from exporters.onnx_common import OnnxOptions
+from exporters.onnx_embed import EmbedOptions, export_embedded
+from exporters.onnx_int8 import Int8Options
+from exporters.tensorrt import TensorRTOptions, major_version, onnx_source
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, UnavailableError
+from toolkit.options import option
 
 REPOSITORY_DIR = "triton"
 LABELS_FILE = "labels.txt"
@@ -43,7 +48,20 @@ BACKENDS = {  # --triton-backend -> (rtool format that makes the file, Triton pl
 # ONNX TensorProto element types -> Triton data types (model_config.proto, enum DataType).
 TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64",
                 9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+MODEL_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
+MAX_BATCH_SIZE = 2**31 - 1  # max_batch_size is an int32 in model_config.proto
+
+
+@dataclass(frozen=True)
+class TritonOptions:
+    """How the Triton model repository is laid out."""
+
+    triton_model_name: str | None = option(None, "Triton model name (default: the card's, e.g. resnet20).",
+                                           pattern=MODEL_NAME)
+    triton_max_batch: int = option(DEFAULT_MAX_BATCH, "Triton max_batch_size with dynamic batching (0 = no "
+                                   "batching).", low=0, high=MAX_BATCH_SIZE)
+    triton_backend: str = option("onnxruntime", "Triton backend: onnxruntime serves model.onnx, tensorrt a "
+                                 "model.plan engine.", choices=tuple(BACKENDS))
 
 
 @dataclass(frozen=True)
@@ -133,10 +151,10 @@ def image_format(card: ModelCard, inputs: list[TensorSignature], max_batch_size:
 def write_repository(folder: Path, model_name: str, model_file: Path, platform: str, file_name: str,
                      card: ModelCard, signature: Any, max_batch_size: int) -> Path:
     """Write FOLDER/MODEL/{config.pbtxt, labels.txt, 1/FILE} (FOLDER is the pipeline's staging copy)."""
-    if not _MODEL_NAME.match(model_name):
+    if not re.fullmatch(MODEL_NAME, model_name):
         raise BadInputError(f"'{model_name}' is not a usable Triton model name (letters, digits, _ . -)")
-    if max_batch_size < 0:
-        raise BadInputError("--triton-max-batch must be 0 (no batching) or more")
+    if not 0 <= max_batch_size <= MAX_BATCH_SIZE:
+        raise BadInputError(f"--triton-max-batch must be 0 (no batching) to {MAX_BATCH_SIZE}")
     inputs, outputs = onnx_signature(signature)
     config = triton_config(model_name, platform, inputs, outputs, max_batch_size=max_batch_size,
                            input_format=image_format(card, inputs, max_batch_size), label_filename=LABELS_FILE)
@@ -148,44 +166,48 @@ def write_repository(folder: Path, model_name: str, model_file: Path, platform: 
     return model_dir
 
 
-def tensorrt_source_graph(model: Any, card: ModelCard, precision: str, opts: dict[str, Any]) -> Any:
+def tensorrt_source_graph(model: Any, card: ModelCard, precision: str, context: ExportContext) -> Any:
     """The ONNX graph the TensorRT exporter builds its engine from (shared through the run's cache)."""
     import tensorrt as trt
 
-    from exporters.onnx import onnx_graph
-    from exporters.tensorrt import major_version, onnx_source
-
     source_precision, target, _ = onnx_source(major_version(trt.__version__), precision)
-    return onnx_graph(model, card, source_precision, opts, target)[0]
+    return onnx_graph(model, card, source_precision, context, target)[0]
 
 
-@register_exporter("triton", precisions=("fp32", "fp16", "int8"))
-def export(model: Any, card: ModelCard, out_dir: Path, *, precision: str = "fp32", **opts: Any) -> Artifact:
-    """Build the model file with the ONNX (or TensorRT) exporter and lay it out as a Triton repository."""
-    backend = str(opts.pop("triton_backend", None) or "onnxruntime")
-    if backend not in BACKENDS:
-        raise BadInputError(f"unknown --triton-backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
-    source_format, platform, file_name = BACKENDS[backend]
-    model_name = str(opts.pop("triton_model_name", None) or card.model)
-    model_name += "" if precision == "fp32" else f"_{precision}"
-    requested = opts.pop("triton_max_batch", None)
-    max_batch = DEFAULT_MAX_BATCH if requested is None else int(requested)
-    embedded = embedding_requested(opts) and backend == "onnxruntime" and precision == "fp32"  # an FP32 variant
+def build_model_file(model: Any, card: ModelCard, build: Path, precision: str, backend: str,
+                     context: ExportContext) -> Artifact:
+    """The file Triton serves, made by the onnx (or tensorrt) exporter: the very file rtool checked."""
+    source_format = BACKENDS[backend][0]
     entry = get_exporter(source_format)
     ok, reason = entry.available()
     if not ok:
         raise UnavailableError(f"--triton-backend {backend} needs {source_format}, which cannot run here: {reason}")
     if precision not in entry.precisions:
         raise BadInputError(f"--triton-backend {backend} serves {', '.join(entry.precisions)} files, not {precision}")
+    if context.option(EmbedOptions).embed_preprocessing and backend == "onnxruntime" and precision == "fp32":
+        return export_embedded(model, card, build, context)  # the FP32 model serves the raw-pixel variant
+    built = entry.export(model, card, build, precision=precision, target=None, context=context)
+    return built[0] if isinstance(built, list) else built
+
+
+@register_exporter("triton", precisions=("fp32", "fp16", "int8"), runtime="triton", in_all=False,
+                   files={"fp32": "triton/", "fp16": "triton/", "int8": "triton/"},
+                   options=(OnnxOptions, Int8Options, EmbedOptions, TensorRTOptions, TritonOptions),
+                   owns=(r"triton/[A-Za-z0-9_.-]+/[0-9]+/model\.(onnx|plan)",))
+def export(model: Any, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
+           context: ExportContext) -> Artifact:
+    """Build the model file with the ONNX (or TensorRT) exporter and lay it out as a Triton repository."""
+    options = context.option(TritonOptions)
+    backend = options.triton_backend
+    _, platform, file_name = BACKENDS[backend]
+    model_name = (options.triton_model_name or card.model) + ("" if precision == "fp32" else f"_{precision}")
+    max_batch = options.triton_max_batch
     folder = Path(out_dir) / REPOSITORY_DIR
     with tempfile.TemporaryDirectory(prefix=".triton-build-", dir=out_dir) as build:
-        if embedded:
-            built = export_embedded(model, card, Path(build), **opts)
-        else:
-            built = entry.export(model, card, Path(build), precision=precision, **opts)
+        built = build_model_file(model, card, Path(build), precision, backend, context)
         signature: Any = built.path
         if backend == "tensorrt":  # the engine's I/O is its source graph's; its profile caps the batch
-            signature = tensorrt_source_graph(model, card, precision, opts)
+            signature = tensorrt_source_graph(model, card, precision, context)
             max_batch = min(max_batch, int(built.settings["batch_range"][2]))
         model_dir = write_repository(folder, model_name, built.path, platform, file_name, card, signature,
                                      max_batch)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from exporters import ExportContext
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.preprocess import prepare_batch
@@ -62,16 +63,13 @@ def eager_logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).float().numpy()
 
 
-def reference(model: torch.nn.Module, card: ModelCard, opts: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
-    """(batch, eager logits, description), computed once per export run and shared through ``opts['cache']``."""
-    cache = opts.get("cache")
-    if cache is not None and "reference" in cache:
-        return cache["reference"]
-    batch, source = validation_batch(card, opts.get("data_dir"), cache)
-    found = (batch, eager_logits(model, batch), source)
-    if cache is not None:
-        cache["reference"] = found
-    return found
+def reference(model: torch.nn.Module, card: ModelCard, context: ExportContext) -> tuple[np.ndarray, np.ndarray, str]:
+    """(batch, eager logits, description), computed once per export run and shared through its cache."""
+    def build() -> tuple[np.ndarray, np.ndarray, str]:
+        batch, source = validation_batch(card, context.data_dir, context.cache)
+        return batch, eager_logits(model, batch), source
+
+    return context.cached(("reference",), build)
 
 
 def compare(expected: np.ndarray, got: np.ndarray, source: str) -> dict[str, Any]:

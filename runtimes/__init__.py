@@ -3,8 +3,11 @@
     with open_runtime("onnxruntime", "export/model.onnx") as rt:
         logits = rt.infer(batch)          # float32 (N, C, H, W) -> float32 (N, classes)
 
-A module subclasses ``Runtime``, implements ``load`` and ``_run`` and registers it
-with ``@register_runtime``; ``infer`` checks every batch against the ModelCard
+A module subclasses ``Runtime``, declares what it runs (its name, the file
+endings it opens, the exporter formats whose files it runs, its place in
+report tables, its devices), implements ``load`` and ``_run`` and registers it
+with ``@register_runtime``; modules are found by scanning this package, and
+parity, bench, infer and eval take their lists from here. ``infer`` checks every batch against the ModelCard
 (shape, dtype, NaN/Inf) before ``_run`` sees it. ``available(name)`` says
 (False, reason) where a runtime cannot run here, so callers list it with the
 reason instead of crashing deep inside. ``notes`` holds one-line remarks a
@@ -14,7 +17,9 @@ caller should show (e.g. a provider fallback).
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
+import pkgutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,8 +34,12 @@ class Runtime:
 
     name: str = ""
     suffixes: tuple[str, ...] = ()  # file endings this runtime opens, e.g. (".onnx",)
+    formats: tuple[str, ...] = ()  # exporter formats whose files it runs ("checkpoint": model.pt)
+    order: int = 100  # its place in parity and bench tables (lower first)
+    devices: tuple[str, ...] = ("cpu",)  # where it can run: "cpu", "cuda"
 
     def __init__(self, **options: Any) -> None:
+        check_threads(options.get("threads"))
         self.options = options
         self.card: ModelCard | None = None
         self.device: str = "cpu"  # what really runs it, e.g. "CPUExecutionProvider", "cuda:0"
@@ -101,35 +110,47 @@ class Runtime:
 
 
 _REGISTRY: dict[str, type[Runtime]] = {}
+_loaded = False
 
 
 def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    """Register a Runtime subclass under its ``name``; a name taken twice is refused."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name].__qualname__ != cls.__qualname__:
+        raise ValueError(f"runtime '{cls.name}' is registered twice ({_REGISTRY[cls.name].__module__} and "
+                         f"{cls.__module__}); pick another name")
     _REGISTRY[cls.name] = cls
     return cls
 
 
-def _load_all() -> None:
-    import importlib
-
-    for module in ("eager", "torchscript", "pt2", "onnxruntime", "tensorrt"):
-        try:
-            importlib.import_module(f"runtimes.{module}_runtime")
-        except ModuleNotFoundError as e:
-            if e.name != f"runtimes.{module}_runtime":
-                raise
+def load_all() -> None:
+    """Import every module of this package once, so each runtime registers itself."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def list_runtimes() -> list[str]:
-    _load_all()
-    return list(_REGISTRY)
+    """Every registered runtime, in table order."""
+    load_all()
+    return [cls.name for cls in sorted(_REGISTRY.values(), key=lambda c: (c.order, c.name))]
+
+
+def runtimes_for_format(fmt: str) -> list[str]:
+    """The registered runtimes that run files of an exporter format, in table order."""
+    return [name for name in list_runtimes() if fmt in _REGISTRY[name].formats]
 
 
 def get_runtime_class(name: str) -> type[Runtime]:
-    _load_all()
+    load_all()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise BadInputError(f"unknown runtime '{name}'; choose one of: {', '.join(_REGISTRY)}") from None
+        raise BadInputError(f"unknown runtime '{name}'; choose one of: {', '.join(list_runtimes())}") from None
 
 
 def available(name: str) -> tuple[bool, str]:
@@ -139,7 +160,7 @@ def available(name: str) -> tuple[bool, str]:
 
 def runtime_for_file(path: str | Path) -> str:
     """The runtime that opens a file, by its ending (model.onnx -> onnxruntime)."""
-    _load_all()
+    load_all()
     name = Path(path).name
     for runtime_name, cls in _REGISTRY.items():
         if any(name.endswith(s) for s in cls.suffixes):
@@ -213,6 +234,27 @@ def cuda_gpus() -> tuple[int, str]:
     if libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
         return 0, "no CUDA GPU"
     return count.value, ""
+
+
+def available_memory() -> int:
+    """Bytes of memory free for new work (MemAvailable), 0 where the system does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def check_threads(threads: int | None) -> int | None:
+    """``threads`` if this machine can run that many (a count far above its CPUs only thrashes), else one line."""
+    if threads is None:
+        return None
+    cpus = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 4 * cpus:
+        raise BadInputError(f"--threads must be 1..{4 * cpus} on this machine ({cpus} CPUs), got {threads}")
+    return threads
 
 
 def physical_cores() -> int:

@@ -16,7 +16,8 @@ from typing import Any
 
 from exporters import artifact_filename
 from toolkit.card import EXTRA_FILE_NAME, MANIFEST_NAME, ONNX_METADATA_KEY, ModelCard
-from toolkit.errors import BadInputError, UnsafeFileError
+from toolkit.errors import BadInputError
+from toolkit.manifest import entry_path, read_manifest, verify_sha256
 from toolkit.safety import DAMAGED_ZIP_ERRORS
 
 
@@ -26,16 +27,6 @@ def card_from_json(text: str | bytes, source: Path) -> ModelCard:
         return ModelCard.from_json(text)
     except BadInputError as e:
         raise BadInputError(f"{source.name}: {e}") from None
-
-
-def read_manifest(export_dir: str | Path) -> dict[str, Any]:
-    """The folder's manifest.json as a dict (BadInputError if missing or unreadable).
-
-    The exporter's own reader, imported only when a manifest is read (its module loads PyTorch).
-    """
-    from exporters.pipeline import read_manifest as read_exported_manifest
-
-    return read_exported_manifest(export_dir)
 
 
 def manifest_entry(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -56,16 +47,6 @@ def card_beside(path: Path) -> ModelCard | None:
         return None
     card = found[0]["card"]
     return card_from_json(json.dumps(card) if isinstance(card, dict) else card, path.parent / MANIFEST_NAME)
-
-
-def verify_sha256(path: Path, entry: dict[str, Any]) -> None:
-    """Refuse a file whose bytes differ from what its manifest recorded at export."""
-    from exporters.pipeline import sha256_file
-
-    expected = entry.get("sha256")
-    if expected and sha256_file(path) != expected:
-        raise UnsafeFileError(f"{path.name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
-                              f"after export; re-export it rather than run it")
 
 
 def _zip_extra_card(path: Path) -> ModelCard | None:
@@ -134,11 +115,36 @@ def resolve_artifact(export_dir: str | Path, runtime: str = "onnxruntime", preci
         wanted = f"{runtime} {precision}" + (f" (target {target})" if target else "")
         raise BadInputError(f"{export_dir} has no {wanted} file; it holds: {describe_artifacts(manifest)}")
     entry = matches[0]
-    path = export_dir / str(entry["file"])
-    if not path.resolve().is_relative_to(export_dir.resolve()):
-        raise UnsafeFileError(f"{MANIFEST_NAME} in {export_dir} points outside its folder ({entry['file']})")
+    path = entry_path(export_dir, entry)
     if not path.is_file():
         raise BadInputError(f"{export_dir / MANIFEST_NAME} lists {entry['file']} but the file is missing; re-export")
     if verify:
         verify_sha256(path, entry)
     return path
+
+
+def artifact_runs(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(runtime, entry) for every listed file rtool runs, once per registered runtime that runs its format.
+
+    Files whose own runtime rtool does not run (apps' raw-pixel variants,
+    Triton models) were validated when exported and are left out, as is the
+    eager reference (``model.pt``).
+    """
+    from runtimes import list_runtimes, runtimes_for_format
+
+    known = list_runtimes()
+    runs = []
+    for entry in manifest["artifacts"]:
+        if entry.get("runtime") not in known or entry.get("format") == "checkpoint":
+            continue
+        runs += [(runtime, entry) for runtime in runtimes_for_format(str(entry.get("format")))
+                 or [str(entry["runtime"])]]
+    return runs
+
+
+def skipped_runs(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(runtime, skip record) for every format x precision the export skipped, per runtime that would run it."""
+    from runtimes import runtimes_for_format
+
+    return [(runtime, skip) for skip in manifest.get("skipped") or [] if isinstance(skip, dict)
+            for runtime in runtimes_for_format(str(skip.get("format")))]

@@ -19,6 +19,9 @@ from toolkit.errors import BadInputError
 class EagerRuntime(Runtime):
     name = "eager"
     suffixes = (".pt", ".pth")
+    formats = ("checkpoint",)
+    order = 0
+    devices = ("cpu", "cuda")
 
     def load(self, artifact_path: str | Path, device: str = "auto") -> None:
         path = self.expect_file(artifact_path)

@@ -134,6 +134,9 @@ class OnnxRuntimeRuntime(Runtime):
 
     name = "onnxruntime"
     suffixes = (".onnx",)
+    formats = ("onnx",)
+    order = 30
+    devices = ("cpu", "cuda")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

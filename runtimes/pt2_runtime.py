@@ -23,6 +23,9 @@ from toolkit.safety import check_pt2_archive
 class Pt2Runtime(Runtime):
     name = "pt2"
     suffixes = (".pt2",)
+    formats = ("pt2",)
+    order = 20
+    devices = ("cpu", "cuda")
 
     def load(self, artifact_path: str | Path, device: str = "auto") -> None:
         path = self.expect_file(artifact_path)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from runtimes import Runtime, cuda_gpus, register_runtime
-from runtimes.cards import card_beside, manifest_entry, verify_sha256
+from runtimes.cards import card_beside, manifest_entry
+from toolkit.manifest import verify_sha256
 from toolkit.errors import BadInputError, UnavailableError
 
 INSTALL_HINT = "TensorRT is not installed (pip install 'rtool[tensorrt]')"
@@ -71,6 +72,9 @@ def _torch_dtype(trt: Any, dtype: Any) -> Any:
 class TensorRTRuntime(Runtime):
     name = "tensorrt"
     suffixes = (".engine",)
+    formats = ("tensorrt",)
+    order = 40
+    devices = ("cuda",)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

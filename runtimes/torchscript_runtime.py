@@ -17,6 +17,9 @@ from toolkit.errors import BadInputError
 class TorchScriptRuntime(Runtime):
     name = "torchscript"
     suffixes = (".ts",)
+    formats = ("torchscript",)
+    order = 10
+    devices = ("cpu", "cuda")
 
     def load(self, artifact_path: str | Path, device: str = "auto") -> None:
         path = self.expect_file(artifact_path)

@@ -104,15 +104,16 @@ def embed_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
 def inprocess_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
     """rtool's exporters called in one process with one cache: the Triton exporter with its defaults
     (triton/resnet20, plain FP32) and model.raw.onnx (preprocessing in the graph, logits out)."""
+    from exporters import ExportContext
     from exporters.onnx_embed import export_embedded
     from exporters.triton import export as export_triton
     from toolkit.checkpoint import load_model
 
     model, card = load_model(untrained_checkpoint)
     out = tmp_path_factory.mktemp("inprocess_export")
-    cache: dict = {}
-    export_triton(model, card, out, precision="fp32", cache=cache)
-    export_embedded(model, card, out, cache=cache)
+    context = ExportContext()
+    export_triton(model, card, out, precision="fp32", target=None, context=context)
+    export_embedded(model, card, out, context)
     return out
 
 

@@ -16,8 +16,13 @@ FAST = ("--epochs", "4", "--test-limit", "500", "--bench-iters", "3", "--quiet")
 
 def test_demo_end_to_end(tmp_path, rtool):
     out = tmp_path / "demo"
-    result = rtool("demo", "--out", out, *FAST, timeout=600)
+    users = {"train/my.py": "print('mine')", "export/customer.onnx": "the user's own model", "notes.txt": "mine"}
+    for name, text in users.items():  # --overwrite replaces the demo's own files only: these must survive
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    result = rtool("demo", "--out", out, "--overwrite", *FAST, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert {name: (out / name).read_text() for name in users} == users
     report = (out / "report.md").read_text()
     for link in ("train/curves.png", "parity.png", "predictions.png"):
         assert f"]({link})" in report
@@ -55,8 +60,9 @@ def test_claim_folder_replaces_only_the_demos_own_files(tmp_path):
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "model.onnx").write_text("old")
     (tmp_path / "keep.txt").write_text("someone else's")
-    claim_folder(tmp_path, overwrite=False)  # a demo folder (marker present): cleared for the new run
-    assert not (tmp_path / "report.md").exists() and not (tmp_path / "export").exists()
+    claim_folder(tmp_path, overwrite=False)  # a demo folder (marker present): its report files cleared
+    assert not (tmp_path / "report.md").exists()
+    assert (tmp_path / "export" / "model.onnx").exists(), "export/ is cleaned by the export, which proves ownership"
     assert (tmp_path / "keep.txt").read_text() == "someone else's"
     assert json.loads((tmp_path / MARKER).read_text())["status"] == "running"
     assert "report.md" in OWNED

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from conftest import MNIST_SPEC, assert_one_line_error, run_rtool
-from exporters.onnx_embed import (CARD_FORMAT_KEY, CLASS_NAMES_KEY, INPUT_KEY, OUTPUT_KEY, InGraphPreprocessing,
-                                  variant_filename)
+from exporters.onnx_common import CARD_FORMAT_KEY, CLASS_NAMES_KEY, INPUT_KEY, OUTPUT_KEY
+from exporters.onnx_embed import InGraphPreprocessing, variant_filename
 from exporters.pipeline import check_options, plan
 from toolkit.card import ONNX_METADATA_KEY, ModelCard
 from toolkit.checkpoint import load_model

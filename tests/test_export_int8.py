@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from exporters.onnx_int8 import calibration_batch, int8_graph
+from exporters import ExportContext
+from exporters.onnx_int8 import Int8Options, calibration_batch, int8_graph
 from toolkit.checkpoint import load_model
 from toolkit.data import load_dataset
 from toolkit.preprocess import prepare_batch
@@ -102,7 +103,8 @@ def test_other_calibration_methods_change_the_scales(pipeline_export, untrained_
     fp32 = onnx.load(str(next(a.path for a in pipeline_export.artifacts if a.path.name == "model.onnx")))
     card = load_model(untrained_checkpoint)[1]
     minmax = onnx.load(str(_int8(pipeline_export, "cpu").path))
-    graph, settings = int8_graph(fp32, card, "cpu", {"calib_method": method, "calib_size": 16})
+    context = ExportContext(options={Int8Options: Int8Options(calib_size=16, calib_method=method)})
+    graph, settings = int8_graph(fp32, card, "cpu", context)
     assert settings["calibration"]["method"] == method
     scales = lambda m: [a["scale"].item() for a in _qdq(m)[0]]  # noqa: E731
     assert len(scales(graph)) == len(scales(minmax)) and scales(graph) != scales(minmax)
@@ -112,7 +114,7 @@ def test_card_without_dataset_calibrates_on_noise_with_a_warning(untrained_check
     card = load_model(untrained_checkpoint)[1]
     card.dataset = None
     notes: list[str] = []
-    batch, source = calibration_batch(card, 8, {"notes": notes})
+    batch, source = calibration_batch(card, 8, ExportContext(notes=notes))
     assert batch.shape == (8, 1, 28, 28) and batch.dtype == np.float32
     assert source.startswith("random pixels") and len(notes) == 1 and "random pixels" in notes[0]
 
@@ -120,7 +122,7 @@ def test_card_without_dataset_calibrates_on_noise_with_a_warning(untrained_check
 def test_card_with_dataset_calibrates_on_its_training_images(untrained_checkpoint):
     card = load_model(untrained_checkpoint)[1]
     notes: list[str] = []
-    batch, source = calibration_batch(card, 12, {"notes": notes})
+    batch, source = calibration_batch(card, 12, ExportContext(notes=notes))
     train = prepare_batch(load_dataset("mnist5k").train.images.numpy(), card.input)
     assert not notes and source == "mnist5k train, 12 images"
     assert all((train == b).all(axis=(1, 2, 3)).any() for b in batch), "each image is a training image"

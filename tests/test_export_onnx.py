@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from exporters.onnx import DEFAULT_OPSET, LOWEST_OPSET, check_opset, highest_opset
+from exporters.onnx_common import DEFAULT_OPSET, LOWEST_OPSET, check_opset, highest_opset
 from toolkit.card import ONNX_METADATA_KEY
 from toolkit.checkpoint import load_model
 from toolkit.errors import BadInputError

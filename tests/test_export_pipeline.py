@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import exporters.pt2
-from exporters.pipeline import (check_options, default_input_spec, export_model, plan, read_manifest,
-                                verify_manifest)
+from exporters.pipeline import check_options, default_input_spec, export_model, plan
+from toolkit.manifest import read_manifest, verify_manifest
 from toolkit.card import MANIFEST_NAME
 from toolkit.checkpoint import load_checkpoint, load_model, save_checkpoint
 from toolkit.errors import BadInputError, CheckFailedError

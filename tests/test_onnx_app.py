@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from exporters.onnx_embed import onnx_metadata
+from exporters.onnx_common import onnx_metadata
 from runtimes import open_runtime
 from runtimes.onnx_app import Predictor, PredictorError
 from toolkit.card import ONNX_METADATA_KEY, InputSpec

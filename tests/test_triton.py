@@ -18,7 +18,8 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from onnx import TensorProto, helper
 
-from exporters import get_exporter
+from exporters import ExportContext, get_exporter
+from exporters.triton import TritonOptions
 from exporters.triton import export as export_triton
 from exporters.triton import onnx_signature, triton_config, write_repository
 from runtimes.onnx_app import Predictor
@@ -161,7 +162,8 @@ def test_tensorrt_backend_says_why_it_cannot_build_here(untrained_checkpoint, tm
         pytest.skip("TensorRT is usable here; this checks the message where it is not")
     model, card = load_model(untrained_checkpoint)
     with pytest.raises(UnavailableError, match="--triton-backend tensorrt needs tensorrt, which cannot run here"):
-        export_triton(model, card, tmp_path, precision="fp16", triton_backend="tensorrt")
+        context = ExportContext(options={TritonOptions: TritonOptions(triton_backend="tensorrt")})
+        export_triton(model, card, tmp_path, precision="fp16", target=None, context=context)
     assert not (tmp_path / "triton").exists()
 
 

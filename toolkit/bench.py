@@ -20,15 +20,20 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from runtimes import Runtime, artifact_label, available, list_runtimes, open_runtime, physical_cores
-from runtimes.cards import read_manifest, verify_sha256
+from exporters import PRECISIONS
+from runtimes import (Runtime, artifact_label, available, available_memory, get_runtime_class, list_runtimes,
+                      open_runtime, physical_cores)
+from runtimes.cards import artifact_runs, skipped_runs
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError
-from toolkit.parity import FORMAT_RUNTIME, PRECISIONS, RUNTIME_ORDER, artifact_path, exported_precisions
+from toolkit.manifest import entry_path, read_manifest, verify_sha256
+from toolkit.options import comma_list
+from toolkit.parity import exported_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_WARMUP = 10
 DEFAULT_ITERS = 50
+MAX_BENCH_BATCH = 4096  # the batch axis of every rtool export stops here
 BLOCK = 5  # timed calls a runtime makes in a row before the next one takes its turn
 
 Progress = Callable[[str, int, int], None]  # (task label, steps just done, steps in the task)
@@ -100,18 +105,20 @@ def parse_batch_sizes(text: str | Iterable[int]) -> list[int]:
         raise BadInputError(f"--batch-sizes '{text}' is not a list of integers like 1,8,32") from None
     if not sizes or any(s < 1 for s in sizes):
         raise BadInputError(f"--batch-sizes '{text}': give positive integers like 1,8,32")
+    if max(sizes) > MAX_BENCH_BATCH:
+        raise BadInputError(f"--batch-sizes: {max(sizes)} is above {MAX_BENCH_BATCH}, the largest batch an "
+                            f"rtool export takes")
     return list(dict.fromkeys(sizes))
 
 
-def _names(values: Iterable[str] | None, allowed: Iterable[str], flag: str) -> list[str] | None:
-    if not values:
-        return None
-    names = [v.strip().lower() for text in values for v in text.split(",") if v.strip()]
-    allowed = list(allowed)
-    for name in names:
-        if name not in allowed:
-            raise BadInputError(f"{flag}: unknown '{name}'; choose from: {', '.join(allowed)}")
-    return names
+def check_batch_memory(sizes: list[int], shape: tuple[int, ...], runtimes: int) -> None:
+    """Refuse batches whose inputs alone would take a large part of this machine's memory."""
+    need = max(sizes) * math.prod(shape) * 4 * max(1, runtimes)
+    have = available_memory()
+    if have and need > have // 4:
+        raise BadInputError(f"--batch-sizes {max(sizes)} needs about {need / 2**30:.1f} GiB of input for "
+                            f"{runtimes} runtimes, more than a quarter of the {have / 2**30:.1f} GiB this machine "
+                            f"has free; choose smaller batch sizes")
 
 
 def percentile_row(entry: dict[str, Any], batch: int, times_s: list[float], device: str) -> BenchRow:
@@ -171,22 +178,21 @@ def cpu_description() -> dict[str, Any]:
 
 def select_artifacts(manifest: dict[str, Any], runtimes: list[str] | None,
                      precisions: list[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """(manifest entries to time, in table order; what cannot be timed here, with the reason)."""
+    """(manifest entries to time, one per runtime that runs them, in table order; what cannot be timed here)."""
     def chosen(runtime: Any, precision: Any) -> bool:
         return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
 
     runnable, unavailable = [], []
-    for entry in manifest["artifacts"]:
-        if not isinstance(entry, dict) or not chosen(entry.get("runtime"), entry.get("precision")):
+    for runtime, entry in artifact_runs(manifest):
+        if not chosen(runtime, entry.get("precision")):
             continue
-        ok, why = available(str(entry.get("runtime")))
+        ok, why = available(runtime)
         if ok:
-            runnable.append(entry)
+            runnable.append({**entry, "runtime": runtime})
         else:
-            unavailable.append({"runtime": str(entry["runtime"]), "precision": str(entry["precision"]), "reason": why})
-    for skip in manifest.get("skipped") or []:
-        runtime = FORMAT_RUNTIME.get(str(skip.get("format")), str(skip.get("format")))
-        if isinstance(skip, dict) and chosen(runtime, skip.get("precision")):
+            unavailable.append({"runtime": runtime, "precision": str(entry["precision"]), "reason": why})
+    for runtime, skip in skipped_runs(manifest):
+        if chosen(runtime, skip.get("precision")):
             unavailable.append({"runtime": runtime, "precision": str(skip.get("precision")),
                                 "reason": f"not exported: {skip.get('reason')}"})
     listed = {e["runtime"] for e in runnable} | {u["runtime"] for u in unavailable}
@@ -195,7 +201,8 @@ def select_artifacts(manifest: dict[str, Any], runtimes: list[str] | None,
         if not ok and name not in listed:
             unavailable += [{"runtime": name, "precision": p, "reason": why} for p in exported_precisions(name)
                             if chosen(name, p)]
-    runnable.sort(key=lambda e: (RUNTIME_ORDER.index(e["runtime"]) if e["runtime"] in RUNTIME_ORDER else 99,
+    order = list_runtimes()
+    runnable.sort(key=lambda e: (order.index(e["runtime"]) if e["runtime"] in order else len(order),
                                  PRECISIONS.index(e["precision"]) if e["precision"] in PRECISIONS else 99,
                                  e.get("target") or ""))
     return runnable, unavailable
@@ -214,8 +221,9 @@ def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None =
     threads = threads or physical_cores()
     manifest = read_manifest(export_dir)
     card = ModelCard.from_dict(manifest.get("card") or {})
-    runnable, unavailable = select_artifacts(manifest, _names(runtimes, list_runtimes(), "--runtimes"),
-                                             _names(precisions, PRECISIONS, "--precisions"))
+    runnable, unavailable = select_artifacts(manifest, comma_list(runtimes, list_runtimes(), "--runtimes") or None,
+                                             comma_list(precisions, PRECISIONS, "--precisions") or None)
+    check_batch_memory(sizes, card.input.shape, len(runnable))
     if not runnable:
         raise BadInputError(f"nothing to time: {export_dir} holds no runnable artifact for the chosen runtimes "
                             f"and precisions")
@@ -224,7 +232,7 @@ def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None =
     with ExitStack() as stack:
         loaded = []
         for entry in runnable:
-            path = artifact_path(export_dir, entry)
+            path = entry_path(export_dir, entry)
             if not path.is_file():
                 raise BadInputError(f"{path.name} is listed in {MANIFEST_NAME} but missing; re-export")
             verify_sha256(path, entry)
@@ -253,7 +261,8 @@ def export_for_bench(source: str, out_dir: Path, runtimes: list[str] | None, pre
     if runtimes is None:  # everything, both INT8 forms included
         export_model(source, "all", precisions, out_dir, input_shape=input_shape)
         return out_dir
-    formats = [fmt for fmt, rt in FORMAT_RUNTIME.items() if rt in runtimes and fmt != "checkpoint"]
+    formats = list(dict.fromkeys(fmt for runtime in runtimes for fmt in get_runtime_class(runtime).formats
+                                 if fmt != "checkpoint"))
     # model.pt (eager) comes with every export; the smallest format stands in when eager alone is asked for.
     export_model(source, formats or ["torchscript"], precisions or list(PRECISIONS), out_dir, input_shape=input_shape)
     return out_dir

@@ -17,12 +17,33 @@ import click
 from toolkit import __version__
 from toolkit.console import make_console
 from toolkit.errors import RtoolError
+from toolkit.models import MAX_CLASSES
 
 EPILOG_MODELS = """\b
 Examples:
   rtool models
   rtool models --json
 """
+
+
+class FormatOptionsCommand(click.Command):
+    """A command whose format options and list of formats come from the exporter registry.
+
+    They are read when the command parses or shows its help, not when rtool
+    starts, so `rtool models` does not import every exporter.
+    """
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not getattr(self, "formats_added", False):
+            from exporters import exporters, option_classes
+            from toolkit.options import click_params
+
+            self.formats_added = True
+            self.params.extend(click_params(option_classes()))
+            rows = [f"  {e.name:<12} {','.join(e.precisions):<15} runs on {e.runtime}"
+                    f"{'' if e.in_all else ' (by name only, not in all)'}" for e in exporters()]
+            self.epilog = (self.epilog or "") + "\n\b\nFormats:\n" + "\n".join(rows)
+        return super().get_params(ctx)
 
 
 def warn_no_verify(export_dir: str) -> None:
@@ -182,7 +203,7 @@ def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: s
         click.echo(f"grid written to {grid}")
 
 
-@cli.command(epilog="""\b
+@cli.command(cls=FormatOptionsCommand, epilog="""\b
 Examples:
   rtool export runs/r20/best.pt                        ONNX FP32 into runs/r20/export/
   rtool export runs/r20/best.pt --format all           every format and precision buildable here
@@ -195,66 +216,50 @@ Examples:
 """)
 @click.argument("source")
 @click.option("--format", "formats", default="onnx", show_default=True,
-              help="torchscript | pt2 | onnx | tensorrt | triton | all, or a comma list.")
+              help="A format name, a comma list, or all (the formats are listed below).")
 @click.option("--precision", "precisions", default=None,
-              help="Comma list of fp32, fp16, int8 (default: fp32, fp16 for tensorrt; every one with --format all).")
-@click.option("--target", type=click.Choice(["cpu", "tensorrt"]), default=None,
+              help="Comma list of fp32, fp16, int8 (default: each format's first; every one with --format all).")
+@click.option("--target", default=None,
               help="INT8 ONNX form: cpu = uint8/int8 for ONNX Runtime (default), tensorrt = symmetric int8 "
                    "(--format all writes both).")
 @click.option("--out", default=None, help="Output folder (default: export/ beside the checkpoint).")
-@click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
-@click.option("--batch-range", default=None, help="TensorRT optimization profile MIN:OPT:MAX (default 1:8:64).")
-@click.option("--calib-size", type=int, default=None, help="INT8 calibration images from the training split (default 256).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
-              help="INT8 calibration method (default minmax).")
-@click.option("--workspace", type=float, default=None, help="TensorRT builder workspace in GB (default 4).")
-@click.option("--timing-cache", default=None, help="TensorRT timing cache file, reused across builds "
-              "(default: ~/.cache/rtool/, one per TensorRT version and GPU).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (for calibration images).")
 @click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="With a model name: classifier outputs.")
+@click.option("--num-classes", type=click.IntRange(min=1, max=MAX_CLASSES), default=None,
+              help="With a model name: classifier outputs.")
 @click.option("--weights", default=None, help="With a model name: a torchvision-style state_dict (.pth).")
-@click.option("--embed-preprocessing", is_flag=True, help="Also write model.raw.onnx (FP32) for apps: it takes "
-              "uint8 (N, H, W, C) pixels and does the scaling, mean/std and layout inside the graph "
-              "(the FP32 Triton model serves it too).")
-@click.option("--embed-softmax", is_flag=True, help="With --embed-preprocessing: that file ends in a softmax and "
-              "outputs probabilities (model.raw-softmax.onnx).")
-@click.option("--triton-model-name", default=None, help="Triton model name (default: the card's, e.g. resnet20).")
-@click.option("--triton-max-batch", type=click.IntRange(min=0), default=None,
-              help="Triton max_batch_size with dynamic batching (default 32; 0 = no batching).")
-@click.option("--triton-backend", type=click.Choice(["onnxruntime", "tensorrt"]), default=None,
-              help="Triton backend: onnxruntime serves model.onnx (default), tensorrt a model.plan engine.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def export(source: str, formats: str, precisions: str | None, target: str | None, out: str | None,
-           opset: int | None, batch_range: str | None, calib_size: int | None, calib_method: str | None,
-           workspace: float | None, timing_cache: str | None, data_dir: str | None, input_shape: str | None,
-           num_classes: int | None, weights: str | None, embed_preprocessing: bool, embed_softmax: bool,
-           triton_model_name: str | None, triton_max_batch: int | None, triton_backend: str | None,
-           as_json: bool) -> None:
-    """Export SOURCE to TorchScript, torch.export (pt2), ONNX (FP32/FP16/INT8) and TensorRT engines.
+           data_dir: str | None, input_shape: str | None, num_classes: int | None, weights: str | None,
+           as_json: bool, **option_values: object) -> None:
+    """Export SOURCE to TorchScript, torch.export (pt2), ONNX (FP32/FP16/INT8), TensorRT engines and more.
 
     SOURCE is a checkpoint, or a model name (see `rtool models`) with
     --input-shape/--num-classes and optionally --weights. Every file is checked
     against the eager model before it is written; the folder gets model.pt
     (the eager reference) and manifest.json (sha256, settings, model card).
+    The options after --json belong to the formats that read them.
     """
-    from exporters.pipeline import export_model, summary_rows
+    from exporters.pipeline import export_model
 
     shape = parse_shape(input_shape) if input_shape else None
     progress = None if as_json else (lambda message: click.echo(message, err=True))
     result = export_model(source, formats, precisions, out, target=target, input_shape=shape,
-                          num_classes=num_classes, weights=weights, progress=progress, opset=opset,
-                          batch_range=batch_range, calib_size=calib_size, calib_method=calib_method,
-                          workspace=workspace, timing_cache=timing_cache, data_dir=data_dir,
-                          embed_preprocessing=embed_preprocessing, embed_softmax=embed_softmax,
-                          triton_model_name=triton_model_name, triton_max_batch=triton_max_batch,
-                          triton_backend=triton_backend)
+                          num_classes=num_classes, weights=weights, data_dir=data_dir, progress=progress,
+                          **option_values)
     for note in result.notes:
         click.echo(f"rtool: warning: {note}", err=True)
+    print_export(result, as_json)
+
+
+def print_export(result: object, as_json: bool) -> None:
+    """The export's table (or JSON), what was skipped, removed and left."""
+    from exporters.pipeline import summary_rows
+
     rows = summary_rows(result)
     if as_json:
-        click.echo(json.dumps({"manifest": str(result.manifest_path), "artifacts": rows,
-                               "skipped": result.skipped, "removed": result.removed}, indent=2))
+        click.echo(json.dumps({"manifest": str(result.manifest_path), "artifacts": rows, "skipped": result.skipped,
+                               "removed": result.removed, "left": result.left}, indent=2))
         return
     from rich.table import Table
 
@@ -269,7 +274,7 @@ def export(source: str, formats: str, precisions: str | None, target: str | None
     for s in result.skipped:
         console.print(f"skipped {s['format']} {s['precision']}: {s['reason']}", markup=False, highlight=False)
     for name in result.removed:
-        console.print(f"removed {name} (left by an export of another model)", markup=False, highlight=False)
+        console.print(f"removed {name} (written by an export of another model)", markup=False, highlight=False)
     console.print(f"manifest: {result.manifest_path}", markup=False, highlight=False)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +24,8 @@ from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.fileio import atomic_write_text, ensure_writable_dir
 
 MARKER = "demo.json"  # says "this folder is a demo's" and, when done, what it found
-OWNED = ("train", "export", "report.md", "parity.json", "parity.md", "parity.png", "bench.json", "bench.md",
-         "predictions.png")
+REPORT_FILES = ("report.md", "parity.json", "parity.md", "parity.png", "bench.json", "bench.md", "predictions.png")
+OWNED = ("train", "export", *REPORT_FILES)
 GRID_IMAGES = 32  # evenly spaced test images in the predictions grid (plus up to GRID_WRONG mistakes)
 GRID_WRONG = 8
 GRID_RUNTIME = ("onnxruntime", "int8")  # the most transformed file a CPU deployment would ship
@@ -57,7 +56,12 @@ class DemoResult:
 
 
 def claim_folder(out: Path, overwrite: bool) -> None:
-    """Make ``out`` the demo's folder, clearing what an earlier demo wrote; refuse someone else's files."""
+    """Make ``out`` the demo's folder, clearing the report files an earlier demo wrote; refuse someone else's.
+
+    Nothing else is removed here: in ``train/`` training replaces only its own
+    run files, and in ``export/`` an export removes only files its manifest
+    proves rtool wrote, so files a user keeps in either stay where they are.
+    """
     if out.is_file():
         raise BadInputError(f"--out {out} is a file; give a folder")
     ours = (out / MARKER).is_file()
@@ -65,12 +69,12 @@ def claim_folder(out: Path, overwrite: bool) -> None:
         raise BadInputError(f"{out} holds files that no rtool demo wrote; choose another --out, or pass --overwrite "
                             f"to let the demo replace its own files there ({', '.join(OWNED[:3])}, ...)")
     ensure_writable_dir(out)
-    for name in OWNED:
+    for name in REPORT_FILES:
         target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        else:
-            target.unlink(missing_ok=True)
+        if target.is_dir() and not target.is_symlink():
+            raise BadInputError(f"{target} is a folder where the demo writes a file; move it away or choose "
+                                f"another --out")
+        target.unlink(missing_ok=True)
     atomic_write_text(out / MARKER, json.dumps({"status": "running"}) + "\n")
 
 

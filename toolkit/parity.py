@@ -25,18 +25,17 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from runtimes import artifact_label, available, error_summary, infer_in_batches, list_runtimes, open_runtime
-from runtimes.cards import read_manifest, verify_sha256
+from exporters import PRECISIONS, formats_of_runtime
+from runtimes import artifact_label, available, error_summary, list_runtimes, open_runtime
+from runtimes.cards import artifact_runs, skipped_runs
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError, RtoolError, UnsafeFileError
+from toolkit.manifest import entry_path, read_manifest, verify_manifest, verify_sha256
+from toolkit.options import comma_list
 from toolkit.preprocess import prepare_batch
 
-PRECISIONS = ("fp32", "fp16", "int8")
-RUNTIME_ORDER = ("eager", "torchscript", "pt2", "onnxruntime", "tensorrt")
 BATCH_SIZE = 100  # images per inference call; every runtime gets the same batches
-# Which runtime runs the files an exporter format writes (for formats the manifest skipped).
-FORMAT_RUNTIME = {"checkpoint": "eager", "torchscript": "torchscript", "pt2": "pt2", "onnx": "onnxruntime",
-                  "tensorrt": "tensorrt"}
+THRESHOLD_LIMITS = {"agreement": 100.0, "accuracy_drop": 100.0, "max_abs_diff": None}  # largest meaningful value
 
 Progress = Callable[[str, int, int], None]  # (task label, images just done, images in the task)
 
@@ -74,7 +73,7 @@ def default_thresholds() -> dict[str, Thresholds]:
             "int8": Thresholds(agreement=99.0, accuracy_drop=1.0)}
 
 
-def _threshold_value(value: Any, where: str) -> float | None:
+def _threshold_value(value: Any, where: str, high: float | None = None) -> float | None:
     if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "off", "")):
         return None
     try:
@@ -83,6 +82,8 @@ def _threshold_value(value: Any, where: str) -> float | None:
         raise BadInputError(f"{where}: '{value}' is not a number (or 'none' to switch the check off)") from None
     if not math.isfinite(number) or number < 0:
         raise BadInputError(f"{where}: {value} must be a finite number >= 0")
+    if high is not None and number > high:
+        raise BadInputError(f"{where}: {value} is above {high:g}, the largest value this threshold can take")
     return number
 
 
@@ -92,7 +93,7 @@ def apply_threshold(thresholds: dict[str, Thresholds], precision: str, key: str,
         raise BadInputError(f"{where}: unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
     if key not in THRESHOLD_KEYS:
         raise BadInputError(f"{where}: unknown threshold '{key}'; choose one of: {', '.join(THRESHOLD_KEYS)}")
-    setattr(thresholds[precision], key, _threshold_value(value, where))
+    setattr(thresholds[precision], key, _threshold_value(value, where, THRESHOLD_LIMITS.get(key)))
 
 
 def load_thresholds(path: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Thresholds]:
@@ -197,30 +198,8 @@ def check_thresholds(row: ParityRow, limits: Thresholds) -> list[str]:
     return broken
 
 
-def _split_names(values: Iterable[str] | None, allowed: Iterable[str], flag: str) -> list[str] | None:
-    if not values:
-        return None
-    names = [v.strip().lower() for text in values for v in text.split(",") if v.strip()]
-    allowed = list(allowed)
-    unknown = [n for n in names if n not in allowed]
-    if unknown:
-        raise BadInputError(f"{flag}: unknown '{unknown[0]}'; choose from: {', '.join(allowed)}")
-    return names
-
-
-def artifact_path(export_dir: Path, entry: dict[str, Any]) -> Path:
-    """The file a manifest entry names, refusing names that leave the export folder."""
-    name = str(entry.get("file", ""))
-    path = export_dir / name
-    if not name or path.resolve().parent != export_dir.resolve():
-        raise BadInputError(f"{export_dir / MANIFEST_NAME} lists a file outside its folder ('{name}'); re-export")
-    return path
-
-
 def verify_export(export_dir: str | Path) -> None:
     """Refuse a folder whose files changed after export (sha256 and size against its manifest), before any runs."""
-    from exporters.pipeline import verify_manifest
-
     if not Path(export_dir).is_dir():
         raise BadInputError(f"export folder {export_dir} does not exist (make one with `rtool export`)")
     problems = verify_manifest(export_dir)
@@ -305,60 +284,53 @@ def compare(row: ParityRow, logits: np.ndarray, reference: np.ndarray, labels: n
 
 
 def _sort_key(row: ParityRow) -> tuple[int, int, str]:
-    runtime = RUNTIME_ORDER.index(row.runtime) if row.runtime in RUNTIME_ORDER else len(RUNTIME_ORDER)
+    order = list_runtimes()
+    runtime = order.index(row.runtime) if row.runtime in order else len(order)
     precision = PRECISIONS.index(row.precision) if row.precision in PRECISIONS else len(PRECISIONS)
     return runtime, precision, row.target or ""
 
 
 def exported_precisions(runtime: str) -> tuple[str, ...]:
     """The precisions rtool exports for a runtime (from the exporter registry), fp32 if it has no exporter."""
-    from exporters import get_exporter
-
-    formats = [fmt for fmt, rt in FORMAT_RUNTIME.items() if rt == runtime]
-    try:
-        return get_exporter(formats[0]).precisions if formats else ("fp32",)
-    except BadInputError:
-        return ("fp32",)
+    found = [p for entry in formats_of_runtime(runtime) for p in entry.precisions]
+    return tuple(dict.fromkeys(found)) or ("fp32",)
 
 
-def planned_rows(export_dir: Path, manifest: dict[str, Any], runtimes: list[str] | None,
-                 precisions: list[str] | None) -> list[tuple[ParityRow, dict[str, Any] | None]]:
-    """Rows for every listed artifact, every skipped one, and every runtime that cannot run here."""
-    known = list_runtimes()
+def runnable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool]) -> list[tuple[ParityRow, dict]]:
+    """One row per listed file and per registered runtime that runs its format."""
+    return [(ParityRow(runtime, str(entry.get("precision")), entry["file"], entry.get("target")), entry)
+            for runtime, entry in artifact_runs(manifest) if chosen(runtime, str(entry.get("precision")))]
 
-    def chosen(runtime: str, precision: str) -> bool:
-        return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
 
-    plan: list[tuple[ParityRow, dict[str, Any] | None]] = []
-    for entry in manifest["artifacts"]:
-        if not isinstance(entry, dict) or entry.get("runtime") == "eager":
-            continue
-        runtime, precision = str(entry.get("runtime")), str(entry.get("precision"))
-        if runtime not in known:  # files for apps (onnx_app) and servers (triton): validated when exported
-            continue
-        if not chosen(runtime, precision):
-            continue
-        row = ParityRow(runtime, precision, str(entry.get("file")), entry.get("target"))
-        plan.append((row, entry))
-    covered = {(r.runtime, r.precision) for r, _ in plan}
-    for skip in manifest.get("skipped") or []:
-        if not isinstance(skip, dict):
-            continue
-        runtime = FORMAT_RUNTIME.get(str(skip.get("format")), str(skip.get("format")))
+def unavailable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool],
+                     covered: set[tuple[str, str]]) -> list[tuple[ParityRow, None]]:
+    """Rows for what the export skipped and for runtimes that cannot run here, each with its reason."""
+    plan: list[tuple[ParityRow, None]] = []
+    for runtime, skip in skipped_runs(manifest):
         precision = str(skip.get("precision"))
-        if runtime not in known or not chosen(runtime, precision) or (runtime, precision) in covered:
+        if not chosen(runtime, precision) or (runtime, precision) in covered:
             continue
         reason = f"not exported: {skip.get('reason') or 'no reason given'}"
         plan.append((ParityRow(runtime, precision, None, skip.get("target"), status="unavailable", reason=reason),
                      None))
         covered.add((runtime, precision))
-    for runtime in known:  # a runtime that cannot run here and that the manifest does not mention
+    for runtime in list_runtimes():  # a runtime that cannot run here and that the manifest does not mention
         ok, why = available(runtime)
         if ok or any(r == runtime for r, _ in covered):
             continue
-        for precision in exported_precisions(runtime):
-            if chosen(runtime, precision):
-                plan.append((ParityRow(runtime, precision, None, status="unavailable", reason=why), None))
+        plan += [(ParityRow(runtime, precision, None, status="unavailable", reason=why), None)
+                 for precision in exported_precisions(runtime) if chosen(runtime, precision)]
+    return plan
+
+
+def planned_rows(manifest: dict[str, Any], runtimes: list[str] | None,
+                 precisions: list[str] | None) -> list[tuple[ParityRow, dict[str, Any] | None]]:
+    """Rows for every listed artifact, every skipped one, and every runtime that cannot run here."""
+    def chosen(runtime: str, precision: str) -> bool:
+        return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
+
+    plan: list[tuple[ParityRow, dict[str, Any] | None]] = list(runnable_rows(manifest, chosen))
+    plan += unavailable_rows(manifest, chosen, {(r.runtime, r.precision) for r, _ in plan})
     plan.sort(key=lambda item: _sort_key(item[0]))
     return plan
 
@@ -378,31 +350,17 @@ def run_parity(export_dir: str | Path, *, dataset: str | None = None, data_dir: 
         raise BadInputError(f"export folder {export_dir} does not exist (make one with `rtool export`)")
     if limit is not None and limit < 1:
         raise BadInputError("--limit must be at least 1")
-    runtime_names = _split_names(runtimes, list_runtimes(), "--runtimes")
-    precision_names = _split_names(precisions, PRECISIONS, "--precisions")
-    required = _split_names(require, list_runtimes(), "--require") or []
+    runtime_names = comma_list(runtimes, list_runtimes(), "--runtimes") or None
+    precision_names = comma_list(precisions, PRECISIONS, "--precisions") or None
+    required = comma_list(require, list_runtimes(), "--require")
     thresholds = thresholds or default_thresholds()
     manifest = read_manifest(export_dir)
     if not isinstance(manifest.get("card"), dict):
         raise BadInputError(f"{export_dir / MANIFEST_NAME} holds no model card; re-export the model")
     card = ModelCard.from_dict(manifest["card"])
-
-    ref_entry = reference_entry(export_dir, manifest)
-    ref_path = artifact_path(export_dir, ref_entry)
-    if not ref_path.is_file():
-        raise BadInputError(f"the eager reference {ref_path} is missing; re-export the model")
-    if verify:
-        verify_sha256(ref_path, ref_entry)
-    data_name, batch, labels = test_images(card, dataset, limit, data_dir)
-    ref_logits, ref_ms, ref_device = run_logits("eager", ref_path, batch, "eager fp32 (reference)", device,
-                                                {"threads": threads} if threads else {}, progress)
-    ref_accuracy = 100.0 * float((ref_logits.argmax(axis=1) == labels).mean())
-    logit_range = float(ref_logits.max() - ref_logits.min()) or 1.0
-    reference = {"runtime": "eager", "precision": "fp32", "artifact": ref_path.name, "device": ref_device,
-                 "dataset": data_name, "images": int(len(batch)), "batch_size": BATCH_SIZE,
-                 "accuracy": ref_accuracy, "logit_range": logit_range, "latency_ms": ref_ms}
-
-    plan = planned_rows(export_dir, manifest, runtime_names, precision_names)
+    run = ParityRun(export_dir, device, {"threads": threads} if threads else {}, progress, verify)
+    run.measure_reference(manifest, card, dataset, limit, data_dir)
+    plan = planned_rows(manifest, runtime_names, precision_names)
     for runtime in required:
         if not any(row.runtime == runtime for row, _ in plan):
             plan.append((ParityRow(runtime, precision_names[0] if precision_names else "fp32", None,
@@ -416,34 +374,72 @@ def run_parity(export_dir: str | Path, *, dataset: str | None = None, data_dir: 
             if row.status == "unavailable" and row.runtime in required:
                 row.status, row.reason = "failed", f"required by --require: {row.reason}"
             continue
-        limits = thresholds.get(row.precision, Thresholds())
-        ok, why = available(row.runtime)
-        options: dict[str, Any] = {"threads": threads} if threads else {}
-        if ok and row.target == "tensorrt" and row.runtime == "onnxruntime":
-            if tensorrt_provider_missing(device):
+        run.measure_row(row, entry, thresholds.get(row.precision, Thresholds()), required)
+    return ParityReport(export_dir, run.reference, [row for row, _ in plan], thresholds)
+
+
+@dataclass
+class ParityRun:
+    """One parity run's shared state: the reference's logits, labels and images, fed to every row."""
+
+    export_dir: Path
+    device: str
+    options: dict[str, Any]
+    progress: Progress | None
+    verify: bool
+    reference: dict[str, Any] = field(default_factory=dict)
+    batch: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def checked_path(self, entry: dict[str, Any]) -> Path:
+        path = entry_path(self.export_dir, entry)
+        if not path.is_file():
+            raise BadInputError(f"{path.name} is listed in {MANIFEST_NAME} but missing; re-export")
+        if self.verify:
+            verify_sha256(path, entry)
+        return path
+
+    def measure_reference(self, manifest: dict[str, Any], card: ModelCard, dataset: str | None,
+                          limit: int | None, data_dir: str | Path | None) -> None:
+        ref_path = self.checked_path(reference_entry(self.export_dir, manifest))
+        data_name, self.batch, self.labels = test_images(card, dataset, limit, data_dir)
+        self.logits, ref_ms, ref_device = run_logits("eager", ref_path, self.batch, "eager fp32 (reference)",
+                                                     self.device, self.options, self.progress)
+        accuracy = 100.0 * float((self.logits.argmax(axis=1) == self.labels).mean())
+        self.reference = {"runtime": "eager", "precision": "fp32", "artifact": ref_path.name, "device": ref_device,
+                          "dataset": data_name, "images": int(len(self.batch)), "batch_size": BATCH_SIZE,
+                          "accuracy": accuracy, "logit_range": float(self.logits.max() - self.logits.min()) or 1.0,
+                          "latency_ms": ref_ms}
+
+    def row_options(self, row: ParityRow) -> dict[str, Any]:
+        options = dict(self.options)
+        if row.target == "tensorrt" and row.runtime == "onnxruntime":
+            if tensorrt_provider_missing(self.device):
                 options["simulate_qdq"] = True  # the file's quantization, computed in float on this CPU
             else:
                 options["provider"] = "tensorrt"
+        return options
+
+    def measure_row(self, row: ParityRow, entry: dict[str, Any], limits: Thresholds, required: list[str]) -> None:
+        """Run one file and fill its row: measurements, or why it is unavailable or failed."""
+        ok, why = available(row.runtime)
         if not ok:
             needed = row.runtime in required or (row.target == "tensorrt" and "tensorrt" in required)
             row.status, row.reason = ("failed" if needed else "unavailable"), why
-            continue
+            return
         try:
-            path = artifact_path(export_dir, entry)
-            if not path.is_file():
-                raise BadInputError(f"{path.name} is listed in {MANIFEST_NAME} but missing; re-export")
-            if verify:
-                verify_sha256(path, entry)
-            logits, row.latency_ms, row.device = run_logits(row.runtime, path, batch, row.label, device, options,
-                                                            progress)
-            compare(row, logits, ref_logits, labels, ref_accuracy, logit_range)
+            logits, row.latency_ms, row.device = run_logits(row.runtime, self.checked_path(entry), self.batch,
+                                                            row.label, self.device, self.row_options(row),
+                                                            self.progress)
+            compare(row, logits, self.logits, self.labels, self.reference["accuracy"],
+                    self.reference["logit_range"])
         except RtoolError as e:
             row.status, row.reason = "failed", str(e)
-            continue
+            return
         except Exception as e:  # a runtime library's own error on this file: the row fails, the report goes on
             row.status, row.reason = "failed", f"{row.runtime} raised {e.__class__.__name__}: {error_summary(e)}"
-            continue
+            return
         row.failed_thresholds = check_thresholds(row, limits)
         if row.failed_thresholds:
             row.status, row.reason = "failed", "; ".join(row.failed_thresholds)
-    return ParityReport(export_dir, reference, [row for row, _ in plan], thresholds)

@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from exporters.pipeline import verify_manifest
+from toolkit.manifest import verify_manifest
 from toolkit.checkpoint import load_checkpoint
 from toolkit.safety import check_onnx_file
 

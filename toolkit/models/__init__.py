@@ -33,6 +33,7 @@ def _register(name: str, family: str, builder: Callable[..., nn.Module],
     _REGISTRY[name] = ModelEntry(name, family, builder, default_input, default_classes, description)
 
 
+MAX_CLASSES = 100_000  # a classifier head beyond this is a typo, not a model (ImageNet-21k has 21,841)
 _IMAGENET = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
              50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3]),
              152: (Bottleneck, [3, 8, 36, 3])}
@@ -75,8 +76,8 @@ def create_model(name: str, *, in_channels: int | None = None, num_classes: int 
     num_classes = entry.default_classes if num_classes is None else num_classes
     if in_channels not in (1, 3):
         raise BadInputError(f"in_channels must be 1 (grey) or 3 (RGB), got {in_channels}")
-    if num_classes < 1:
-        raise BadInputError(f"num_classes must be at least 1, got {num_classes}")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise BadInputError(f"num_classes must be 1..{MAX_CLASSES:,}, got {num_classes}")
     if init not in ("kaiming", "xavier"):
         raise BadInputError(f"unknown init '{init}'; choose kaiming or xavier")
     if entry.family == "cifar-plain" and "shortcut" in kwargs:
