@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
@@ -32,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 CARD_KEY = "rtool.model_card"  # the ONNX metadata_props key that holds the card as JSON
 SUPPORTED_CARD_FORMAT = 1  # newest card format this file understands
+SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})  # 16-bit grey, as in toolkit/preprocess.py
 QUIET = 4  # onnxruntime log severity: fatal only (errors come back as exceptions, turned into PredictorError)
 
 ImageSource = Union[str, Path, Image.Image]
@@ -99,11 +101,11 @@ class Predictor:
     def _pixels(self, image: ImageSource) -> np.ndarray:
         """One image -> uint8 (H, W, C) in the card's colour mode and size (Pillow bilinear resize)."""
         if not isinstance(image, Image.Image):
-            try:
-                with Image.open(image) as opened:
+            with open_image(image) as opened:
+                try:
                     image = _convert(opened, self.color)  # reads the pixels; a copy when the mode already fits
-            except (OSError, UnidentifiedImageError, ValueError) as e:
-                raise PredictorError(f"cannot read image {image} ({e.__class__.__name__}: {e})") from None
+                except (OSError, ValueError) as e:
+                    raise PredictorError(f"cannot read image {image} ({e.__class__.__name__}: {e})") from None
         if image.mode != self.color:
             image = _convert(image, self.color)
         if image.size != (self.width, self.height):
@@ -142,8 +144,40 @@ class Predictor:
         return [[(self.class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
 
+def open_image(path: str | Path) -> Image.Image:
+    """Pillow's lazy open (the header only), refused in one line when the file is no image or too large.
+
+    Too large is above ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's decompression-bomb
+    limit, about 89 megapixels by default), where Pillow itself only warns up to
+    twice that: a classifier needs a few thousand pixels, and decoding such a
+    file costs hundreds of MB. An app that trusts its images raises Pillow's limit.
+    """
+    limit = Image.MAX_IMAGE_PIXELS
+    too_large = (f"more than Pillow's decompression-bomb limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); "
+                 f"shrink it, or raise that limit in your app if you trust its images") if limit else ""
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise PredictorError(f"image {path} has {too_large}") from None
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        raise PredictorError(f"cannot read image {path} ({e.__class__.__name__}: {e})") from None
+    if limit and image.width * image.height > limit:
+        image.close()
+        raise PredictorError(f"image {path} is {image.width}x{image.height} pixels, {too_large}")
+    return image
+
+
 def _convert(image: Image.Image, mode: str) -> Image.Image:
-    """``image.convert(mode)``, through RGB where Pillow has no direct path (e.g. a CIELab TIFF to grey)."""
+    """``image.convert(mode)``, through RGB where Pillow has no direct path (e.g. a CIELab TIFF to grey).
+
+    16-bit grey (modes I;16*, and I, as Pillow opens 16-bit PNG, PGM and TIFF
+    files) is scaled from 0..65535 to 0..255 first: Pillow's own conversion clips at 255.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        image = Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+        if mode == "L":
+            return image
     try:
         return image.convert(mode)
     except ValueError:
@@ -183,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args(argv)
     try:
-        predictor = Predictor(args.model)
-        results = predictor.predict(args.images, top_k=args.top_k)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # open_image refuses those in one line
+            predictor = Predictor(args.model)
+            results = predictor.predict(args.images, top_k=args.top_k)
     except PredictorError as e:
         print(f"onnx_app: error: {e}", file=sys.stderr)
         return 2

@@ -316,3 +316,45 @@ def test_image_folder_that_does_not_exist(tmp_path):
         load_dataset(f"imagefolder:{tmp_path / 'nowhere'}")
     with pytest.raises(BadInputError, match="needs a path"):
         load_dataset("imagefolder:")
+
+
+def test_the_data_package_imports_one_way():
+    """No import cycle inside toolkit.data (issue 14): the loaders import ``dataset``, never the package itself.
+
+    Every import statement counts, also those inside functions; ``from toolkit.data import x`` imports the
+    package (its ``__init__`` runs first), so a submodule must name the submodule it needs.
+    """
+    import ast
+
+    import toolkit.data
+
+    folder = Path(toolkit.data.__file__).parent
+    modules = {p.stem: p for p in folder.glob("*.py")}
+    name_of = {stem: "toolkit.data" if stem == "__init__" else f"toolkit.data.{stem}" for stem in modules}
+    edges: dict[str, set[str]] = {name: set() for name in name_of.values()}
+    for stem, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in edges:
+                    target = target.rpartition(".")[0]
+                if target and target != name_of[stem]:
+                    edges[name_of[stem]].add(target)
+    package_importers = sorted(m for m, targets in edges.items() if "toolkit.data" in targets)
+    assert package_importers == [], f"these submodules import the toolkit.data package back: {package_importers}"
+    seen: dict[str, int] = {}
+
+    def visit(module: str, path: tuple[str, ...]) -> None:  # depth-first: a module met again on its own path
+        assert module not in path, f"import cycle: {' -> '.join(path + (module,))}"
+        if seen.get(module) != 1:
+            for target in edges[module]:
+                visit(target, path + (module,))
+            seen[module] = 1
+
+    for module in edges:
+        visit(module, ())

@@ -1,4 +1,5 @@
-"""examples/node: a Node.js app (onnxruntime-node) classifies PNGs exactly as `rtool infer` does.
+"""examples/node: a Node.js app (onnxruntime-node) classifies PNGs exactly as `rtool infer` does, JPEGs within
+a few pixel levels of it (jpeg-js's IDCT is not libjpeg's) and with the same classes.
 
 Needs `node` and `npm`. The example's packages are installed once from its
 package-lock.json (`npm ci`) into ~/.cache/rtool/node-example-HASH and found
@@ -142,9 +143,87 @@ def test_node_errors_are_one_line(node, embed_export_dir, app_images, tmp_path):
     (tmp_path / "notes.txt").write_text("not a png")
     cases = [((tmp_path / "nocard.onnx", app_images[0]), "has no rtool model card"),
              ((tmp_path / "missing.onnx", app_images[0]), "cannot be read"),
-             ((embed_export_dir / "model.onnx", tmp_path / "notes.txt"), "this example reads PNG files")]
+             ((embed_export_dir / "model.onnx", tmp_path / "notes.txt"), "this example reads PNG and JPEG files")]
     for args, message in cases:
         result = classify(node, *args)
         assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("classify: error:") and message in lines[0], lines
+
+
+# ---------------------------------------------------------------- JPEG
+
+JPEG_MAX_DIFF, JPEG_MEAN_DIFF = 4, 0.3  # measured: at most 3 levels, 0.03-0.24 on average (docs/embedding.md)
+
+
+@pytest.fixture(scope="module")
+def jpegs(app_images, tmp_path_factory) -> list[Path]:
+    """JPEG files as cameras and editors write them: grey, colour at 4:2:0 / 4:2:2 / 4:4:4, progressive, odd
+    sizes, and a real photo (matplotlib's sample of Grace Hopper, 512x600, 4:2:0)."""
+    import matplotlib.cbook
+
+    folder = tmp_path_factory.mktemp("jpegs")
+    digits = [np.asarray(Image.open(p).convert("L")) for p in app_images[:5]]
+    tinted = [np.stack([d, (d * 0.6).astype(np.uint8), 255 - d], axis=-1) for d in digits]  # real chroma
+    made = [("grey.jpg", Image.fromarray(digits[0], "L"), {"quality": 90}),
+            ("rgb420-84.jpg", Image.fromarray(tinted[1]).resize((84, 84)), {"quality": 75, "subsampling": 2}),
+            ("rgb422-45x31.jpg", Image.fromarray(tinted[2]).resize((45, 31)), {"quality": 90, "subsampling": 1}),
+            ("rgb444.jpg", Image.fromarray(tinted[3]), {"quality": 95, "subsampling": 0}),
+            ("progressive-57x29.jpg", Image.fromarray(tinted[4]).resize((57, 29)),
+             {"quality": 85, "subsampling": 2, "progressive": True})]
+    paths = []
+    for name, image, options in made:
+        image.save(folder / name, **options)
+        paths.append(folder / name)
+    return paths + [Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))]
+
+
+@pytest.mark.parametrize("color", ["L", "RGB"])
+def test_node_decodes_jpegs_within_a_few_levels_of_pillow(node, jpegs, color):
+    script = (f"for (const p of {json.dumps([str(p) for p in jpegs])}) "
+              f"process.stdout.write(Buffer.from(c.loadImage(p, {json.dumps(color)}).data));")
+    got = node_eval(node, script)
+    offset = 0
+    for path in jpegs:
+        expected = np.asarray(Image.open(path).convert(color)).astype(int)
+        pixels = np.frombuffer(got, dtype=np.uint8, count=expected.size, offset=offset).reshape(expected.shape)
+        offset += expected.size
+        diff = np.abs(pixels.astype(int) - expected)
+        assert diff.max() <= JPEG_MAX_DIFF and diff.mean() <= JPEG_MEAN_DIFF, (path.name, diff.max(), diff.mean())
+    assert offset == len(got)
+
+
+def test_node_predicts_on_jpegs_what_rtool_infer_predicts(node, embed_export_dir, jpegs):
+    result = run_rtool("infer", embed_export_dir / "model.onnx", *jpegs, "--topk", TOP_K, "--json",
+                       "--runtime", "onnxruntime", "--provider", "cpu")
+    assert result.returncode == 0, result.stderr
+    expected = [[(t["class"], t["probability"]) for t in p["topk"]] for p in json.loads(result.stdout)["predictions"]]
+    for model_file in ("model.onnx", "model.raw-softmax.onnx"):
+        got = classify(node, embed_export_dir / model_file, *jpegs, "--top-k", TOP_K, "--json")
+        assert got.returncode == 0, got.stderr
+        for g, e in zip(node_predictions(got.stdout), expected, strict=True):
+            assert g[0][0] == e[0][0], (g, e)  # the same class first
+            assert [p for _, p in g] == pytest.approx([p for _, p in e], abs=2e-3)
+
+
+def test_node_refuses_unusable_jpegs_and_giant_pictures_in_one_line(node, embed_export_dir, jpegs, tmp_path):
+    """A CMYK JPEG, a cut one, and pictures above Pillow's bomb limit (refused from the header, not decoded)."""
+    import zlib
+
+    Image.open(jpegs[1]).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    (tmp_path / "cut.jpg").write_bytes(jpegs[1].read_bytes()[:200])
+    Image.new("L", (9500, 9500), 128).save(tmp_path / "giant.jpg", quality=50)  # 90.25 MP, 1 MB
+    rows = zlib.compress((b"\x00" + b"\x00" * (13_400 // 8 + 1)) * 13_400, 9)  # 1-bit black, 180 MP, 22 kB
+    chunk = lambda kind, data: (len(data).to_bytes(4, "big") + kind + data  # noqa: E731
+                                + zlib.crc32(kind + data).to_bytes(4, "big"))
+    (tmp_path / "giant.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", (13_400).to_bytes(4, "big") * 2
+                                                                      + bytes([1, 0, 0, 0, 0]))
+                                         + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    cases = [("cmyk.jpg", "is a CMYK JPEG; save it as RGB"), ("cut.jpg", "cannot read image"),
+             ("giant.jpg", "is 9500x9500 pixels, more than the 89478485 this example decodes"),
+             ("giant.png", "is 13400x13400 pixels, more than the 89478485 this example decodes")]
+    for name, message in cases:
+        result = classify(node, embed_export_dir / "model.onnx", tmp_path / name)
+        assert result.returncode == 2, (name, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("classify: error:") and message in lines[0], lines

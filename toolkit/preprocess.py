@@ -11,9 +11,25 @@ from PIL import Image
 
 from toolkit.card import InputSpec
 
+# Grey images with 16-bit samples: Pillow opens 16-bit PNG, PGM and TIFF files in one of these modes.
+SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grey image -> 8-bit "L", 0..65535 scaled to 0..255 (rounded).
+
+    Pillow's own ``convert("L")`` clips every value above 255 to white, so a
+    16-bit scan would turn almost white. Mode "I" is read as 16-bit too (values
+    outside 0..65535 are clipped), as Pillow uses it for such files.
+    """
+    values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
 
 def convert_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """A PIL image -> uint8 array (C, H, W) with the card's colour mode and size (bilinear resize)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        image = to_8bit(image)
     if image.mode != spec.color:
         try:
             image = image.convert(spec.color)

@@ -1,24 +1,27 @@
 #!/usr/bin/env node
-// Classify PNG images with an rtool ONNX file in Node.js, using onnxruntime-node.
+// Classify PNG and JPEG images with an rtool ONNX file in Node.js, using onnxruntime-node.
 //
 //   npm install --onnxruntime-node-install=skip
-//   node classify.js ../../export/model.onnx seven.png two.png --top-k 3 [--json]
+//   node classify.js ../../export/model.onnx seven.png photo.jpg --top-k 3 [--json]
 //
 // Everything the app needs comes from the model card that `rtool export` writes
 // into the file's metadata_props (docs/onnx-metadata.md). onnxruntime-node does
 // not expose custom metadata, so this script decodes that one field of the ONNX
-// protobuf itself. Preprocessing repeats Pillow's steps exactly (colour
-// conversion, bilinear resize, (pixels / 255 - mean) / std in float32), so the
-// model sees the same numbers as in Python.
+// protobuf itself. Preprocessing repeats Pillow's steps (colour conversion,
+// bilinear resize, (pixels / 255 - mean) / std in float32): a PNG reaches the
+// model as the same numbers as in Python; a JPEG within a few levels of them
+// (jpeg-js's IDCT is not libjpeg's; figures in docs/embedding.md).
 'use strict';
 
 const fs = require('fs');
 const ort = require('onnxruntime-node');
 const protobuf = require('protobufjs');
+const jpeg = require('jpeg-js');
 const { PNG } = require('pngjs');
 
 const CARD_KEY = 'rtool.model_card';
 const SUPPORTED_CARD_FORMAT = 1;
+const MAX_IMAGE_PIXELS = 89478485; // Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)
 
 // Only the fields read here, with their numbers from onnx.proto
 // (ModelProto.metadata_props = 14; StringStringEntryProto.key = 1, .value = 2).
@@ -65,27 +68,145 @@ function readCard(modelBytes, source) {
   return card;
 }
 
-/** A PNG file -> {width, height, channels, data: Uint8Array (H, W, C)} in the card's colour mode ("L" or "RGB"). */
-function loadPng(path, color) {
-  let png;
-  try {
-    png = PNG.sync.read(fs.readFileSync(path));
-  } catch (e) {
-    throw new ClassifyError(`cannot read image ${path} (${e.message}); this example reads PNG files`);
-  }
-  if (png.depth === 16) throw new ClassifyError(`${path} is a 16-bit PNG; save it with 8 bits per channel`);
-  const { width, height, data } = png; // RGBA, 8 bits, palettes and grey already expanded
-  const channels = color === 'L' ? 1 : 3;
-  const out = new Uint8Array(width * height * channels);
+/** RGB or grey samples, `channels` per pixel -> the card's colour mode ("L" or "RGB"), as Pillow converts. */
+function toColor(width, height, channels, data, color) {
+  const outChannels = color === 'L' ? 1 : 3;
+  const out = new Uint8Array(width * height * outChannels);
   for (let i = 0; i < width * height; i++) {
-    const r = data[4 * i], g = data[4 * i + 1], b = data[4 * i + 2];
-    if (channels === 1) {
+    const r = data[channels * i], g = data[channels * i + 1], b = data[channels * i + 2];
+    if (outChannels === 1) {
       out[i] = (r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16; // Pillow's RGB -> L (ITU-R 601-2 luma)
     } else {
       out[3 * i] = r; out[3 * i + 1] = g; out[3 * i + 2] = b;
     }
   }
-  return { width, height, channels, data: out };
+  return { width, height, channels: outChannels, data: out };
+}
+
+/** Refuse, before decoding, a picture above Pillow's decompression-bomb limit (as onnx_app.py does). */
+function checkPixels(path, width, height) {
+  if (width * height > MAX_IMAGE_PIXELS) {
+    throw new ClassifyError(`image ${path} is ${width}x${height} pixels, more than the ${MAX_IMAGE_PIXELS} `
+      + 'this example decodes (Pillow\'s decompression-bomb limit); shrink it');
+  }
+}
+
+/** PNG bytes -> {width, height, channels, data: Uint8Array (H, W, C)} in the card's colour mode. */
+function loadPng(bytes, path, color) {
+  if (bytes.length >= 24) checkPixels(path, bytes.readUInt32BE(16), bytes.readUInt32BE(20)); // IHDR
+  let png;
+  try {
+    png = PNG.sync.read(bytes);
+  } catch (e) {
+    throw new ClassifyError(`cannot read image ${path} (${e.message}); this example reads PNG and JPEG files`);
+  }
+  if (png.depth === 16) throw new ClassifyError(`${path} is a 16-bit PNG; save it with 8 bits per channel`);
+  return toColor(png.width, png.height, 4, png.data, color); // RGBA, 8 bits, palettes and grey already expanded
+}
+
+// ---- JPEG: jpeg-js decodes each component (the IDCT); this file repeats what libjpeg-turbo, Pillow's
+// decoder, does next: "fancy" chroma upsampling and fixed-point YCbCr -> RGB.
+
+/** The frame's size and sampling factors, and whether libjpeg reads its three components as YCbCr. */
+function jpegLayout(bytes) {
+  let offset = 2, frame = null, adobeTransform = null, jfif = false;
+  while (offset + 4 <= bytes.length && bytes[offset] === 0xff) {
+    const marker = bytes[offset + 1];
+    if (marker === 0xff) { offset += 1; continue; } // fill byte
+    if (marker === 0xda || marker === 0xd9) break; // start of scan (or end): every header is read
+    const length = bytes.readUInt16BE(offset + 2), body = offset + 4;
+    if (marker >= 0xc0 && marker <= 0xcf && ![0xc4, 0xc8, 0xcc].includes(marker) && body + 6 <= bytes.length) {
+      const components = [];
+      for (let i = 0; i < bytes[body + 5] && body + 8 + 3 * i <= bytes.length; i++) {
+        const factors = bytes[body + 7 + 3 * i];
+        components.push({ id: bytes[body + 6 + 3 * i], h: factors >> 4, v: factors & 15 });
+      }
+      frame = { height: bytes.readUInt16BE(body + 1), width: bytes.readUInt16BE(body + 3), components };
+    } else if (marker === 0xe0 && bytes.toString('latin1', body, body + 5) === 'JFIF\0') {
+      jfif = true;
+    } else if (marker === 0xee && bytes.toString('latin1', body, body + 5) === 'Adobe' && length >= 12) {
+      adobeTransform = bytes[body + 11];
+    }
+    offset += 2 + length;
+  }
+  if (!frame) return null;
+  // libjpeg (jdapimin.c): JFIF means YCbCr; else Adobe's transform flag; else ids 'R','G','B' mean RGB.
+  const rgbIds = frame.components.map((c) => c.id).join() === '82,71,66';
+  return { ...frame, adobeTransform, ycc: jfif || (adobeTransform !== null ? adobeTransform !== 0 : !rgbIds) };
+}
+
+/** One chroma component at full size, upsampled as libjpeg-turbo does by default (jdsample.c): a triangle
+ * filter for 2x across (h2v1, h2v2: when wider than 2 samples) and 2x down (h1v2); else replication, which
+ * is what jpeg-js returns (null). Its own samples are read back from jpeg-js's replicated output. */
+function fancyUpsample(full, channel, width, height, rx, ry) {
+  const dw = Math.ceil(width / rx), dh = Math.ceil(height / ry);
+  const across = rx === 2 && dw > 2;
+  if (!((across && ry <= 2) || (rx === 1 && ry === 2))) return null;
+  const at = (x, y) => full[(y * ry * width + x * rx) * 3 + channel];
+  const out = new Uint8Array(width * height);
+  const put = (x, y, value) => { if (x < width && y < height) out[y * width + x] = value; };
+  for (let y = 0; y < dh; y++) {
+    for (let v = 0; v < ry; v++) {
+      const near = v === 0 ? Math.max(y - 1, 0) : Math.min(y + 1, dh - 1); // edge rows repeat
+      const sum = (x) => (ry === 2 ? 3 * at(x, y) + at(x, near) : at(x, y)); // vertical 3/4 + 1/4, or none
+      const [biasLeft, biasRight, shift] = ry === 2 ? [8, 7, 4] : [1, 2, 2]; // libjpeg's rounding per case
+      const row = y * ry + v;
+      for (let x = 0; x < dw; x++) {
+        if (!across) { put(x, row, (sum(x) + 1 + v) >> 2); continue; } // h1v2: bias 1 up, 2 down
+        const here = 3 * sum(x), left = sum(Math.max(x - 1, 0)), right = sum(Math.min(x + 1, dw - 1));
+        put(2 * x, row, (here + left + biasLeft) >> shift);
+        put(2 * x + 1, row, (here + right + biasRight) >> shift);
+      }
+    }
+  }
+  return out;
+}
+
+const FIX = (x) => Math.round(x * 65536); // libjpeg's 16-bit fixed point (jdcolor.c)
+
+/** JPEG bytes -> {width, height, channels, data} in the card's colour mode, within a few levels of Pillow. */
+function loadJpeg(bytes, path, color) {
+  const layout = jpegLayout(bytes);
+  if (layout) checkPixels(path, layout.width, layout.height);
+  if (layout && layout.components.length === 4) {
+    throw new ClassifyError(`${path} is a CMYK JPEG; save it as RGB (this example reads grey and RGB JPEGs)`);
+  }
+  let img;
+  try {
+    img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: false, colorTransform: false,
+      maxResolutionInMP: MAX_IMAGE_PIXELS / 1e6, maxMemoryUsageInMB: 2048 });
+  } catch (e) {
+    throw new ClassifyError(`cannot read image ${path} (${e.message}); this example reads PNG and JPEG files`);
+  }
+  const { width, height, data } = img;
+  // jpeg-js converts Adobe-flagged YCbCr itself (already RGB here); grey arrives as three equal channels.
+  if (!layout || layout.components.length !== 3 || !layout.ycc || layout.adobeTransform) {
+    return toColor(width, height, 3, data, color);
+  }
+  const maxH = Math.max(...layout.components.map((c) => c.h)), maxV = Math.max(...layout.components.map((c) => c.v));
+  const [cb, cr] = [1, 2].map((k) => fancyUpsample(data, k, width, height, maxH / layout.components[k].h,
+    maxV / layout.components[k].v));
+  const rgb = new Uint8Array(width * height * 3);
+  const clamp = (value) => (value < 0 ? 0 : value > 255 ? 255 : value);
+  for (let i = 0; i < width * height; i++) {
+    const y = data[3 * i], u = (cb ? cb[i] : data[3 * i + 1]) - 128, w = (cr ? cr[i] : data[3 * i + 2]) - 128;
+    rgb[3 * i] = clamp(y + ((FIX(1.402) * w + 32768) >> 16));
+    rgb[3 * i + 1] = clamp(y + ((-FIX(0.34414) * u + 32768 - FIX(0.71414) * w) >> 16));
+    rgb[3 * i + 2] = clamp(y + ((FIX(1.772) * u + 32768) >> 16));
+  }
+  return toColor(width, height, 3, rgb, color);
+}
+
+/** An image file (PNG or JPEG, told by its first bytes) in the card's colour mode. */
+function loadImage(path, color) {
+  let bytes;
+  try {
+    bytes = fs.readFileSync(path);
+  } catch (e) {
+    throw new ClassifyError(`cannot read image ${path} (${e.code || e.message})`);
+  }
+  if (bytes[0] === 0xff && bytes[1] === 0xd8) return loadJpeg(bytes, path, color);
+  return loadPng(bytes, path, color);
 }
 
 // Pillow's bilinear resampling (libImaging/Resample.c): a triangle filter widened
@@ -194,12 +315,12 @@ function toModelInput(images, card) {
   return new ort.Tensor('float32', x, [n, C, H, W]);
 }
 
-/** Read, convert and resize each PNG as the card says. */
+/** Read, convert and resize each image as the card says. */
 function preprocess(paths, card) {
   const spec = card.input;
   const color = spec.color || (spec.channels === 1 ? 'L' : 'RGB');
   return paths.map((p) => {
-    const img = loadPng(p, color);
+    const img = loadImage(p, color);
     return img.width === spec.width && img.height === spec.height ? img : resizeBilinear(img, spec.width, spec.height);
   });
 }
@@ -211,7 +332,7 @@ function softmax(row) {
   return exps.map((v) => v / total);
 }
 
-/** Classify PNG files: for each, its topK {class, probability} pairs, most likely first. */
+/** Classify PNG and JPEG files: for each, its topK {class, probability} pairs, most likely first. */
 async function classify(modelPath, imagePaths, topK = 1) {
   let bytes;
   try {
@@ -250,7 +371,7 @@ async function main(argv) {
     positional.push(args[i]);
   }
   if (positional.length < 2 || !(topK >= 1)) {
-    console.error('usage: node classify.js MODEL.onnx IMAGE.png... [--top-k K] [--json]');
+    console.error('usage: node classify.js MODEL.onnx IMAGE.png|IMAGE.jpg... [--top-k K] [--json]');
     return 2;
   }
   const [model, ...images] = positional;
@@ -271,7 +392,7 @@ async function main(argv) {
   }
 }
 
-module.exports = { readCard, loadPng, resizeBilinear, preprocess, toModelInput, classify };
+module.exports = { readCard, loadImage, loadPng, loadJpeg, resizeBilinear, preprocess, toModelInput, classify };
 
 if (require.main === module) {
   main(process.argv).then((code) => { process.exitCode = code; });
