@@ -12,13 +12,50 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from exporters import artifact_filename
 from toolkit.card import EXTRA_FILE_NAME, MANIFEST_NAME, ONNX_METADATA_KEY, ModelCard
-from toolkit.errors import BadInputError
+from toolkit.errors import BadInputError, UnsafeFileError
+from toolkit.jsonsafe import MAX_JSON_BYTES
 from toolkit.manifest import entry_path, read_manifest, verify_sha256
 from toolkit.safety import DAMAGED_ZIP_ERRORS
+
+
+def check_card_fits_input(card: ModelCard, dims: Sequence[Any], raw_pixels: bool, source: Path) -> None:
+    """Refuse a card whose image size is not the one the ONNX graph takes.
+
+    Every image is resized to the card's size before the graph sees it, so a
+    card that claims 40000x40000 for a 28x28 graph would make rtool allocate
+    gigabytes for a batch the graph then rejects. ``dims`` is the graph
+    input's shape (whole numbers for fixed sizes, names or None for free
+    ones); ``raw_pixels`` graphs take uint8 NHWC, the others float NCHW.
+    """
+    if not dims:  # no shape recorded: nothing to compare (the card's own size limit still holds)
+        return
+    spec = card.input
+    expected = (spec.height, spec.width, spec.channels) if raw_pixels else spec.shape
+    layout = "NHWC" if raw_pixels else "NCHW"
+    fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
+    if len(fixed) != 4 or any(got is not None and got != want for got, want in zip(fixed[1:], expected)):
+        shown = "x".join(str(d) if d is not None else "?" for d in fixed)
+        raise BadInputError(f"{source.name}: its model card says images are {'x'.join(map(str, spec.shape))} "
+                            f"(CxHxW), but the graph takes {layout} input {shown}; the card does not belong to this "
+                            f"model, re-export it")
+
+
+def onnx_input_dims(model: Any) -> tuple[list[Any], bool]:
+    """(shape, takes uint8 pixels) of the first real input of an ONNX ModelProto (initializers are not inputs);
+    ([], False) for a graph without one."""
+    from onnx import TensorProto
+
+    initializers = {t.name for t in model.graph.initializer}
+    graph_input = next((v for v in model.graph.input if v.name not in initializers), None)
+    if graph_input is None:
+        return [], False
+    tensor_type = graph_input.type.tensor_type
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+    return dims, tensor_type.elem_type == TensorProto.UINT8
 
 
 def card_from_json(text: str | bytes, source: Path) -> ModelCard:
@@ -53,9 +90,12 @@ def _zip_extra_card(path: Path) -> ModelCard | None:
     """The card stored as an extra file in a TorchScript or torch.export zip archive."""
     try:
         with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if name.endswith(f"/{EXTRA_FILE_NAME}") or name == EXTRA_FILE_NAME:
-                    return card_from_json(archive.read(name), path)
+            for info in archive.infolist():
+                if info.filename.endswith(f"/{EXTRA_FILE_NAME}") or info.filename == EXTRA_FILE_NAME:
+                    if info.file_size > MAX_JSON_BYTES:  # checked before reading: it may be a compressed bomb
+                        raise BadInputError(f"{path.name}: its model card claims {info.file_size:,} bytes (limit "
+                                            f"{MAX_JSON_BYTES:,}); the file is corrupt or hostile")
+                    return card_from_json(archive.read(info), path)
     except DAMAGED_ZIP_ERRORS as e:
         raise BadInputError(f"{path.name} is not a readable model archive ({e.__class__.__name__}: "
                             f"{str(e)[:120]}); re-export it") from None
@@ -66,10 +106,11 @@ def _onnx_card(path: Path) -> ModelCard | None:
     from toolkit.safety import check_onnx_file
 
     model = check_onnx_file(path)  # parsed without its external data, after the safety checks
-    for prop in model.metadata_props:
-        if prop.key == ONNX_METADATA_KEY:
-            return card_from_json(prop.value, path)
-    return None
+    stored = next((prop.value for prop in model.metadata_props if prop.key == ONNX_METADATA_KEY), None)
+    card = card_from_json(stored, path) if stored is not None else card_beside(path)
+    if card is not None:
+        check_card_fits_input(card, *onnx_input_dims(model), path)
+    return card
 
 
 def read_card(artifact_path: str | Path) -> ModelCard:

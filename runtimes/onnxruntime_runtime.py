@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from runtimes import Runtime, cuda_gpus, error_summary, physical_cores, register_runtime
-from runtimes.cards import card_beside, card_from_json
+from runtimes.cards import card_beside, card_from_json, check_card_fits_input
 from toolkit.card import ONNX_METADATA_KEY
 from toolkit.errors import BadInputError, UnavailableError
 from toolkit.safety import check_onnx_file
@@ -181,6 +181,7 @@ class OnnxRuntimeRuntime(Runtime):
             raise BadInputError(f"{path.name} takes {len(inputs)} inputs; rtool models take one image batch")
         self.input_name = inputs[0].name
         self.raw_pixels = inputs[0].type == "tensor(uint8)"
+        check_card_fits_input(self.card, inputs[0].shape, self.raw_pixels, path)
         batch_dim = inputs[0].shape[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         self.run_options = ort.RunOptions()

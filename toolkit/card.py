@@ -3,17 +3,81 @@
 It is plain JSON so that every file rtool writes can carry it (checkpoint,
 ONNX ``metadata_props``, TorchScript ``_extra_files``, export manifest) and so
 that apps without PyTorch can read it. This module imports nothing heavy.
+
+A card may come from a file someone else made, and every later step trusts it
+(the class count sizes the model's last layer, the input size sizes every
+image batch, class names become lines of labels.txt), so both classes check
+every field when they are built, and a card read from JSON is refused in one
+line when a field is of the wrong type, out of range or inconsistent.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from toolkit.errors import BadInputError
+from toolkit.jsonsafe import load_json_text
 
 CARD_FORMAT_VERSION = 1
+MAX_INPUT_SIDE = 8192  # pixels; one 3x8192x8192 float32 image is already 805 MB
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
+MAX_NAME_CHARS = 1000  # a class or model name
+OUTPUTS = ("logits", "probabilities")
+# The model arguments a card may carry. The builders take more (block counts, layer lists), but those define the
+# architecture that the model's name already fixes, and a hostile card could ask for a million blocks.
+CARD_MODEL_ARGS = ("in_channels", "num_classes", "shortcut", "init")
+# Characters that end or break a line (or cannot be written as UTF-8): a class name holding one would split
+# labels.txt or config.pbtxt into lines that no longer match the model's outputs.
+LINE_BREAKING_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
+
+
+def _shown(value: Any) -> str:
+    """A value as one short line for an error message (repr escapes newlines)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_text(value: Any, what: str) -> str:
+    """``value`` if it is one line of text of sensible length, else a BadInputError naming ``what``."""
+    if not isinstance(value, str) or not value:
+        raise BadInputError(f"{what} must be non-empty text, got {_shown(value)}")
+    if len(value) > MAX_NAME_CHARS:
+        raise BadInputError(f"{what} {_shown(value)} is {len(value):,} characters long (limit {MAX_NAME_CHARS})")
+    if value.isprintable():  # the usual case, in C: no control, line-break or surrogate character
+        return value
+    bad = next((ch for ch in value if unicodedata.category(ch) in LINE_BREAKING_CATEGORIES), None)
+    if bad is not None:
+        raise BadInputError(f"{what} {_shown(value)} holds U+{ord(bad):04X}, a control or line-break character; "
+                            f"it must be one line of plain text (rename it)")
+    return value
+
+
+def check_class_names(names: Any) -> list[str]:
+    """The class names as a list, if they are 1..MAX_CLASSES distinct one-line texts (else BadInputError)."""
+    if not isinstance(names, (list, tuple)) or not names:
+        raise BadInputError("class_names must be a non-empty list")
+    if len(names) > MAX_CLASSES:
+        raise BadInputError(f"class_names lists {len(names):,} classes (limit {MAX_CLASSES:,})")
+    seen: set[str] = set()
+    for name in names:
+        check_text(name, "class name")
+        if name in seen:
+            raise BadInputError(f"class name {_shown(name)} appears twice in class_names; each class needs its own")
+        seen.add(name)
+    return list(names)
 
 
 @dataclass
@@ -22,6 +86,8 @@ class InputSpec:
 
     ``x = (pixels / 255 - mean) / std`` per channel, after converting the image
     to ``color`` ("L" for grey, "RGB") and resizing it to ``height`` x ``width``.
+    Built only from 1 or 3 channels, sides of 1..MAX_INPUT_SIDE pixels and one
+    finite mean and positive std per channel (BadInputError otherwise).
     """
 
     channels: int
@@ -29,6 +95,24 @@ class InputSpec:
     width: int
     mean: list[float]
     std: list[float]
+
+    def __post_init__(self) -> None:
+        sizes = (self.channels, self.height, self.width)
+        if not all(_is_int(v) for v in sizes):
+            raise BadInputError(f"input channels/height/width must be whole numbers, got {_shown(list(sizes))}")
+        self.channels, self.height, self.width = (int(v) for v in sizes)
+        if self.channels not in (1, 3) or not all(1 <= side <= MAX_INPUT_SIDE for side in (self.height, self.width)):
+            raise BadInputError(f"input {self.channels}x{self.height}x{self.width} is not 1 or 3 channels of positive "
+                                f"size with each side at most {MAX_INPUT_SIDE} pixels")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not all(_is_finite_number(v) for v in values):
+                raise BadInputError(f"input {name} must be a list of finite numbers, got {_shown(values)}")
+            setattr(self, name, [float(v) for v in values])
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise BadInputError(f"input mean/std length differs from the channel count ({self.channels})")
+        if not all(s > 0 for s in self.std):
+            raise BadInputError(f"input std values must be positive, got {self.std}")
 
     @property
     def color(self) -> str:
@@ -46,6 +130,8 @@ class InputSpec:
 
 @dataclass
 class ModelCard:
+    """Everything needed to run a model: architecture, classes, input. Every field is checked when built."""
+
     model: str
     model_args: dict[str, Any]
     class_names: list[str]
@@ -56,6 +142,36 @@ class ModelCard:
     versions: dict[str, str] = field(default_factory=dict)
     output: str = "logits"
     format_version: int = CARD_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        check_text(self.model, "model name")
+        self.class_names = check_class_names(self.class_names)
+        if not isinstance(self.input, InputSpec):
+            raise BadInputError("input must be an object with channels, height, width, mean and std")
+        self._check_model_args()
+        if self.dataset is not None and not isinstance(self.dataset, str):
+            raise BadInputError(f"dataset must be text or null, got {_shown(self.dataset)}")
+        for name in ("training", "metrics", "versions"):
+            if not isinstance(getattr(self, name), dict):
+                raise BadInputError(f"{name} must be an object, got {_shown(getattr(self, name))}")
+        if self.output not in OUTPUTS:
+            raise BadInputError(f"output must be one of {', '.join(OUTPUTS)}, got {_shown(self.output)}")
+        if not _is_int(self.format_version) or not 1 <= self.format_version <= CARD_FORMAT_VERSION:
+            raise BadInputError(f"format_version must be a whole number from 1 to {CARD_FORMAT_VERSION}, "
+                                f"got {_shown(self.format_version)}")
+
+    def _check_model_args(self) -> None:
+        """Known names and plain values only, and the class and channel counts (when given) agree with the card."""
+        if not isinstance(self.model_args, dict):
+            raise BadInputError("model_args must be an object")
+        for key, value in self.model_args.items():
+            if key not in CARD_MODEL_ARGS or not isinstance(value, (str, int)):
+                raise BadInputError(f"model_args may set only {', '.join(CARD_MODEL_ARGS)} to text or whole "
+                                    f"numbers, got {_shown(key)}: {_shown(value)}")
+        for key, expected, source in (("num_classes", self.num_classes, f"class_names lists {self.num_classes}"),
+                                      ("in_channels", self.input.channels, f"the input has {self.input.channels}")):
+            if key in self.model_args and (not _is_int(self.model_args[key]) or self.model_args[key] != expected):
+                raise BadInputError(f"model_args.{key} is {_shown(self.model_args[key])}, but {source}")
 
     @property
     def num_classes(self) -> int:
@@ -81,54 +197,38 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
+        """The card a JSON object describes; any wrong, missing or inconsistent field is one BadInputError line."""
+        if not isinstance(d, dict):
+            raise BadInputError(f"the model card is malformed (not an object: {_shown(d)}); re-export the model "
+                                f"with rtool")
+        version = d.get("format_version", CARD_FORMAT_VERSION)  # cards before versioning read as the current one
+        if _is_int(version) and version > CARD_FORMAT_VERSION:
+            raise BadInputError(f"model card format {version} is newer than this rtool understands "
+                                f"({CARD_FORMAT_VERSION}); upgrade rtool")
         try:
-            version = int(d.get("format_version", 0))
-            if version > CARD_FORMAT_VERSION:
-                raise BadInputError(
-                    f"model card format {version} is newer than this rtool understands "
-                    f"({CARD_FORMAT_VERSION}); upgrade rtool"
-                )
             i = d["input"]
-            spec = InputSpec(
-                channels=int(i["channels"]),
-                height=int(i["height"]),
-                width=int(i["width"]),
-                mean=[float(v) for v in i["mean"]],
-                std=[float(v) for v in i["std"]],
-            )
-            if spec.channels not in (1, 3) or spec.height < 1 or spec.width < 1:
-                raise ValueError(f"input {spec.channels}x{spec.height}x{spec.width} is not 1 or 3 channels of positive size")
-            if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
-                raise ValueError("mean/std length differs from the channel count")
-            if not all(s > 0 for s in spec.std):
-                raise ValueError("std values must be positive")
-            if not isinstance(d["class_names"], list) or not d["class_names"]:
-                raise ValueError("class_names must be a non-empty list")
-            if not isinstance(d.get("model_args", {}), dict):
-                raise ValueError("model_args must be an object")
-            return cls(
-                model=str(d["model"]),
-                model_args=dict(d.get("model_args", {})),
-                class_names=[str(c) for c in d["class_names"]],
-                input=spec,
-                dataset=d.get("dataset"),
-                training=dict(d.get("training", {})),
-                metrics=dict(d.get("metrics", {})),
-                versions=dict(d.get("versions", {})),
-                output=str(d.get("output", "logits")),
-                format_version=version or CARD_FORMAT_VERSION,
-            )
-        except BadInputError:
-            raise
-        except (KeyError, TypeError, ValueError) as e:
-            raise BadInputError(f"the model card is malformed ({e}); re-export the model with rtool") from e
+            if not isinstance(i, dict):
+                raise BadInputError(f"input must be an object, got {_shown(i)}")
+            spec = InputSpec(channels=i["channels"], height=i["height"], width=i["width"], mean=i["mean"],
+                             std=i["std"])
+            card = cls(model=d["model"], model_args=d.get("model_args", {}), class_names=d["class_names"],
+                       input=spec, dataset=d.get("dataset"), training=d.get("training", {}),
+                       metrics=d.get("metrics", {}), versions=d.get("versions", {}),
+                       output=d.get("output", "logits"), format_version=version)
+            stated = d.get("num_classes", card.num_classes)
+            if not _is_int(stated) or stated != card.num_classes:
+                raise BadInputError(f"num_classes is {_shown(stated)}, but class_names lists {card.num_classes}")
+            return card
+        except (BadInputError, KeyError) as e:
+            what = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise BadInputError(f"the model card is malformed ({what}); re-export the model with rtool") from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ModelCard":
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
-            raise BadInputError(f"the model card is not valid JSON ({e}); re-export the model with rtool") from e
+            data = load_json_text(text, "the model card")
+        except BadInputError as e:
+            raise BadInputError(f"{e}; re-export the model with rtool") from None
         if not isinstance(data, dict):
             raise BadInputError("the model card is not a JSON object; re-export the model with rtool")
         return cls.from_dict(data)

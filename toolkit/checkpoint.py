@@ -23,6 +23,7 @@ from toolkit.card import InputSpec, ModelCard, library_versions
 from toolkit.errors import BadInputError, UnsafeFileError
 from toolkit.fileio import atomic_path
 from toolkit.models import create_model
+from toolkit.safety import DAMAGED_ZIP_ERRORS, check_stored_records
 
 CHECKPOINT_FORMAT = "rtool-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -70,10 +71,22 @@ def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard,
 
 
 def safe_torch_load(path: str | Path) -> Any:
-    """``torch.load`` that never unpickles code; every failure is one BadInputError line."""
+    """``torch.load`` that never unpickles code; every failure is one BadInputError line.
+
+    A zip archive's directory is checked first (no compressed record, no
+    record larger than the file), so torch never inflates or allocates more
+    than the file holds.
+    """
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"checkpoint {path} does not exist")
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                check_stored_records(path, archive)
+        except DAMAGED_ZIP_ERRORS as e:
+            raise BadInputError(f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
+                                f"({e.__class__.__name__}: {str(e)[:120]})") from None
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on odd files; the error says it all
             warnings.simplefilter("ignore")
@@ -86,7 +99,8 @@ def safe_torch_load(path: str | Path) -> Any:
                 f"Only load files you trust, re-saved as plain weights (a state_dict)"
             ) from None
         raise BadInputError(f"{path} is not a readable PyTorch checkpoint (it is corrupt, or not a weights file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
+            TypeError, OverflowError) as e:  # TypeError/OverflowError: a size or count of the wrong type or sign
         reason = str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else "empty or cut short"
         raise BadInputError(f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
                             f"({e.__class__.__name__}: {reason})") from None
@@ -134,17 +148,39 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         raise BadInputError(f"{path} was written by a newer rtool (checkpoint v{version}); upgrade rtool")
     if not isinstance(payload.get("card"), str):
         raise BadInputError(f"{path} has no model card; it may be truncated or tampered with")
-    card = ModelCard.from_json(payload["card"])
+    try:
+        card = ModelCard.from_json(payload["card"])
+    except BadInputError as e:
+        raise BadInputError(f"{path}: {e}") from None
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise BadInputError(f"{path} has no weights (state_dict); it may be truncated or tampered with")
-    return Checkpoint(card=card, state_dict=state, train_state=payload.get("train_state") or {})
+    check_weights(path, state)
+    train_state = payload.get("train_state") or {}
+    if not isinstance(train_state, dict):
+        raise BadInputError(f"{path} has a malformed training state (not a mapping); it may be tampered with")
+    return Checkpoint(card=card, state_dict=state, train_state=train_state)
+
+
+def check_weights(path: str | Path, state: dict[Any, Any]) -> None:
+    """Refuse a state_dict that is not text names -> real-valued tensors (torch would fail deep inside, or
+    silently drop the imaginary part of complex weights)."""
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise BadInputError(f"{path}: its weights must map names to tensors, but hold {str(key)[:60]!r}: "
+                                f"{type(value).__name__}; the file may be tampered with")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise BadInputError(f"{path}: weight {key[:60]!r} holds {value.dtype} values, not real numbers; "
+                                f"the file may be tampered with")
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
     """The eval-mode model and its card from a checkpoint."""
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt.card)
+    try:
+        model = build_model(ckpt.card)
+    except BadInputError as e:
+        raise BadInputError(f"{path}: its model card describes no model rtool can build ({e})") from None
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:
@@ -166,8 +202,9 @@ def load_pretrained_weights(model: nn.Module, path: str | Path) -> list[str]:
     state = safe_torch_load(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # rtool checkpoint or trainer file
         state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict) or not state:
         raise BadInputError(f"{path} is not a state_dict of tensors (a name -> weights mapping)")
+    check_weights(path, state)
     if all(str(k).startswith("module.") for k in state):  # saved from DataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     own = model.state_dict()

@@ -8,7 +8,10 @@ allocate terabytes. torch.export archives (``.pt2``) hold pickles, and
 ``torch.export.load`` falls back to full unpickling — running any code the
 file names — when a part does not load as plain tensors. These checks read
 only the file's structure (never external data, never unpickling) and
-refuse such files with one line.
+refuse such files with one line. PyTorch's own zip archives are checked
+the same way: torch.save never compresses a record, so a compressed one
+(which could inflate to gigabytes) or records claiming more bytes than the
+file holds are refused from the zip directory alone.
 """
 
 from __future__ import annotations
@@ -166,6 +169,39 @@ def check_onnx_file(path: str | Path) -> Any:
     _check_value_infos(path, model.graph.output, "output")
     _check_constant_of_shape(path, model.graph)
     return model
+
+
+# ---------------------------------------------------------------- PyTorch zip archives
+
+COMPRESSION_NAMES = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+
+
+def check_stored_records(path: Path, archive: zipfile.ZipFile) -> None:
+    """Refuse a ``torch.save`` archive with a compressed record, or records that claim more bytes than the file.
+
+    torch.save stores every record as is, so a compressed one was made by
+    something else: a 4 MB file can inflate to gigabytes while torch reads it
+    (a zip bomb). A stored record holds its bytes in the file, so records
+    (even ones that share their bytes) cannot add up to more than the file
+    size; torch would allocate what they claim before reading them. Only the
+    zip directory is read here, never a record.
+    """
+    size = path.stat().st_size
+    claimed = 0
+    for info in archive.infolist():
+        member = repr(info.filename[:80])  # a hostile name may hold newlines
+        if info.compress_type != zipfile.ZIP_STORED:
+            method = COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
+            raise UnsafeFileError(f"refused {path.name}: its record {member} is compressed ({method}), which "
+                                  f"torch.save never does, and it would inflate to {info.file_size:,} bytes; only "
+                                  f"load files saved by torch.save")
+        if info.file_size != info.compress_size:
+            raise BadInputError(f"{path.name}: its record {member} says it holds {info.file_size:,} bytes but "
+                                f"stores {info.compress_size:,}; it is corrupt or forged")
+        claimed += info.file_size
+        if info.header_offset + info.file_size > size or claimed > size:
+            raise BadInputError(f"{path.name}: its records claim {claimed:,} bytes, more than the file's {size:,} "
+                                f"({member}: {info.file_size:,}); it is truncated or forged")
 
 
 # ---------------------------------------------------------------- torch.export archives
