@@ -92,7 +92,7 @@ def test_demo_page_links_every_figure():
         title="demo", intro="intro", training={"epochs": 1}, curves="train/curves.png", parity=parity_report(),
         parity_plot_file="parity.png", bench=bench_report(), grid="predictions.png", grid_caption="caption",
         exports=[{"file": "model.onnx", "format": "onnx", "precision": "fp32", "runtime": "onnxruntime",
-                  "target": None, "size": 1_100_000}], timings={"total": 12.0}, commands=["rtool demo"])
+                  "target": None, "size": 1_100_000}], timings={"total": 12.0}, commands=[["rtool", "demo"]])
     for link in ("](train/curves.png)", "](parity.png)", "](predictions.png)"):
         assert link in text
     assert "## Parity" in text and "## Benchmark" in text and "1.10 MB" in text

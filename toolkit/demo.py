@@ -93,11 +93,28 @@ def prediction_grid(export_dir: Path, dataset: str, out: Path) -> tuple[Path, st
     wrong = [i for i, p in enumerate(result.predictions) if p.correct is False][:GRID_WRONG]
     keep = sorted(spaced | set(wrong))
     shown = dataclasses.replace(result, predictions=[result.predictions[i] for i in keep], pixels=result.pixels[keep])
-    save_grid(shown, out)
+    added = len(keep) - len(spaced)
+    save_grid(shown, out, selection=f"sample of {len(spaced)} evenly spaced test images + {added} mistakes")
     caption = (f"{runtime} {precision} on {total} {dataset} test images: {result.correct}/{result.labelled} correct "
                f"({100 * result.accuracy:.2f}%). The grid shows {len(spaced)} evenly spaced test images and "
                f"{len(wrong)} of the mistakes (red).")
     return out, caption
+
+
+def reproduce_commands(config: DemoConfig, out: Path) -> list[list[str]]:
+    """The demo's steps as separate rtool commands (argument lists; the report quotes them for a shell)."""
+    extra = []
+    if config.epochs is not None:
+        extra += ["--epochs", str(config.epochs)]
+    if config.train_limit is not None:
+        extra += ["--train-limit", str(config.train_limit)]
+    export = str(out / "export")
+    return [["rtool", "train", "--out", str(out / "train"), *extra],
+            ["rtool", "export", str(out / "train" / "best.pt"), "--format", "all", "--out", export],
+            ["rtool", "parity", export],
+            ["rtool", "bench", export, "--batch-sizes", ",".join(map(str, config.bench_batch_sizes))],
+            ["rtool", "infer", export, "--precision", "int8", "--dataset", config.dataset, "--first", "32",
+             "--save-grid", "grid.png"]]
 
 
 def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
@@ -170,12 +187,6 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
                 "final test accuracy": f"{100 * final.get('test_acc', 0):.2f}%",
                 "training time": f"{trained.train_seconds:.1f} s", "checkpoint": "train/best.pt"}
     manifest = json.loads(exported.manifest_path.read_text())
-    extra = []
-    if config.epochs is not None:
-        extra.append(f"--epochs {config.epochs}")
-    if config.train_limit is not None:
-        extra.append(f"--train-limit {config.train_limit}")
-    train_cmd = " ".join(["rtool train", f"--out {out / 'train'}", *extra])
     text = reporting.demo_markdown(
         title=f"rtool demo: {config.model} on {config.dataset}",
         intro=("One command trained the model, exported it to every format and precision this machine can "
@@ -184,11 +195,7 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
         training=training, curves="train/curves.png" if curves.is_file() else None, parity=parity,
         parity_plot_file="parity.png", bench=bench, grid=grid.name, grid_caption=caption,
         exports=manifest["artifacts"], timings=timings,
-        commands=[train_cmd, f"rtool export {out / 'train' / 'best.pt'} --format all --out {out / 'export'}",
-                  f"rtool parity {out / 'export'}",
-                  f"rtool bench {out / 'export'} --batch-sizes {','.join(map(str, config.bench_batch_sizes))}",
-                  f"rtool infer {out / 'export'} --precision int8 --dataset {config.dataset} --first 32 "
-                  f"--save-grid grid.png"])
+        commands=reproduce_commands(config, out))
     report_path = reporting.write_text(out / "report.md", text)
     summary = {"status": "done", "passed": parity.passed, "report": "report.md", "timings": timings,
                "best_test_accuracy": trained.best_acc, "failure": parity.failure_summary()}

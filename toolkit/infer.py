@@ -8,7 +8,6 @@ of another size or colour mode is converted, and a note says so.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,50 +225,38 @@ def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runt
     return InferResult(model_file, runtime, precision, device_used, card, predictions, pixels, notes)
 
 
-def save_grid(result: InferResult, out: str | Path) -> Path:
-    """A PNG grid of the images titled predicted / actual; wrong predictions in red. Written atomically."""
-    import matplotlib
+def save_grid(result: InferResult, out: str | Path, selection: str | None = None) -> Path:
+    """A PNG grid of the images titled predicted / actual; wrong predictions in red. Written atomically.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from toolkit.fileio import atomic_path
+    The title names the file's runtime and precision (with the INT8 target) and says which images these are:
+    ``selection`` describes a hand-picked set (the demo's "32 evenly spaced test images + 7 mistakes"), whose
+    count of correct ones is no accuracy; without it the images are the first of what was predicted.
+    """
+    from runtimes import artifact_label
+    from toolkit.plots import GRID_LABEL_CHARS, image_grid, short_label
 
     count = min(len(result.predictions), GRID_LIMIT)
-    cols = min(8, count)
-    rows = math.ceil(count / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, pred, chw in zip(axes.flat, result.predictions[:count], result.pixels[:count]):
-        if chw.shape[0] == 1:
-            ax.imshow(chw[0], cmap="gray", vmin=0, vmax=255)
+    shown = result.predictions[:count]
+    titles, wrong = [], []
+    for pred in shown:
+        if pred.actual is None:
+            titles.append(f"{short_label(pred.predicted, GRID_LABEL_CHARS - 6)} ({pred.probability:.0%})")
         else:
-            ax.imshow(chw.transpose(1, 2, 0))
-        title = f"{pred.predicted} ({pred.probability:.0%})"
-        if pred.actual is not None:
-            title = f"pred {pred.predicted}\ntrue {pred.actual}"
-        wrong = pred.correct is False
-        ax.set_title(title, fontsize=8, color="red" if wrong else "black", fontweight="bold" if wrong else "normal")
-        if wrong:
-            ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_edgecolor("red")
-                spine.set_linewidth(2.5)
-    summary = f"{result.runtime} {result.precision or ''}".strip()
-    if count < len(result.predictions):
-        summary += f", first {count} of {len(result.predictions)} images"
-    if result.accuracy is not None:
-        summary += f": {result.correct}/{result.labelled} correct ({result.accuracy:.1%})"
-    fig.suptitle(summary, fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out
+            titles.append(f"pred {short_label(pred.predicted)}\ntrue {short_label(pred.actual)}")
+        wrong.append(pred.correct is False)
+    found = manifest_entry(result.model_file) if result.precision == "int8" else None
+    target = found[1].get("target") if found else None
+    header = f"{result.model_file.name}: " + (artifact_label(result.runtime, result.precision, target)
+                                               if result.precision else result.runtime)
+    total, labelled = len(result.predictions), result.labelled
+    if selection:
+        about = f"{selection}: {result.correct}/{labelled} correct (a chosen sample, not the model's accuracy)"
+    elif count < total:
+        about = f"first {count} of {total} images shown"
+        about += f"; {result.correct}/{labelled} correct on all {total}" if labelled else ""
+    else:
+        about = f"{total} images" + (f": {result.correct}/{labelled} correct" if labelled else "")
+    return image_grid(result.pixels[:count], titles, wrong, f"{header}\n{about}", out)
 
 
 def print_result(result: InferResult) -> None:

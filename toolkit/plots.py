@@ -2,11 +2,14 @@
 
 Takes lists and dicts, not models, so any stage can draw without importing
 another; renders with matplotlib's Agg backend (no display needed) and writes
-each PNG atomically.
+each PNG atomically. Every label is drawn as the characters it holds: class
+names, run names and titles come from users, and matplotlib would otherwise
+read ``$...$`` in them as mathtext (and fail on ``$\\frac{a}{$``).
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -14,18 +17,36 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from toolkit.fileio import atomic_path  # noqa: E402
 
+PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False}
 
-def _save(fig: Any, path: str | Path) -> Path:
+
+def plain_text() -> contextlib.AbstractContextManager[Any]:
+    """Settings under which every Text is literal: no TeX, no mathtext (a ``$`` in a label stays a ``$``).
+
+    Wrap both the drawing and the saving: matplotlib creates some tick labels only when it draws.
+    """
+    return matplotlib.rc_context(PLAIN_TEXT)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write ``fig`` as a PNG atomically (text kept literal) and close it."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    with plain_text(), atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
+def integer_epochs(ax: Any) -> None:
+    """Epochs are counted: ticks at whole numbers only (2 epochs gave ticks at 1.2, 1.4, ...)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+@plain_text()
 def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Train loss (left) and train/test accuracy (right) per epoch."""
     epochs = [row["epoch"] for row in history]
@@ -39,11 +60,13 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: 
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
+        integer_epochs(ax)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
+@plain_text()
 def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
     """Several runs on one figure: train loss, and train (dashed) / test (solid) error per epoch.
 
@@ -64,11 +87,13 @@ def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
     for ax in (loss_ax, err_ax):
         ax.grid(alpha=0.3)
         ax.legend()
+        integer_epochs(ax)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
+@plain_text()
 def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path,
                      title: str = "") -> Path:
     """Counts of (true class, predicted class); the diagonal is what was right."""
@@ -88,4 +113,47 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
                 if value:
                     ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
                             color="white" if value > peak / 2 else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+GRID_COLUMNS = 8
+GRID_LABEL_CHARS = 18  # longer class names are cut with "…" so neighbouring titles never touch
+
+
+def short_label(name: str, limit: int = GRID_LABEL_CHARS) -> str:
+    """``name`` on one line, cut to ``limit`` characters."""
+    name = " ".join(str(name).split())
+    return name if len(name) <= limit else name[:limit - 1] + "…"
+
+
+@plain_text()
+def image_grid(pixels: Any, titles: Sequence[str], wrong: Sequence[bool], title: str, path: str | Path) -> Path:
+    """Images (uint8 N x C x H x W) in rows of 8, each under its title; wrong ones framed and titled in red.
+
+    Constrained layout reserves each title's height plus a gap, so a two-line red title never touches the
+    framed image above it.
+    """
+    count = len(titles)
+    cols = min(GRID_COLUMNS, count)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.0 * rows + 0.5), squeeze=False,
+                             layout="constrained")
+    fig.get_layout_engine().set(h_pad=6 / 72, w_pad=4 / 72)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, text, is_wrong, chw in zip(axes.flat, titles, wrong, pixels):
+        if chw.shape[0] == 1:
+            ax.imshow(chw[0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(chw.transpose(1, 2, 0))
+        ax.set_title(text, fontsize=8, color="red" if is_wrong else "black",
+                     fontweight="bold" if is_wrong else "normal", pad=4)
+        if is_wrong:
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(2.5)
+    fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path, dpi=100)

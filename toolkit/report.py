@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import re
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterator
+from urllib.parse import quote
 
 from rich.markup import escape
 
@@ -97,24 +101,60 @@ def print_parity(report: ParityReport, console: Any = None) -> None:
     console.print(("[green]" if report.passed else "[bold red]") + parity_summary(report) + "[/]", highlight=False)
 
 
-def _markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~&$!])")
+LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
 
+
+def markdown_text(text: Any) -> str:
+    """``text`` as literal Markdown: every character that could start emphasis, a link, HTML, a table cell,
+    math (GitHub's ``$``) or a new block is backslash-escaped, and line breaks become spaces.
+
+    Paths, titles, class names and error messages come from users; in a page rtool writes they stay text.
+    """
+    return MARKDOWN_SPECIAL.sub(r"\\\1", LINE_BREAKS.sub(" ", str(text)))
+
+
+def markdown_code(text: Any) -> str:
+    """``text`` as an inline code span, fenced by more backticks than it holds (so no backtick ends it)."""
+    text = LINE_BREAKS.sub(" ", str(text))
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def markdown_shell_block(commands: list[list[str]]) -> str:
+    """Shell commands, each argument quoted with shlex, in a code fence no backtick inside can close."""
+    lines = [shlex.join(str(arg) for arg in argv) for argv in commands]
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return "\n".join([f"{fence}sh", *lines, fence])
+
+
+def batch_words(reference: dict[str, Any]) -> str:
+    """How the test images were batched: 'one batch of 60', 'batches of 100', 'batches of 100 (the last of 50)'."""
+    images, size = int(reference["images"]), int(reference["batch_size"])
+    if images <= size:
+        return f"one batch of {images}"
+    rest = images % size
+    return f"batches of {size}" + (f" (the last of {rest})" if rest else "")
+
+
+def _markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
+    ref = report.reference
     return "\n\n".join([
         heading,
-        f"Reference: eager FP32 (`{report.reference['artifact']}`) on {report.reference['images']} "
-        f"`{report.reference['dataset']}` test images, batches of {report.reference['batch_size']}; every runtime "
-        f"gets the same preprocessed images in the same order.",
+        f"Reference: eager FP32 ({markdown_code(ref['artifact'])}) on {ref['images']} "
+        f"{markdown_code(ref['dataset'])} test images, in {batch_words(ref)}; every runtime gets the same "
+        f"preprocessed images in the same order.",
         _markdown_table(PARITY_COLUMNS, parity_cells(report)),
-        f"Thresholds: {thresholds_line(report)}.",
-        f"**{parity_summary(report)}**",
+        f"Thresholds: {markdown_text(thresholds_line(report))}.",
+        f"**{markdown_text(parity_summary(report))}**",
     ]) + "\n"
 
 
@@ -153,12 +193,14 @@ def print_bench(report: BenchReport, console: Any = None) -> None:
 
 
 def bench_markdown(report: BenchReport, heading: str = "## Benchmark") -> str:
-    parts = [heading, bench_settings_line(report) + ".", _markdown_table(BENCH_COLUMNS, bench_cells(report))]
+    parts = [heading, markdown_text(bench_settings_line(report)) + ".",
+             _markdown_table(BENCH_COLUMNS, bench_cells(report))]
     ratios = report.ratios(1)
     if ratios:
-        parts.append("p50 ratios at batch 1: " + "; ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()) + ".")
+        parts.append("p50 ratios at batch 1: " + "; ".join(f"{markdown_text(k)} = {v:.2f}x"
+                                                           for k, v in ratios.items()) + ".")
     if report.unavailable:
-        parts.append("Not timed here: " + "; ".join(f"{u['runtime']} {u['precision']} ({u['reason']})"
+        parts.append("Not timed here: " + "; ".join(markdown_text(f"{u['runtime']} {u['precision']} ({u['reason']})")
                                                     for u in report.unavailable) + ".")
     return "\n\n".join(parts) + "\n"
 
@@ -199,45 +241,120 @@ def write_bench_files(report: BenchReport, json_file: str | None = None,
     return [p for p in written if p is not None]
 
 
+REFERENCE_COLOR, PASSED_COLOR, FAILED_COLOR, OTHER_CHECK_COLOR = "#4c72b0", "#55a868", "#c44e52", "#dd8452"
+AXIS_STEPS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # round numbers a zoomed percent axis may start at
+FAILURE_NOTES = 6  # failed rows named under the parity plot
+
+
+def zoomed_start(values: list[float]) -> float:
+    """Where a percent axis that ends at 100 starts.
+
+    0 when a value is below 50 (a broken row shows as broken). Otherwise a round number below the lowest value
+    by at least that value's distance to 100, so every bar keeps a visible length and the bars rank the rows.
+    """
+    low = min(values)
+    if low < 50:
+        return 0.0
+    raw = low - max(100.0 - low, 0.5)
+    step = next((s for s in AXIS_STEPS if (100.0 - raw) / s <= 8), AXIS_STEPS[-1])
+    return max(0.0, round(math.floor(raw / step + 1e-9) * step, 6))
+
+
+def latency_label(reference: dict[str, Any]) -> str:
+    """The latency axis's name, with the batch the images really came in (60 images make one batch of 60)."""
+    images, size = int(reference["images"]), int(reference["batch_size"])
+    if images <= size:
+        return f"latency of one batch of {images} images (ms)"
+    rest = images % size
+    return f"mean latency per batch of {size} images (ms)" + (f"; the last held {rest}" if rest else "")
+
+
+def _failed_check(row: ParityRow, check: str) -> bool:
+    """Whether ``row`` broke the threshold named ``check`` ('agreement', 'accuracy drop', 'max abs diff')."""
+    return any(item.startswith(check) for item in row.failed_thresholds)
+
+
+def _check_colors(rows: list[ParityRow], check: str) -> list[str]:
+    """Eager blue; then red where this check failed, orange where the row failed another check, else green."""
+    return [REFERENCE_COLOR] + [FAILED_COLOR if _failed_check(r, check) else
+                                OTHER_CHECK_COLOR if r.status == "failed" else PASSED_COLOR for r in rows]
+
+
+def _percent_panel(ax: Any, values: list[float | None], colors: list[str], limits: list[float | None],
+                   name: str) -> None:
+    """Horizontal bars from 0 on an axis zoomed to where the values are; the axis start is in its label."""
+    shown = [v for v in values + limits if v is not None]
+    start = zoomed_start(shown) if shown else 0.0  # nothing measured: only the eager reference
+    for i, (value, color) in enumerate(zip(values, colors)):
+        if value is None:
+            ax.text(start, i, " reference", va="center", fontsize=8, color=REFERENCE_COLOR)
+            continue
+        ax.barh(i, value, color=color)
+        ax.text(value, i, f" {value:.2f}", va="center", fontsize=8)
+    for i, limit in enumerate(limits):
+        if limit is not None:
+            ax.plot([limit], [i], marker="|", markersize=16, markeredgewidth=2, color="black")
+    ax.set_xlim(start, 100)
+    ax.set_xlabel(f"{name} (%); axis starts at {start:g}%" if start > 0 else f"{name} (%)")
+
+
+def _failure_notes(fig: Any, report: ParityReport) -> None:
+    """Each failed row and why, under the panels (the colours say which bar; this says which check)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    failed = [f"{row.label}: {row.reason}" for row in report.rows if row.status == "failed"]
+    if len(failed) > FAILURE_NOTES:
+        failed = failed[:FAILURE_NOTES] + [f"... and {len(failed) - FAILURE_NOTES} more (see parity.md)"]
+    handles = [Patch(color=c, label=t) for c, t in ((REFERENCE_COLOR, "eager reference"),
+                                                    (PASSED_COLOR, "passed"),
+                                                    (FAILED_COLOR, "this check failed"),
+                                                    (OTHER_CHECK_COLOR, "row failed another check"))]
+    handles.append(Line2D([], [], marker="|", markersize=12, markeredgewidth=2, color="black", linestyle="",
+                          label="threshold"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), fontsize=8,
+               frameon=False)
+    if failed:
+        fig.text(0.01, -0.1, "failed: " + "\n".join(failed), va="top", fontsize=8, color=FAILED_COLOR)
+
+
 def parity_plot(report: ParityReport, path: str | Path) -> Path:
-    """Accuracy (left, eager as a dashed line) and mean latency per batch (right) for each measured row."""
-    import matplotlib
+    """Accuracy, top-1 agreement with eager and latency for each measured row, coloured by the check that failed.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Thresholds are drawn as black ticks: eager accuracy minus the allowed drop, and the minimum agreement.
+    """
+    from toolkit.plots import plain_text, save_figure
 
-    measured: list[ParityRow] = [r for r in report.rows if r.accuracy is not None]
-    ref = report.reference
-    labels = ["eager fp32"] + [r.label for r in measured]
-    accuracy = [ref["accuracy"]] + [r.accuracy for r in measured]
-    latency = [ref["latency_ms"]] + [r.latency_ms for r in measured]
-    colors = ["#4c72b0"] + ["#c44e52" if r.status == "failed" else "#55a868" for r in measured]
-    fig, (acc_ax, lat_ax) = plt.subplots(1, 2, figsize=(11, 0.45 * len(labels) + 1.8))
-    positions = range(len(labels))
-    acc_ax.barh(positions, accuracy, color=colors)
-    acc_ax.axvline(ref["accuracy"], color="black", linestyle="--", linewidth=1)
-    low = min(accuracy)
-    acc_ax.set_xlim(max(0.0, low - max(1.0, (100 - low) * 0.5)), 100)
-    acc_ax.set(xlabel="test accuracy (%)", title=f"accuracy on {ref['images']} {ref['dataset']} images")
-    lat_ax.barh(positions, latency, color=colors)
-    lat_ax.set(xlabel=f"mean latency per batch of {ref['batch_size']} (ms)", title="latency")
-    for ax in (acc_ax, lat_ax):
-        ax.set_yticks(list(positions), labels)
-        ax.invert_yaxis()
-        ax.grid(axis="x", alpha=0.3)
-    lat_ax.tick_params(labelleft=False)
-    for i, value in enumerate(accuracy):
-        acc_ax.text(value, i, f" {value:.2f}", va="center", fontsize=8)
-    for i, value in enumerate(latency):
-        lat_ax.text(value, i, f" {value:.1f}", va="center", fontsize=8)
-    verdict = "passed" if report.passed else "FAILED"
-    fig.suptitle(f"parity {verdict} (green ok, red failed, blue the eager reference)")
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    with plain_text():
+        import matplotlib.pyplot as plt
+
+        measured: list[ParityRow] = [r for r in report.rows if r.accuracy is not None]
+        ref = report.reference
+        limits = [report.thresholds.get(r.precision) for r in measured]
+        labels = ["eager fp32"] + [r.label for r in measured]
+        fig, (acc_ax, agree_ax, lat_ax) = plt.subplots(1, 3, figsize=(15, 0.45 * len(labels) + 1.8), sharey=True)
+        _percent_panel(acc_ax, [ref["accuracy"]] + [r.accuracy for r in measured],
+                       _check_colors(measured, "accuracy drop"),
+                       [None] + [None if t is None or t.accuracy_drop is None else ref["accuracy"] - t.accuracy_drop
+                                 for t in limits], "test accuracy")
+        acc_ax.axvline(ref["accuracy"], color="black", linestyle="--", linewidth=1)
+        acc_ax.set_title(f"accuracy on {ref['images']} {ref['dataset']} test images")
+        _percent_panel(agree_ax, [None] + [r.agreement for r in measured], _check_colors(measured, "agreement"),
+                       [None] + [None if t is None else t.agreement for t in limits], "top-1 agreement")
+        agree_ax.set_title("same top-1 class as eager")
+        latency = [ref["latency_ms"]] + [r.latency_ms for r in measured]
+        lat_ax.barh(range(len(labels)), latency, color=[REFERENCE_COLOR] + ["#8c8c8c"] * len(measured))
+        for i, value in enumerate(latency):
+            lat_ax.text(value, i, f" {value:.1f}", va="center", fontsize=8)
+        lat_ax.set(xlabel=latency_label(ref), title="latency", xlim=(0, 1.15 * max(latency)))
+        acc_ax.set_yticks(range(len(labels)), labels)
+        acc_ax.invert_yaxis()
+        for ax in (acc_ax, agree_ax, lat_ax):
+            ax.grid(axis="x", alpha=0.3)
+        fig.suptitle(f"parity {'passed' if report.passed else 'FAILED'} against eager fp32")
+        fig.tight_layout()
+        _failure_notes(fig, report)
+        return save_figure(fig, path, dpi=100)
 
 
 @contextlib.contextmanager
@@ -260,26 +377,36 @@ def progress_bars(enabled: bool = True, console: Any = None) -> Iterator[Callabl
         yield update
 
 
+def _link(path: str) -> str:
+    """A relative link target, percent-encoded so spaces, brackets and parentheses cannot end it."""
+    return quote(path, safe="/")
+
+
 def demo_markdown(*, title: str, intro: str, training: dict[str, Any], curves: str | None,
                   parity: ParityReport, parity_plot_file: str | None, bench: BenchReport | None,
                   grid: str | None, grid_caption: str, exports: list[dict[str, Any]], timings: dict[str, float],
-                  commands: list[str]) -> str:
-    """The demo's report page; image paths are relative to the page."""
-    parts = [f"# {title}", intro]
-    parts.append("## Training\n\n" + "\n".join(f"- {k}: {v}" for k, v in training.items()))
+                  commands: list[list[str]]) -> str:
+    """The demo's report page; image paths are relative to the page.
+
+    ``intro`` is rtool's own Markdown; every other text may hold user input (paths, names) and is escaped.
+    ``commands`` are argument lists, quoted for a POSIX shell in the "Reproduce" block.
+    """
+    parts = [f"# {markdown_text(title)}", intro]
+    parts.append("## Training\n\n" + "\n".join(f"- {markdown_text(k)}: {markdown_text(v)}"
+                                                for k, v in training.items()))
     if curves:
-        parts.append(f"![training curves]({curves})")
+        parts.append(f"![training curves]({_link(curves)})")
     rows = [[e["file"], e["format"], _precision_label(e.get("runtime", ""), e["precision"], e.get("target")),
              e.get("runtime", ""), f"{e['size'] / 1e6:.2f} MB" if e["size"] >= 1e5 else f"{e['size'] / 1e3:.1f} kB"]
             for e in exports]
     parts.append("## Exported files\n\n" + _markdown_table(("file", "format", "precision", "runtime", "size"), rows))
     parts.append(parity_markdown(parity).rstrip())
     if parity_plot_file:
-        parts.append(f"![parity: accuracy and latency per runtime]({parity_plot_file})")
+        parts.append(f"![parity: accuracy, agreement and latency per runtime]({_link(parity_plot_file)})")
     if bench is not None:
         parts.append(bench_markdown(bench).rstrip())
     if grid:
-        parts.append(f"## Predictions\n\n{grid_caption}\n\n![predicted vs actual]({grid})")
-    parts.append("## Time\n\n" + "\n".join(f"- {k}: {v:.1f} s" for k, v in timings.items()))
-    parts.append("## Reproduce\n\n```\n" + "\n".join(commands) + "\n```")
+        parts.append(f"## Predictions\n\n{markdown_text(grid_caption)}\n\n![predicted vs actual]({_link(grid)})")
+    parts.append("## Time\n\n" + "\n".join(f"- {markdown_text(k)}: {v:.1f} s" for k, v in timings.items()))
+    parts.append("## Reproduce\n\n" + markdown_shell_block(commands))
     return "\n\n".join(parts) + "\n"
