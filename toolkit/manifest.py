@@ -22,9 +22,9 @@ from typing import Any, Iterable
 from toolkit.card import MANIFEST_NAME
 from toolkit.errors import BadInputError, UnsafeFileError
 from toolkit.fileio import atomic_write_text
+from toolkit.jsonsafe import MAX_JSON_BYTES, load_json_text
 
 MANIFEST_VERSION = 1
-MAX_MANIFEST_BYTES = 16 << 20  # a manifest lists a few files; anything this large is not one of ours
 
 
 def sha256_file(path: Path) -> str:
@@ -55,12 +55,13 @@ def entry_path(folder: Path, entry: dict[str, Any]) -> Path:
 
 
 def _parse(path: Path) -> Any:
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
+    if path.stat().st_size > MAX_JSON_BYTES:
         raise BadInputError(f"{path} is {path.stat().st_size:,} bytes, far too large for a manifest; export again")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise BadInputError(f"{path} is unreadable ({e.__class__.__name__}); export again") from None
+        text = path.read_bytes()
+    except OSError as e:
+        raise BadInputError(f"{path} is unreadable ({e.strerror or e.__class__.__name__}); export again") from None
+    return load_json_text(text, str(path))
 
 
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:

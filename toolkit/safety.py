@@ -17,7 +17,6 @@ file holds are refused from the zip directory alone.
 from __future__ import annotations
 
 import io
-import json
 import math
 import pickle
 import re
@@ -27,6 +26,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator
 
 from toolkit.errors import BadInputError, UnsafeFileError
+from toolkit.jsonsafe import load_json_text
 
 # What zipfile raises for a damaged archive: a bad CRC, a garbled name or header, a broken deflate stream.
 DAMAGED_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError)
@@ -253,9 +253,9 @@ def _check_pt2_config(path: Path, archive: zipfile.ZipFile, root: str, config_na
     """Every entry of a payload table must name a plain tensor file of its own folder, unpickled never."""
     kind = "weights" if config_name.startswith("data/weights/") else "constants"
     try:
-        table = json.loads(archive.read(root + config_name))
-    except (ValueError, RecursionError, *DAMAGED_ZIP_ERRORS):
-        raise BadInputError(f"{path.name}: {config_name} is not readable JSON; re-export it") from None
+        table = load_json_text(archive.read(root + config_name), f"{path.name}: {config_name}")
+    except DAMAGED_ZIP_ERRORS:
+        raise BadInputError(f"{path.name}: {config_name} is not readable; re-export it") from None
     config = table.get("config") if isinstance(table, dict) else None
     if not isinstance(config, dict):
         raise BadInputError(f"{path.name}: {config_name} holds no payload table; re-export it")
@@ -290,6 +290,7 @@ def check_pt2_archive(path: str | Path) -> None:
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
+            check_stored_records(path, archive)  # torch.export.save stores every record as is
             names = [n for n in archive.namelist() if not n.endswith("/")]
             root = _pt2_root(path, names)
             members = [n[len(root):] for n in names]

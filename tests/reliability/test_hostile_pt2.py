@@ -158,7 +158,7 @@ def test_genuine_archives_pass(real_pt2, cpu_export_dir):
 
 def test_a_damaged_table_is_one_line(real_pt2, tmp_path):
     path = rebuild(real_pt2, tmp_path / "x.pt2", replace={"data/constants/model_constants_config.json": b"[" * 10**5})
-    with pytest.raises(BadInputError, match="not readable JSON"):
+    with pytest.raises(BadInputError, match="model_constants_config.json nests JSON"):
         check_pt2_archive(path)
 
 
