@@ -19,6 +19,8 @@ demo: $(STAMP)
 	$(BIN)/rtool demo
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 from toolkit.errors import BadInputError
+from toolkit.plugins import import_plugins
 
 PRECISIONS = ("fp32", "fp16", "int8")
 CHECKPOINT_FILE = "model.pt"  # the eager reference every export folder holds (written by the pipeline)
@@ -134,6 +135,7 @@ def load_all() -> None:
     _loaded = True
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
+    import_plugins()
 
 
 def exporters() -> list[ExporterEntry]:

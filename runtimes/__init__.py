@@ -27,6 +27,7 @@ import numpy as np
 
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, UnavailableError
+from toolkit.plugins import import_plugins
 
 
 class Runtime:
@@ -132,6 +133,7 @@ def load_all() -> None:
     _loaded = True
     for module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{module.name}")
+    import_plugins()
 
 
 def list_runtimes() -> list[str]:

@@ -168,15 +168,14 @@ def artifact_runs(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(runtime, entry) for every listed file rtool runs, once per registered runtime that runs its format.
 
     Files whose own runtime rtool does not run (apps' raw-pixel variants,
-    Triton models) were validated when exported and are left out, as is the
-    eager reference (``model.pt``).
+    Triton models) were validated when exported and are left out.
     """
     from runtimes import list_runtimes, runtimes_for_format
 
     known = list_runtimes()
     runs = []
     for entry in manifest["artifacts"]:
-        if entry.get("runtime") not in known or entry.get("format") == "checkpoint":
+        if entry.get("runtime") not in known:
             continue
         runs += [(runtime, entry) for runtime in runtimes_for_format(str(entry.get("format")))
                  or [str(entry["runtime"])]]

@@ -274,8 +274,8 @@ def run_bench(source: str | Path, *, runtimes: Iterable[str] | None = None, prec
               input_shape: tuple[int, ...] | None = None, progress: Progress | None = None,
               say: Callable[[str], None] | None = None) -> BenchReport:
     """Bench an export folder as is; export a checkpoint or model name to a temporary folder first."""
-    runtime_names = _names(runtimes, list_runtimes(), "--runtimes")
-    precision_names = _names(precisions, PRECISIONS, "--precisions")
+    runtime_names = comma_list(runtimes, list_runtimes(), "--runtimes") or None
+    precision_names = comma_list(precisions, PRECISIONS, "--precisions") or None
     sizes = parse_batch_sizes(batch_sizes)
     if warmup < 0 or iters < 1:
         raise BadInputError("--warmup must be >= 0 and --iters >= 1")

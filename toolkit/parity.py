@@ -297,9 +297,10 @@ def exported_precisions(runtime: str) -> tuple[str, ...]:
 
 
 def runnable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool]) -> list[tuple[ParityRow, dict]]:
-    """One row per listed file and per registered runtime that runs its format."""
+    """One row per listed file (the eager reference aside) and per registered runtime that runs its format."""
     return [(ParityRow(runtime, str(entry.get("precision")), entry["file"], entry.get("target")), entry)
-            for runtime, entry in artifact_runs(manifest) if chosen(runtime, str(entry.get("precision")))]
+            for runtime, entry in artifact_runs(manifest)
+            if entry.get("format") != "checkpoint" and chosen(runtime, str(entry.get("precision")))]
 
 
 def unavailable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool],

@@ -1,0 +1,40 @@
+"""Targets that live outside rtool's own packages: plugin modules, imported when the registries load.
+
+A plugin is a Python module that registers formats and runtimes exactly as
+rtool's own modules do (``@register_exporter``, ``@register_runtime``). rtool
+imports every module named in the ``RTOOL_PLUGINS`` environment variable
+(comma-separated) and every ``rtool.plugins`` entry point of installed
+packages, once, before it reads a registry. docs/extending.md shows one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from importlib import metadata
+
+from toolkit.errors import BadInputError
+
+ENV_VAR = "RTOOL_PLUGINS"
+ENTRY_POINT_GROUP = "rtool.plugins"
+_imported: set[str] = set()
+
+
+def plugin_modules() -> list[str]:
+    """Module names from RTOOL_PLUGINS and from installed packages' ``rtool.plugins`` entry points."""
+    named = [name.strip() for name in os.environ.get(ENV_VAR, "").split(",") if name.strip()]
+    points = [point.value for point in metadata.entry_points(group=ENTRY_POINT_GROUP)]
+    return list(dict.fromkeys(named + points))
+
+
+def import_plugins() -> None:
+    """Import each plugin module once; one line if one cannot be imported."""
+    for name in plugin_modules():
+        if name in _imported:
+            continue
+        _imported.add(name)
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise BadInputError(f"plugin module '{name}' (from {ENV_VAR} or an {ENTRY_POINT_GROUP} entry point) "
+                                f"cannot be imported: {e}") from None
