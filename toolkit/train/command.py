@@ -10,8 +10,8 @@ import click
 
 from toolkit.train.config import TrainConfig, default_run_dir
 from toolkit.train.distributed import check_nproc, launch_processes
-from toolkit.train.rundir import RUN_FILES, check_run_dir, resume_config
 from toolkit.train.run import TrainResult, run_training
+from toolkit.train.rundir import RUN_FILES, check_run_dir, resume_config
 
 
 def train_command(options: dict[str, Any], explicit: set[str], nproc: int = 1) -> TrainResult:

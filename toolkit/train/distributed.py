@@ -159,7 +159,8 @@ def _rank0_result(outcomes: list[tuple], died: Exception | None) -> Any:
 def _worker(rank: int, world_size: int, port: int, train: Callable[[TrainConfig], Any], config: TrainConfig,
             results: Any) -> None:
     """One spawned rank. No exception reaches torch's wrapper: it would pickle the traceback into a
-    ``pytorch-errorfile-*.pickle`` in the temporary folder that nobody removes once the parent is gone."""
+    ``pytorch-errorfile-*.pickle`` in the temporary folder, which torch never removes (its parent reads only
+    the first failed process's file, and none once it is killed)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     code = 0

@@ -52,7 +52,7 @@ class EpochStats:
         self.correct += correct
         self.seen += seen
 
-    def summed(self, dist_info: Distributed) -> "EpochStats":
+    def summed(self, dist_info: Distributed) -> EpochStats:
         """The sums over all ranks (a collective: every rank calls it)."""
         return EpochStats(*sum_over_ranks([self.loss_sum, self.correct, self.seen], dist_info), self.seconds)
 
@@ -60,7 +60,7 @@ class EpochStats:
         return [float(v) for v in astuple(self)]
 
     @classmethod
-    def from_state(cls, values: list[float], dist_info: Distributed) -> "EpochStats":
+    def from_state(cls, values: list[float], dist_info: Distributed) -> EpochStats:
         """Saved sums were reduced over the ranks: rank 0 carries them on, the others start from zero."""
         stats = cls(*(float(v) for v in values))
         return stats if dist_info.is_main else cls(seconds=stats.seconds)
@@ -195,7 +195,7 @@ class StopRequest:
         self.requested = False
         self.previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)

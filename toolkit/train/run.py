@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,8 +25,16 @@ from toolkit.models import create_model
 from toolkit.train.batching import check_shift, limit_split, on_device
 from toolkit.train.config import TrainConfig
 from toolkit.train.distributed import Distributed, init_distributed
-from toolkit.train.loop import (EpochStats, Progress, StopRequest, Trainer, build_optimizer, build_scheduler,
-                                evaluate, train_one_epoch)
+from toolkit.train.loop import (
+    EpochStats,
+    Progress,
+    StopRequest,
+    Trainer,
+    build_optimizer,
+    build_scheduler,
+    evaluate,
+    train_one_epoch,
+)
 from toolkit.train.rundir import RUN_FILES, check_resumable, check_run_dir, draw_curves, write_metrics
 
 
@@ -54,7 +62,7 @@ class Start:
 
     epoch: int = 0
     batch: int = 0
-    stats: EpochStats | None = None
+    stats: EpochStats = field(default_factory=EpochStats)
 
 
 def run_training(config: TrainConfig, should_stop: Callable[[], bool] | None = None) -> TrainResult:
@@ -80,7 +88,7 @@ def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
     prepare_run_dir(config, run_dir, dist_info)
     progress = Progress(enabled=dist_info.is_main and not config.quiet)
     trainer = build_trainer(config, run_dir, dist_info)
-    start = Start(stats=EpochStats())
+    start = Start()
     if config.resume:
         start = restore(trainer)
         if start.epoch >= config.epochs:

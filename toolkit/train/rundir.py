@@ -75,8 +75,8 @@ def check_resumable(run_dir: Path, last: Checkpoint, config: TrainConfig) -> Non
     if differ:
         raise BadInputError(f"{path} was trained with other settings ({differ}); resume it with its own "
                             f"settings (`rtool train --out {run_dir} --resume`)")
-    advice = (f"resuming would overwrite that run's files; put its own last.pt back, or start a new run with "
-              f"another --out")
+    advice = ("resuming would overwrite that run's files; put its own last.pt back, or start a new run with "
+              "another --out")
     if (run_dir / "best.pt").is_file():
         best = load_checkpoint(run_dir / "best.pt").card
         differ = _differences(best.training, last.card.training) or _differences(
