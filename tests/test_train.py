@@ -18,6 +18,7 @@ from tests.conftest import REPO, assert_one_line_error, run_rtool
 from toolkit import train
 from toolkit.checkpoint import load_checkpoint, load_model, safe_torch_load
 from toolkit.data import load_dataset
+from toolkit.errors import BadInputError
 from toolkit.preprocess import normalize as numpy_normalize
 from toolkit.train import TrainConfig, TrainingDiverged, resume_config, run_training
 
@@ -124,7 +125,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             loss = super().forward(logits, target)
             return loss * float("nan") if LossTurningNaN.calls > 4 else loss  # batch 2 of epoch 2
 
-    monkeypatch.setattr(train.nn, "CrossEntropyLoss", LossTurningNaN)
+    monkeypatch.setattr(torch.nn, "CrossEntropyLoss", LossTurningNaN)
     with pytest.raises(TrainingDiverged, match="epoch 2, batch 2") as err:
         run_training(TrainConfig(out=str(tmp_path / "run"), epochs=3, **TINY))
     assert err.value.exit_code == 1 and "last.pt" in str(err.value)
@@ -136,9 +137,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_resume_refuses_changed_settings_and_allows_runtime_ones(tmp_path, tiny_run):
     config = resume_config(tiny_run.run_dir, quiet=False, device="cpu", epochs=2)
     assert config.quiet is False and config.resume and config.train_limit == TINY["train_limit"]
-    with pytest.raises(train.BadInputError, match="--lr"):
+    with pytest.raises(BadInputError, match="--lr"):
         resume_config(tiny_run.run_dir, lr=0.5)
-    with pytest.raises(train.BadInputError, match="nothing to resume"):
+    with pytest.raises(BadInputError, match="nothing to resume"):
         resume_config(tmp_path / "elsewhere")
 
 
@@ -156,15 +157,20 @@ def test_cli_rejects_out_of_range_flags(tmp_path, flag, value):
     assert_one_line_error(run_rtool("train", "--out", tmp_path / "run", flag, value), 2, flag)
 
 
-def test_cli_defaults_are_the_config_defaults():
+def test_train_flags_are_generated_from_the_config():
+    """Every TrainConfig field is a flag with the field's default and help; its bounds are the flag's."""
+    from dataclasses import fields
+
     from toolkit.cli import train as train_command
 
+    options = {p.name: p for p in train_command.params if p.name != "help"}
+    assert list(options) == [f.name for f in fields(TrainConfig)] + ["nproc"]
+    for f in fields(TrainConfig):
+        assert options[f.name].default == f.default and options[f.name].help == f.metadata["flag"].help, f.name
     parsed = train_command.make_context("train", []).params
-    config = TrainConfig()
-    for name, value in parsed.items():
-        if name not in ("nproc", "out", "lr", "weight_decay"):  # resolved in TrainConfig/train_command
-            assert value == getattr(config, name), name
-    assert parsed["lr"] is None and parsed["weight_decay"] is None and config.lr == 0.05
+    del parsed["nproc"]
+    assert TrainConfig(**parsed) == TrainConfig()  # parsing nothing gives the config's defaults
+    assert TrainConfig().lr == 0.05 and TrainConfig(optimizer="adamw").lr == 3e-3
 
 
 def test_cli_diverging_run_exits_1_with_one_line(tmp_path):

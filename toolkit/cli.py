@@ -17,7 +17,9 @@ import click
 from toolkit import __version__
 from toolkit.console import make_console
 from toolkit.errors import RtoolError
-from toolkit.models import MAX_CLASSES
+from toolkit.card import MAX_CLASSES
+from toolkit.flags import click_options, given_on_command_line
+from toolkit.train.config import LaunchConfig, TrainConfig
 
 EPILOG_MODELS = """\b
 Examples:
@@ -288,39 +290,8 @@ Examples:
   rtool train --nproc 2 --out runs/r20-ddp      DistributedDataParallel on 2 local processes
   torchrun --nproc-per-node 2 -m toolkit.train --out runs/r20-ddp
 """)
-@click.option("--model", default="resnet20", show_default=True, help="Any name from `rtool models`.")
-@click.option("--dataset", default="mnist5k", show_default=True,
-              help="mnist5k (embedded), mnist, kmnist, fashionmnist, cifar10, svhn, stl10 or imagefolder:PATH.")
-@click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
-@click.option("--download", is_flag=True, help="Download the data set into --data-dir if it is missing.")
-@click.option("--out", default=None, help="Run folder (default: runs/MODEL-DATASET).")
-@click.option("--epochs", type=click.IntRange(min=1), default=12, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Per process.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate (default: 0.05 for sgd, 0.003 for adamw).")
-@click.option("--momentum", type=click.FloatRange(0, 1), default=0.9, show_default=True, help="SGD momentum (Nesterov).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
-              help="Default: 5e-4 for sgd, 0.05 for adamw.")
-@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True)
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
-@click.option("--schedule", type=click.Choice(["onecycle", "cosine", "step"]), default="onecycle", show_default=True,
-              help="Stepped per batch; step divides the lr by 10 at 50% and 75% of training.")
-@click.option("--init", type=click.Choice(["kaiming", "xavier"]), default="kaiming", show_default=True)
-@click.option("--shift", type=click.IntRange(min=0), default=2, show_default=True,
-              help="Random-shift augmentation in pixels (0: off).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--amp", type=click.Choice(["none", "bf16", "fp16"]), default="none", show_default=True,
-              help="Mixed precision (fp16 needs cuda).")
-@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
-              help="NHWC memory layout (faster convolutions on CPU and tensor cores).")
-@click.option("--train-limit", type=click.IntRange(min=1), default=None, help="Use at most this many training images.")
-@click.option("--test-limit", type=click.IntRange(min=1), default=None, help="Use at most this many test images.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-@click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Train with DistributedDataParallel on this many local processes.")
+@click_options(TrainConfig)
+@click_options(LaunchConfig)
 @click.pass_context
 def train(ctx: click.Context, nproc: int, **options: object) -> None:
     """Train a model; writes best.pt, last.pt, metrics.csv/.jsonl and curves.png into the run folder.
@@ -329,17 +300,9 @@ def train(ctx: click.Context, nproc: int, **options: object) -> None:
     accuracy (12 epochs, batch 32, about three minutes on two CPU cores). Ctrl-C stops at the next batch
     and saves last.pt; --resume continues from there.
     """
-    from toolkit.train import summarize, train_command
+    from toolkit.train.command import report, train_command
 
-    explicit = {name for name in options
-                if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-    result = train_command(options, explicit, nproc)
-    if result.rank != 0:
-        return
-    if result.interrupted:
-        click.echo(f"rtool: interrupted; saved {result.last_path}. Resume with: {result.resume_command}", err=True)
-        sys.exit(130)  # click.Context.exit codes are dropped by main() (standalone_mode=False)
-    click.echo(summarize(result))
+    report(train_command(options, given_on_command_line(ctx, options), nproc))
 
 
 @cli.command("eval", epilog="""\b

@@ -92,7 +92,7 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
         "unknown runtime to compare": (("parity", export, "--runtimes", "tvm"), "unknown 'tvm'; choose from", 2),
         "unknown provider": (("infer", onnx_file, digit, "--provider", "rocm"), "'rocm' is not one of", 2),
         # numbers out of range
-        "zero epochs": (("train", "--epochs", "0", "--out", out / "t5"), "--epochs': 0 is not in the range x>=1", 2),
+        "zero epochs": (("train", "--epochs", "0", "--out", out / "t5"), "--epochs': 0 is not in the range 1<=x<=", 2),
         "negative batch size": (("train", "--batch-size", "-1", "--out", out / "t6"),
                                 "--batch-size': -1 is not in the range", 2),
         "zero learning rate": (("train", "--lr", "0", "--out", out / "t7"), "--lr': 0.0 is not in the range x>0", 2),

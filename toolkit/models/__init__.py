@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from toolkit.card import MAX_CLASSES
 from toolkit.errors import BadInputError
 from toolkit.models.resnet import BasicBlock, Bottleneck, ResNet, init_weights
 
@@ -33,7 +34,6 @@ def _register(name: str, family: str, builder: Callable[..., nn.Module],
     _REGISTRY[name] = ModelEntry(name, family, builder, default_input, default_classes, description)
 
 
-MAX_CLASSES = 100_000  # a classifier head beyond this is a typo, not a model (ImageNet-21k has 21,841)
 _IMAGENET = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
              50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3]),
              152: (Bottleneck, [3, 8, 36, 3])}
