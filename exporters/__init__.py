@@ -9,7 +9,7 @@ A format module declares everything about its format where it registers it:
 its precisions, the file (or folder) each precision writes, the runtime that
 runs those files, whether ``--format all`` includes it, its INT8 targets, its
 typed options (dataclasses; CLI flags and validation come from them, see
-``toolkit.options``) and ``available() -> (ok, reason)``. Modules are found by
+``toolkit.flags``) and ``available() -> (ok, reason)``. Modules are found by
 scanning this package, so adding a format is one new module here (and its
 test); export, parity, bench, infer and the CLI read every list from here.
 docs/extending.md walks through it.

@@ -24,7 +24,7 @@ import torch
 
 from toolkit.card import ONNX_METADATA_KEY, ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
-from toolkit.options import option
+from toolkit.flags import setting
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -44,7 +44,7 @@ CARD_FORMAT_KEY = "rtool.card_format_version"  # integer as text
 class OnnxOptions:
     """Options of every ONNX graph rtool writes (also the source of TensorRT engines and Triton models)."""
 
-    opset: int = option(DEFAULT_OPSET, "ONNX opset.")
+    opset: int = setting(DEFAULT_OPSET, "ONNX opset.")
 
     def validate(self) -> None:
         check_opset(self.opset)

@@ -29,7 +29,7 @@ from exporters.validation import (VALIDATION_IMAGES, compare, eager_logits, load
 from toolkit.card import InputSpec, ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.fileio import atomic_path
-from toolkit.options import option
+from toolkit.flags import setting
 from toolkit.preprocess import prepare_batch
 
 
@@ -37,10 +37,10 @@ from toolkit.preprocess import prepare_batch
 class EmbedOptions:
     """The extra FP32 file for apps: raw pixels in (and probabilities out)."""
 
-    embed_preprocessing: bool = option(False, "Also write model.raw.onnx (FP32) for apps: it takes uint8 (N, H, W, C) "
+    embed_preprocessing: bool = setting(False, "Also write model.raw.onnx (FP32) for apps: it takes uint8 (N, H, W, C) "
                                        "pixels and does the scaling, mean/std and layout inside the graph (the FP32 "
                                        "Triton model serves it too).")
-    embed_softmax: bool = option(False, "With --embed-preprocessing: that file ends in a softmax and outputs "
+    embed_softmax: bool = setting(False, "With --embed-preprocessing: that file ends in a softmax and outputs "
                                  "probabilities (model.raw-softmax.onnx, instead of model.raw.onnx).")
 
     def validate(self) -> None:

@@ -36,7 +36,7 @@ from exporters.onnx_common import INPUT_NAME, opset_of
 from exporters.validation import load_pixels, random_pixels
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError
-from toolkit.options import option
+from toolkit.flags import setting
 from toolkit.preprocess import prepare_batch
 
 TARGETS = ("cpu", "tensorrt")
@@ -50,8 +50,8 @@ MAX_CALIB_SIZE = 100_000  # calibration images are held in memory; more adds not
 class Int8Options:
     """How INT8 files are calibrated."""
 
-    calib_size: int = option(256, "INT8 calibration images from the training split.", low=1, high=MAX_CALIB_SIZE)
-    calib_method: str = option("minmax", "INT8 calibration method.", choices=tuple(CALIB_METHODS),
+    calib_size: int = setting(256, "INT8 calibration images from the training split.", low=1, high=MAX_CALIB_SIZE)
+    calib_method: str = setting("minmax", "INT8 calibration method.", choices=tuple(CALIB_METHODS),
                                what="calibration method")
 
 

@@ -32,7 +32,7 @@ from toolkit.errors import BadInputError, UnavailableError
 from toolkit.fileio import ensure_writable_dir
 from toolkit.manifest import is_inside, read_manifest, sha256_file, write_manifest, written_by_rtool
 from toolkit.models import create_model, get_entry, list_models
-from toolkit.options import comma_list, from_values
+from toolkit.flags import comma_list, from_values
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 GREY_MEAN, GREY_STD = [0.5], [0.5]

@@ -29,7 +29,7 @@ from exporters.validation import compare, reference
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, CheckFailedError, UnavailableError
 from toolkit.fileio import atomic_path, atomic_write_bytes
-from toolkit.options import option
+from toolkit.flags import setting
 
 INSTALL_HINT = "pip install 'rtool[tensorrt]'"
 DEFAULT_BATCH_RANGE = "1:8:64"
@@ -40,9 +40,9 @@ FILES = {"fp16": "model.fp16.engine", "int8": "model.int8.engine"}
 class TensorRTOptions:
     """How engines are built."""
 
-    batch_range: str = option(DEFAULT_BATCH_RANGE, "TensorRT optimization profile MIN:OPT:MAX.")
-    workspace: float = option(4.0, "TensorRT builder workspace in GB.", low=0.01, high=1024)
-    timing_cache: str | None = option(None, "TensorRT timing cache file, reused across builds "
+    batch_range: str = setting(DEFAULT_BATCH_RANGE, "TensorRT optimization profile MIN:OPT:MAX.")
+    workspace: float = setting(4.0, "TensorRT builder workspace in GB.", low=0.01, high=1024)
+    timing_cache: str | None = setting(None, "TensorRT timing cache file, reused across builds "
                                             "(default: ~/.cache/rtool/, one per TensorRT version and GPU).")
 
     def validate(self) -> None:

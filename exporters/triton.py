@@ -34,7 +34,7 @@ from exporters.onnx_int8 import Int8Options
 from exporters.tensorrt import TensorRTOptions, major_version, onnx_source
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, UnavailableError
-from toolkit.options import option
+from toolkit.flags import setting
 
 REPOSITORY_DIR = "triton"
 LABELS_FILE = "labels.txt"
@@ -56,11 +56,11 @@ MAX_BATCH_SIZE = 2**31 - 1  # max_batch_size is an int32 in model_config.proto
 class TritonOptions:
     """How the Triton model repository is laid out."""
 
-    triton_model_name: str | None = option(None, "Triton model name (default: the card's, e.g. resnet20).",
+    triton_model_name: str | None = setting(None, "Triton model name (default: the card's, e.g. resnet20).",
                                            pattern=MODEL_NAME)
-    triton_max_batch: int = option(DEFAULT_MAX_BATCH, "Triton max_batch_size with dynamic batching (0 = no "
+    triton_max_batch: int = setting(DEFAULT_MAX_BATCH, "Triton max_batch_size with dynamic batching (0 = no "
                                    "batching).", low=0, high=MAX_BATCH_SIZE)
-    triton_backend: str = option("onnxruntime", "Triton backend: onnxruntime serves model.onnx, tensorrt a "
+    triton_backend: str = setting("onnxruntime", "Triton backend: onnxruntime serves model.onnx, tensorrt a "
                                  "model.plan engine.", choices=tuple(BACKENDS))
 
 

@@ -27,7 +27,7 @@ from runtimes.cards import artifact_runs, skipped_runs
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError
 from toolkit.manifest import entry_path, read_manifest, verify_sha256
-from toolkit.options import comma_list
+from toolkit.flags import comma_list
 from toolkit.parity import exported_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)

@@ -18,7 +18,7 @@ from toolkit import __version__
 from toolkit.console import make_console
 from toolkit.errors import RtoolError
 from toolkit.card import MAX_CLASSES
-from toolkit.flags import click_options, given_on_command_line
+from toolkit.flags import click_options, given_on_command_line, run_command
 from toolkit.train.config import LaunchConfig, TrainConfig
 
 EPILOG_MODELS = """\b
@@ -38,7 +38,7 @@ class FormatOptionsCommand(click.Command):
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if not getattr(self, "formats_added", False):
             from exporters import exporters, option_classes
-            from toolkit.options import click_params
+            from toolkit.flags import click_params
 
             self.formats_added = True
             self.params.extend(click_params(option_classes()))
@@ -512,42 +512,13 @@ def demo(out: str, overwrite: bool, quiet: bool, epochs: int | None, train_limit
                         test_limit=test_limit, bench_iters=bench_iters))
 
 
-def one_line(text: str) -> str:
-    """A message as one line: line breaks (also those echoed from user input, e.g. a flag's value) become spaces."""
-    return " ".join(part.strip() for part in text.splitlines() if part.strip())
-
-
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the group and turn known errors into one line and an exit code.
+    """Entry point: run the group; every error is one line and an exit code (``toolkit.flags.run_command``).
 
     ``argv`` (default: the process's arguments) lets tests run the real entry point in-process.
     """
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-    try:
-        cli.main(args=argv, standalone_mode=False, prog_name="rtool")
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("rtool: aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as e:
-        command = getattr(e, "ctx", None) or click.get_current_context(silent=True)
-        hint = f" (see `{command.command_path} --help`)" if command else " (see `rtool --help`)"
-        click.echo(f"rtool: error: {one_line(e.format_message())}{hint}", err=True)
-        sys.exit(2)
-    except RtoolError as e:
-        click.echo(f"rtool: error: {one_line(str(e))}", err=True)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("rtool: interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # a bug, not bad input: one line, the traceback on request
-        if os.environ.get("RTOOL_DEBUG"):
-            raise
-        click.echo(f"rtool: internal error: {e.__class__.__name__}: {one_line(str(e))} (set RTOOL_DEBUG=1 for the "
-                   f"traceback)", err=True)
-        sys.exit(3)
-    sys.exit(0)
+    run_command(cli, argv, "rtool")
 
 
 if __name__ == "__main__":

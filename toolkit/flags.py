@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 import typing
 from dataclasses import Field, dataclass, field, fields
@@ -22,6 +23,8 @@ import click
 from toolkit.errors import BadInputError, RtoolError
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+T = TypeVar("T")
+MAX_TEXT = 4096  # longest text setting: a path or a name
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Flag:
     high: int | float | None = None
     low_open: bool = False  # True: the bound itself is refused
     high_open: bool = False
+    pattern: str | None = None  # text settings: the whole value must match this regular expression
+    what: str | None = None  # what a value is called in messages ("calibration method")
 
     def describe_range(self) -> str:
         """The accepted range in click's words (``x>=1``, ``0<=x<1``)."""
@@ -48,7 +53,10 @@ class Flag:
     def problem(self, value: Any) -> str | None:
         """What is wrong with ``value`` for this setting, or None when it is accepted."""
         if self.choices:
-            return None if value in self.choices else f"choose one of: {', '.join(self.choices)}"
+            unknown = f"unknown {self.what}; " if self.what else ""
+            return None if value in self.choices else f"{unknown}choose one of: {', '.join(self.choices)}"
+        if isinstance(value, str):
+            return _text_problem(value, self.pattern)
         if self.low is None and self.high is None and not isinstance(value, float):
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -58,6 +66,15 @@ class Flag:
         too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
         return f"not in the range {self.describe_range()}" if too_low or too_high else None
+
+
+def _text_problem(value: str, pattern: str | None) -> str | None:
+    """Text settings are one line of at most MAX_TEXT characters (names and paths, never documents)."""
+    if len(value) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return f"not one line of text (no control characters, at most {MAX_TEXT} characters)"
+    if pattern and not re.fullmatch(pattern, value):
+        return f"not allowed here (expected {pattern})"
+    return None
 
 
 def setting(default: Any, help: str, **rules: Any) -> Any:
@@ -71,12 +88,25 @@ def flag_name(name: str) -> str:
 
 
 def check_settings(obj: Any) -> None:
-    """Refuse, in one line, the first field of ``obj`` whose value its ``Flag`` does not accept (None is a default)."""
+    """Refuse, in one line, the first field of ``obj`` whose value its ``Flag`` does not accept (None is a default).
+
+    A settings class may add a ``validate()`` method for rules that span fields or ask a library.
+    """
     for f in fields(obj):
         rule, value = f.metadata.get("flag"), getattr(obj, f.name)
         problem = None if rule is None or value is None else rule.problem(value)
         if problem:
             raise BadInputError(f"{flag_name(f.name)} {value!r}: {problem}")
+    if hasattr(obj, "validate"):
+        obj.validate()
+
+
+def from_values(cls: type[T], values: dict[str, Any]) -> T:
+    """A checked instance of the settings class ``cls`` from the values it knows (None keeps the default)."""
+    known = {f.name for f in fields(cls)}
+    instance = cls(**{k: v for k, v in values.items() if k in known and v is not None})
+    check_settings(instance)
+    return instance
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -108,14 +138,32 @@ def _click_type(kind: Any, rule: Flag) -> click.ParamType:
     return click.STRING
 
 
-def _option(f: Field, kind: Any, rule: Flag) -> Callable[[Command], Command]:
+def _declaration(f: Field, kind: Any, rule: Flag) -> tuple[list[str], dict[str, Any]]:
+    """The click option's names and settings for one field."""
     name = flag_name(f.name)
     if kind is bool:  # off by default: a plain flag; on by default: --x/--no-x
         declaration = f"{name}/--no-{name[2:]}" if f.default else name
-        return click.option(declaration, f.name, is_flag=True, default=f.default, show_default=bool(f.default),
-                            help=rule.help)
-    return click.option(name, f.name, type=_click_type(kind, rule), default=f.default,
-                        show_default=f.default is not None, help=rule.help)
+        return [declaration, f.name], dict(is_flag=True, default=f.default, show_default=bool(f.default),
+                                           help=rule.help)
+    return [name, f.name], dict(type=_click_type(kind, rule), default=f.default, show_default=f.default is not None,
+                                help=rule.help)
+
+
+def _option(f: Field, kind: Any, rule: Flag) -> Callable[[Command], Command]:
+    names, settings = _declaration(f, kind, rule)
+    return click.option(*names, **settings)
+
+
+def click_params(classes: typing.Iterable[type]) -> list[click.Option]:
+    """One click option per ``setting`` field of each class: for commands that add them when they run."""
+    params = []
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.metadata.get("flag") is not None:
+                names, settings = _declaration(f, _value_type(hints[f.name]), f.metadata["flag"])
+                params.append(click.Option(names, **settings))
+    return params
 
 
 def click_options(cls: type) -> Callable[[Command], Command]:
@@ -155,9 +203,12 @@ def run_command(command: click.Command, argv: list[str] | None = None, prog_name
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("rtool: interrupted", err=True)
         sys.exit(130)
+    except BrokenPipeError:  # the reader went away (`rtool infer ... | head -1`): not a failed check
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except click.ClickException as e:
-        context = getattr(e, "ctx", None)
-        hint = f" (see `{context.command_path} --help`)" if context else ""
+        context = getattr(e, "ctx", None) or click.get_current_context(silent=True)
+        hint = f" (see `{context.command_path} --help`)" if context else f" (see `{prog_name or 'rtool'} --help`)"
         click.echo(f"rtool: error: {one_line(e.format_message())}{hint}", err=True)
         sys.exit(2)
     except RtoolError as e:
@@ -170,3 +221,17 @@ def run_command(command: click.Command, argv: list[str] | None = None, prog_name
                    f"traceback)", err=True)
         sys.exit(3)
     sys.exit(0)
+
+
+def comma_list(value: str | typing.Iterable[str] | None, allowed: typing.Sequence[str] | None = None,
+               flag: str = "", what: str = "") -> list[str]:
+    """'a, b,,c' (or an iterable) -> ['a', 'b', 'c'], lower-cased; each checked against ``allowed`` when given."""
+    if value is None:
+        return []
+    items = [part for text in ([value] if isinstance(value, str) else value) for part in str(text).split(",")]
+    names = list(dict.fromkeys(i.strip().lower() for i in items if i and i.strip()))
+    unknown = [n for n in names if allowed is not None and n not in allowed]
+    if unknown:
+        where, kind = (f"{flag}: " if flag else ""), (f"{what} " if what else "")
+        raise BadInputError(f"{where}unknown {kind}'{unknown[0]}'; choose from: {', '.join(allowed or [])}")
+    return names

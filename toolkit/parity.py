@@ -31,7 +31,7 @@ from runtimes.cards import artifact_runs, skipped_runs
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError, RtoolError, UnsafeFileError
 from toolkit.manifest import entry_path, read_manifest, verify_manifest, verify_sha256
-from toolkit.options import comma_list
+from toolkit.flags import comma_list
 from toolkit.preprocess import prepare_batch
 
 BATCH_SIZE = 100  # images per inference call; every runtime gets the same batches
