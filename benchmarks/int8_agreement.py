@@ -36,8 +36,10 @@ def main() -> None:
     labels = test.labels.numpy()
     with torch.inference_mode():
         eager = model(torch.from_numpy(x)).argmax(1).numpy()
-    context = ExportContext(options={Int8Options: Int8Options(calib_size=args.calib_size,
-                                                              calib_method=args.calib_method)}, data_dir=args.data_dir)
+    context = ExportContext(
+        options={Int8Options: Int8Options(calib_size=args.calib_size, calib_method=args.calib_method)},
+        data_dir=args.data_dir,
+    )
     fp32 = fp32_graph(model, card, context)
     print(f"{args.checkpoint}: {len(x)} test images, eager accuracy {np.mean(eager == labels):.4f}")
     for target in ("cpu", "tensorrt"):
@@ -47,7 +49,10 @@ def main() -> None:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         session = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
         got = session.run(["logits"], {"input": x})[0].argmax(1)
-        print(f"  int8 {target:8s} agreement with eager {np.mean(got == eager):.4f}   accuracy {np.mean(got == labels):.4f}")
+        print(
+            f"  int8 {target:8s} agreement with eager {np.mean(got == eager):.4f}   "
+            f"accuracy {np.mean(got == labels):.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -43,15 +43,25 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="rtool-bench-"))
     for target in ("cpu", "tensorrt"):
-        export_model("resnet18", "onnx", "fp32,int8", out, target=target, input_shape=(3, 224, 224),
-                     num_classes=1000, calib_size=64)
+        export_model(
+            "resnet18",
+            "onnx",
+            "fp32,int8",
+            out,
+            target=target,
+            input_shape=(3, 224, 224),
+            num_classes=1000,
+            calib_size=64,
+        )
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     results = {}
     for name in ("model.onnx", "model.int8-cpu.onnx", "model.int8-trt.onnx"):
         options = ort.SessionOptions()
         options.intra_op_num_threads = args.threads
         session = ort.InferenceSession(str(out / name), options, providers=["CPUExecutionProvider"])
-        results[f"onnxruntime {name}"] = percentiles(lambda: session.run(None, {"input": x}), args.runs, args.warmup)
+        results[f"onnxruntime {name}"] = percentiles(
+            lambda session=session: session.run(None, {"input": x}), args.runs, args.warmup
+        )
     torch.set_num_threads(args.threads)
     model, _ = load_model(out / "model.pt")
     tensor = torch.from_numpy(x)
@@ -60,8 +70,9 @@ def main() -> None:
     print(f"resnet18 3x224x224 batch 1, {args.threads} threads, {args.runs} runs")
     for name, (p50, p90) in results.items():
         print(f"  {name:36s} p50 {p50:8.2f} ms   p90 {p90:8.2f} ms")
-    fp32, int8, eager = (results[k][0] for k in ("onnxruntime model.onnx", "onnxruntime model.int8-cpu.onnx",
-                                                  "eager (torch)"))
+    fp32, int8, eager = (
+        results[k][0] for k in ("onnxruntime model.onnx", "onnxruntime model.int8-cpu.onnx", "eager (torch)")
+    )
     print(f"  int8-cpu / onnx fp32 = {int8 / fp32:.2f}   int8-cpu / eager = {int8 / eager:.2f}")
 
 

@@ -30,8 +30,11 @@ from runtimes import physical_cores  # noqa: E402
 from toolkit.bench import bench_export_dir  # noqa: E402
 from toolkit.card import MANIFEST_NAME  # noqa: E402
 
-TARGETS = {"onnxruntime fp32 / eager fp32": 0.55, "onnxruntime int8 (cpu) / eager fp32": 0.2,
-           "onnxruntime int8 (cpu) / onnxruntime fp32": 0.4}
+TARGETS = {
+    "onnxruntime fp32 / eager fp32": 0.55,
+    "onnxruntime int8 (cpu) / eager fp32": 0.2,
+    "onnxruntime int8 (cpu) / onnxruntime fp32": 0.4,
+}
 
 
 def export_resnet18(out: Path) -> Path:
@@ -114,8 +117,15 @@ def main() -> int:
     runs = []
     for repeat in range(args.repeats):
         began = time.perf_counter()
-        report = bench_export_dir(export_dir, runtimes=["eager", "onnxruntime"], precisions=["fp32", "int8"],
-                                  batch_sizes=[1], warmup=args.warmup, iters=args.iters, threads=threads)
+        report = bench_export_dir(
+            export_dir,
+            runtimes=["eager", "onnxruntime"],
+            precisions=["fp32", "int8"],
+            batch_sizes=[1],
+            warmup=args.warmup,
+            iters=args.iters,
+            threads=threads,
+        )
         p50 = {r.label: round(r.p50_ms, 3) for r in report.rows}
         ratios = {k: round(v, 3) for k, v in report.ratios(1).items() if k in TARGETS}
         runs.append({"p50_ms": p50, "ratios": ratios, "seconds": round(time.perf_counter() - began, 1)})
@@ -128,8 +138,9 @@ def main() -> int:
         verdict[name] = {"median_ratio": median, "target": limit, "met": median <= limit}
         print(f"  {name:<44} {median:.3f}x  (target <= {limit}x: {'met' if median <= limit else 'MISSED'})")
     if args.json:
-        args.json.write_text(json.dumps({"threads": threads, "iters": args.iters, "runs": runs,
-                                         "targets": verdict}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"threads": threads, "iters": args.iters, "runs": runs, "targets": verdict}, indent=2) + "\n"
+        )
     return 0 if all(v["met"] for v in verdict.values()) else 1
 
 

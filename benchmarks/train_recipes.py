@@ -41,8 +41,12 @@ def register_validation_split(base: str, fraction: float) -> str:
     def load(data_dir: Path | None = None, download: bool = False) -> Dataset:
         data = load_dataset(base, data_dir, download)
         train, val = stratified_split(data.train.labels.numpy(), test_fraction=fraction, seed=1)
-        return Dataset(name, Split(data.train.images[train], data.train.labels[train]),
-                       Split(data.train.images[val], data.train.labels[val]), data.class_names)
+        return Dataset(
+            name,
+            Split(data.train.images[train], data.train.labels[train]),
+            Split(data.train.images[val], data.train.labels[val]),
+            data.class_names,
+        )
 
     return name
 
@@ -51,8 +55,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default=TrainConfig.dataset)
     parser.add_argument("--fraction", type=float, default=0.25, help="Share of the train split held out.")
-    parser.add_argument("--recipe", action="append", type=json.loads,
-                        help="TrainConfig fields as JSON (repeatable; default: the built-in list).")
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        type=json.loads,
+        help="TrainConfig fields as JSON (repeatable; default: the built-in list).",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     dataset = register_validation_split(args.dataset, args.fraction)
@@ -60,13 +68,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in args.recipe or RECIPES:
             for seed in args.seeds:
-                config = TrainConfig(**{"dataset": dataset, "seed": seed, **recipe}, out=f"{tmp}/run", overwrite=True,
-                                     quiet=True)
+                config = TrainConfig(
+                    **{"dataset": dataset, "seed": seed, **recipe}, out=f"{tmp}/run", overwrite=True, quiet=True
+                )
                 result = run_training(config)
                 final = result.final
-                print(f"{json.dumps(recipe):<70} {seed:>4} {100 * final['test_acc']:>8.1f}% "
-                      f"{100 * result.best_acc:>7.1f}% {100 * final['train_acc']:>5.1f}% "
-                      f"{result.train_seconds:>7.1f}", flush=True)
+                print(
+                    f"{json.dumps(recipe):<70} {seed:>4} {100 * final['test_acc']:>8.1f}% "
+                    f"{100 * result.best_acc:>7.1f}% {100 * final['train_acc']:>5.1f}% "
+                    f"{result.train_seconds:>7.1f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import transforms
@@ -55,8 +54,12 @@ def reference_loop(config: TrainConfig) -> dict[str, float]:
     data = load_dataset(config.dataset)
     spec = data.input_spec()
     normalize = transforms.Normalize(spec.mean, spec.std)
-    train_set = TensorImages(data.train, transforms.Compose([
-        transforms.RandomCrop(spec.height, padding=config.shift), transforms.ToTensor(), normalize]))
+    train_set = TensorImages(
+        data.train,
+        transforms.Compose(
+            [transforms.RandomCrop(spec.height, padding=config.shift), transforms.ToTensor(), normalize]
+        ),
+    )
     test_set = TensorImages(data.test, transforms.Compose([transforms.ToTensor(), normalize]))
     torch.manual_seed(config.seed)
     model = create_model(config.model, in_channels=spec.channels, num_classes=len(data.class_names))
@@ -65,7 +68,7 @@ def reference_loop(config: TrainConfig) -> dict[str, float]:
     scheduler = build_scheduler(optimizer, config, len(loader) * config.epochs)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     seconds, seen = 0.0, 0
-    for epoch in range(config.epochs):
+    for _epoch in range(config.epochs):
         model.train()
         started = time.perf_counter()
         for images, labels in loader:
@@ -89,8 +92,11 @@ def rtool_loop(config: TrainConfig) -> dict[str, float]:
         result = run_training(TrainConfig(**{**config.to_dict(), "out": str(Path(tmp) / "run")}))
     train_seconds = sum(row["train_seconds"] for row in result.history)
     images = sum(row["images_per_s"] * row["train_seconds"] for row in result.history)
-    return {"images_per_s": images / train_seconds, "train_seconds": train_seconds,
-            "test_acc": result.final["test_acc"]}
+    return {
+        "images_per_s": images / train_seconds,
+        "train_seconds": train_seconds,
+        "test_acc": result.final["test_acc"],
+    }
 
 
 def main() -> None:
@@ -102,16 +108,31 @@ def main() -> None:
     parser.add_argument("--no-channels-last", action="store_true", help="Train rtool's loop in NCHW too.")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    config = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size,
-                         channels_last=not args.no_channels_last, quiet=True, out="unused")
-    print(f"{config.model} on {config.dataset}, {config.epochs} epochs, batch {config.batch_size}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    config = TrainConfig(
+        model=args.model,
+        dataset=args.dataset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        channels_last=not args.no_channels_last,
+        quiet=True,
+        out="unused",
+    )
+    print(
+        f"{config.model} on {config.dataset}, {config.epochs} epochs, batch {config.batch_size}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     reference = reference_loop(config)
-    print(f"reference loop (PIL per item, DataLoader, NCHW): {reference['images_per_s']:7.0f} images/s  "
-          f"test acc {100 * reference['test_acc']:.2f}%", flush=True)
+    print(
+        f"reference loop (PIL per item, DataLoader, NCHW): {reference['images_per_s']:7.0f} images/s  "
+        f"test acc {100 * reference['test_acc']:.2f}%",
+        flush=True,
+    )
     ours = rtool_loop(config)
-    print(f"rtool loop (batched tensors{', channels_last' if config.channels_last else ''}):   "
-          f"{ours['images_per_s']:7.0f} images/s  test acc {100 * ours['test_acc']:.2f}%")
+    print(
+        f"rtool loop (batched tensors{', channels_last' if config.channels_last else ''}):   "
+        f"{ours['images_per_s']:7.0f} images/s  test acc {100 * ours['test_acc']:.2f}%"
+    )
     ratio = ours["images_per_s"] / reference["images_per_s"]
     print(f"speed-up: {ratio:.2f}x   accuracy change: {100 * (ours['test_acc'] - reference['test_acc']):+.2f} points")
     if args.json:

@@ -70,8 +70,9 @@ class ExportContext:
 class ExportFn(Protocol):
     """Write the format's file(s) at ``precision`` into ``out_dir``, each checked against eager first."""
 
-    def __call__(self, model: Any, card: Any, out_dir: Path, *, precision: str, target: str | None,
-                 context: ExportContext) -> Artifact | list[Artifact]: ...
+    def __call__(
+        self, model: Any, card: Any, out_dir: Path, *, precision: str, target: str | None, context: ExportContext
+    ) -> Artifact | list[Artifact]: ...
 
 
 def _always() -> tuple[bool, str]:
@@ -96,8 +97,10 @@ class ExporterEntry:
     def filename(self, precision: str, target: str | None = None) -> str:
         key = f"{precision}-{target}" if target else precision
         if key not in self.files:
-            raise BadInputError(f"{self.name} writes no {precision}{f' ({target})' if target else ''} file; "
-                                f"it exports {', '.join(self.precisions)}")
+            raise BadInputError(
+                f"{self.name} writes no {precision}{f' ({target})' if target else ''} file; "
+                f"it exports {', '.join(self.precisions)}"
+            )
         return self.files[key]
 
     def owned_patterns(self) -> list[re.Pattern[str]]:
@@ -110,8 +113,9 @@ _REGISTRY: dict[str, ExporterEntry] = {}
 _loaded = False
 
 
-def register_exporter(name: str, *, precisions: tuple[str, ...], runtime: str, files: dict[str, str],
-                      **declared: Any) -> Callable[[ExportFn], ExportFn]:
+def register_exporter(
+    name: str, *, precisions: tuple[str, ...], runtime: str, files: dict[str, str], **declared: Any
+) -> Callable[[ExportFn], ExportFn]:
     """Register a format (see ExporterEntry for what may be declared); a name taken twice is refused."""
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
@@ -119,8 +123,10 @@ def register_exporter(name: str, *, precisions: tuple[str, ...], runtime: str, f
 
     def wrap(fn: ExportFn) -> ExportFn:
         if name in _REGISTRY and _REGISTRY[name].export is not fn:
-            raise ValueError(f"format '{name}' is registered twice ({_REGISTRY[name].export.__module__} and "
-                             f"{fn.__module__}); pick another name")
+            raise ValueError(
+                f"format '{name}' is registered twice ({_REGISTRY[name].export.__module__} and "
+                f"{fn.__module__}); pick another name"
+            )
         _REGISTRY[name] = ExporterEntry(name, fn, tuple(precisions), runtime, dict(files), **declared)
         return fn
 

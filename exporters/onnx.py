@@ -22,8 +22,19 @@ import onnx
 import torch
 
 from exporters import Artifact, ExportContext, register_exporter
-from exporters.onnx_common import (EXAMPLE_BATCH, INPUT_NAME, MAX_BATCH, OUTPUT_NAME, OnnxOptions, check_file,
-                                   opset_of, run_onnxruntime, save_single_file, torch_to_onnx, with_card)
+from exporters.onnx_common import (
+    EXAMPLE_BATCH,
+    INPUT_NAME,
+    MAX_BATCH,
+    OUTPUT_NAME,
+    OnnxOptions,
+    check_file,
+    opset_of,
+    run_onnxruntime,
+    save_single_file,
+    torch_to_onnx,
+    with_card,
+)
 from exporters.onnx_embed import EmbedOptions, export_embedded
 from exporters.onnx_int8 import TARGETS, Int8Options, int8_graph
 from exporters.validation import compare, reference, require_fp32_match
@@ -31,8 +42,12 @@ from toolkit.card import ModelCard
 from toolkit.errors import BadInputError
 from toolkit.fileio import atomic_path
 
-FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8-cpu": "model.int8-cpu.onnx",
-         "int8-tensorrt": "model.int8-trt.onnx"}
+FILES = {
+    "fp32": "model.onnx",
+    "fp16": "model.fp16.onnx",
+    "int8-cpu": "model.int8-cpu.onnx",
+    "int8-tensorrt": "model.int8-trt.onnx",
+}
 
 
 def fp32_graph(model: torch.nn.Module, card: ModelCard, context: ExportContext) -> onnx.ModelProto:
@@ -60,12 +75,18 @@ def fp16_graph(model: torch.nn.Module, card: ModelCard, context: ExportContext) 
     return context.cached(("onnx", "fp16", opset_of(fp32)), build)
 
 
-def onnx_graph(model: torch.nn.Module, card: ModelCard, precision: str, context: ExportContext,
-               target: str | None = None) -> tuple[onnx.ModelProto, dict]:
+def onnx_graph(
+    model: torch.nn.Module, card: ModelCard, precision: str, context: ExportContext, target: str | None = None
+) -> tuple[onnx.ModelProto, dict]:
     """(graph with the card in its metadata, settings for the manifest) at ``precision`` (and INT8 ``target``)."""
     fp32 = fp32_graph(model, card, context)
-    settings: dict = {"opset": opset_of(fp32), "input": INPUT_NAME, "output": OUTPUT_NAME,
-                      "dynamic_batch": [1, MAX_BATCH], "exporter": f"torch.onnx (dynamo) {torch.__version__}"}
+    settings: dict = {
+        "opset": opset_of(fp32),
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "dynamic_batch": [1, MAX_BATCH],
+        "exporter": f"torch.onnx (dynamo) {torch.__version__}",
+    }
     if precision == "fp32":
         proto = fp32
     elif precision == "fp16":
@@ -79,11 +100,24 @@ def onnx_graph(model: torch.nn.Module, card: ModelCard, precision: str, context:
     return with_card(proto, card), settings
 
 
-@register_exporter("onnx", precisions=("fp32", "fp16", "int8"), runtime="onnxruntime", files=FILES,
-                   targets={"int8": TARGETS}, options=(OnnxOptions, Int8Options, EmbedOptions),
-                   owns=(r"model\.raw(-softmax)?\.onnx",))
-def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
-           context: ExportContext) -> list[Artifact]:
+@register_exporter(
+    "onnx",
+    precisions=("fp32", "fp16", "int8"),
+    runtime="onnxruntime",
+    files=FILES,
+    targets={"int8": TARGETS},
+    options=(OnnxOptions, Int8Options, EmbedOptions),
+    owns=(r"model\.raw(-softmax)?\.onnx",),
+)
+def export(
+    model: torch.nn.Module,
+    card: ModelCard,
+    out_dir: Path,
+    *,
+    precision: str,
+    target: str | None,
+    context: ExportContext,
+) -> list[Artifact]:
     """The file at ``precision``; at FP32 with --embed-preprocessing also the raw-pixel variant for apps."""
     target = (target or TARGETS[0]) if precision == "int8" else None
     proto, settings = onnx_graph(model, card, precision, context, target)
@@ -100,8 +134,17 @@ def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision:
             stats["onnxruntime"] = "Q/DQ simulated in float (graph optimizations off), as TensorRT computes"
         if precision == "fp32":
             require_fp32_match(path.name, stats, expected)  # inside: a failed check leaves no file
-    artifacts = [Artifact(format="onnx", precision=precision, path=path, runtime="onnxruntime", target=target,
-                          settings=settings, validation=stats)]
+    artifacts = [
+        Artifact(
+            format="onnx",
+            precision=precision,
+            path=path,
+            runtime="onnxruntime",
+            target=target,
+            settings=settings,
+            validation=stats,
+        )
+    ]
     if precision == "fp32" and context.option(EmbedOptions).embed_preprocessing:
         artifacts.append(export_embedded(model, card, Path(out_dir), context))
     return artifacts

@@ -58,8 +58,9 @@ def highest_opset() -> int:
     for opset in range(onnx.defs.onnx_opset_version(), LOWEST_OPSET - 1, -1):
         node = onnx.helper.make_node("Identity", ["x"], ["y"])
         value = onnx.helper.make_tensor_value_info
-        graph = onnx.helper.make_graph([node], "probe", [value("x", onnx.TensorProto.FLOAT, [1])],
-                                       [value("y", onnx.TensorProto.FLOAT, [1])])
+        graph = onnx.helper.make_graph(
+            [node], "probe", [value("x", onnx.TensorProto.FLOAT, [1])], [value("y", onnx.TensorProto.FLOAT, [1])]
+        )
         probe = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)], ir_version=10)
         try:
             ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -73,9 +74,11 @@ def check_opset(opset: int) -> int:
     """``opset`` if torch can write it and ONNX Runtime can run it, else one BadInputError line."""
     top = highest_opset()
     if not LOWEST_OPSET <= opset <= top:
-        raise BadInputError(f"opset {opset} cannot be exported here: torch {torch.__version__}'s ONNX exporter "
-                            f"writes opsets {LOWEST_OPSET}..{onnx.defs.onnx_opset_version()} and the installed "
-                            f"ONNX Runtime runs up to {top}; choose --opset {LOWEST_OPSET}..{top}")
+        raise BadInputError(
+            f"opset {opset} cannot be exported here: torch {torch.__version__}'s ONNX exporter "
+            f"writes opsets {LOWEST_OPSET}..{onnx.defs.onnx_opset_version()} and the installed "
+            f"ONNX Runtime runs up to {top}; choose --opset {LOWEST_OPSET}..{top}"
+        )
     return opset
 
 
@@ -98,14 +101,23 @@ def quiet_exporter() -> Iterator[None]:
 def torch_to_onnx(module: torch.nn.Module, example: torch.Tensor, opset: int, output_name: str) -> onnx.ModelProto:
     """``module`` as an in-memory ONNX graph with a dynamic batch axis, written by torch's dynamo exporter."""
     with quiet_exporter():
-        program = torch.onnx.export(module, (example,), input_names=[INPUT_NAME], output_names=[output_name],
-                                    opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},))
+        program = torch.onnx.export(
+            module,
+            (example,),
+            input_names=[INPUT_NAME],
+            output_names=[output_name],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
+        )
     proto = program.model_proto
     written = opset_of(proto)
     if written != opset:
-        raise BadInputError(f"torch's ONNX exporter wrote opset {written} when asked for {opset}; "
-                            f"choose --opset {DEFAULT_OPSET}")
+        raise BadInputError(
+            f"torch's ONNX exporter wrote opset {written} when asked for {opset}; choose --opset {DEFAULT_OPSET}"
+        )
     return proto
 
 
@@ -147,8 +159,9 @@ def save_single_file(proto: onnx.ModelProto, path: Path) -> None:
     try:
         onnx.save_model(proto, str(path), save_as_external_data=False)
     except ValueError as e:  # protobuf's 2 GB limit
-        raise BadInputError(f"the ONNX model is too large for one file ({e}); ResNets fit easily, "
-                            f"so check the model") from None
+        raise BadInputError(
+            f"the ONNX model is too large for one file ({e}); ResNets fit easily, so check the model"
+        ) from None
 
 
 def check_file(path: Path, name: str) -> None:
@@ -181,6 +194,8 @@ def run_onnxruntime(path: Path, batch: np.ndarray, precision: str = "fp32", simu
         raise CheckFailedError(f"ONNX Runtime {ort.__version__} could not run the exported model ({first})") from None
     tolerance = (1e-4 if precision == "fp32" else 1e-2) * max(1.0, float(np.abs(full).max()))
     if single.shape != full[:1].shape or not np.allclose(single, full[:1], rtol=0, atol=tolerance):
-        raise CheckFailedError("the exported ONNX model gives another answer at batch 1 than at batch "
-                               f"{len(batch)}: its batch axis is not dynamic")
+        raise CheckFailedError(
+            "the exported ONNX model gives another answer at batch 1 than at batch "
+            f"{len(batch)}: its batch axis is not dynamic"
+        )
     return full

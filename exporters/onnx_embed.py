@@ -22,10 +22,24 @@ import torch
 from torch import nn
 
 from exporters import Artifact, ExportContext
-from exporters.onnx_common import (INPUT_NAME, MAX_BATCH, OUTPUT_NAME, OnnxOptions, check_file, onnx_metadata,
-                                   save_single_file, torch_to_onnx)
-from exporters.validation import (VALIDATION_IMAGES, compare, eager_logits, load_pixels, random_pixels,
-                                 require_fp32_match)
+from exporters.onnx_common import (
+    INPUT_NAME,
+    MAX_BATCH,
+    OUTPUT_NAME,
+    OnnxOptions,
+    check_file,
+    onnx_metadata,
+    save_single_file,
+    torch_to_onnx,
+)
+from exporters.validation import (
+    VALIDATION_IMAGES,
+    compare,
+    eager_logits,
+    load_pixels,
+    random_pixels,
+    require_fp32_match,
+)
 from toolkit.card import InputSpec, ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.fileio import atomic_path
@@ -37,11 +51,17 @@ from toolkit.preprocess import prepare_batch
 class EmbedOptions:
     """The extra FP32 file for apps: raw pixels in (and probabilities out)."""
 
-    embed_preprocessing: bool = setting(False, "Also write model.raw.onnx (FP32) for apps: it takes uint8 (N, H, W, C) "
-                                       "pixels and does the scaling, mean/std and layout inside the graph (the FP32 "
-                                       "Triton model serves it too).")
-    embed_softmax: bool = setting(False, "With --embed-preprocessing: that file ends in a softmax and outputs "
-                                 "probabilities (model.raw-softmax.onnx, instead of model.raw.onnx).")
+    embed_preprocessing: bool = setting(
+        False,
+        "Also write model.raw.onnx (FP32) for apps: it takes uint8 (N, H, W, C) "
+        "pixels and does the scaling, mean/std and layout inside the graph (the FP32 "
+        "Triton model serves it too).",
+    )
+    embed_softmax: bool = setting(
+        False,
+        "With --embed-preprocessing: that file ends in a softmax and outputs "
+        "probabilities (model.raw-softmax.onnx, instead of model.raw.onnx).",
+    )
 
     def validate(self) -> None:
         if self.embed_softmax and not self.embed_preprocessing:
@@ -49,10 +69,11 @@ class EmbedOptions:
 
     def check_jobs(self, jobs: list[Any]) -> None:
         """The variant is written beside an FP32 ONNX file (or served by the FP32 Triton model)."""
-        if self.embed_preprocessing and not any(j.format in ("onnx", "triton") and j.precision == "fp32"
-                                                for j in jobs):
-            raise BadInputError("--embed-preprocessing/--embed-softmax add an FP32 ONNX variant: use them with "
-                                "--format onnx (or triton) and --precision fp32")
+        if self.embed_preprocessing and not any(j.format in ("onnx", "triton") and j.precision == "fp32" for j in jobs):
+            raise BadInputError(
+                "--embed-preprocessing/--embed-softmax add an FP32 ONNX variant: use them with "
+                "--format onnx (or triton) and --precision fp32"
+            )
 
 
 class InGraphPreprocessing(nn.Module):
@@ -112,8 +133,9 @@ def run_variant(path: Path, pixels: np.ndarray) -> np.ndarray:
         full = session.run(None, {name: pixels})[0]
         single = session.run(None, {name: pixels[:1]})[0]
     except Exception as e:  # ONNX Runtime's own exception types
-        raise CheckFailedError(f"ONNX Runtime could not run {path.name} ({str(e).strip().splitlines()[0][:200]})") \
-            from None
+        raise CheckFailedError(
+            f"ONNX Runtime could not run {path.name} ({str(e).strip().splitlines()[0][:200]})"
+        ) from None
     if not np.allclose(single, full[:1], rtol=0, atol=1e-4 * max(1.0, float(np.abs(full).max()))):
         raise CheckFailedError(f"{path.name} gives another answer at batch 1 than at batch {len(pixels)}")
     return full
@@ -156,10 +178,15 @@ def export_embedded(model: nn.Module, card: ModelCard, out_dir: Path, context: E
         check_file(tmp, path.name)
         stats = compare(expected, run_variant(tmp, np.ascontiguousarray(pixels.transpose(0, 2, 3, 1))), source)
         require_fp32_match(path.name, stats, expected)
-    settings = {"opset": context.option(OnnxOptions).opset, "input": INPUT_NAME, "input_dtype": "uint8",
-                "input_layout": "NHWC", "input_shape": ["N", spec.height, spec.width, spec.channels],
-                "output": "probabilities" if softmax else OUTPUT_NAME,
-                "embedded": ["preprocessing", "softmax"] if softmax else ["preprocessing"],
-                "dynamic_batch": [1, MAX_BATCH], "exporter": f"torch.onnx (dynamo) {torch.__version__}"}
-    return Artifact(format="onnx", precision="fp32", path=path, runtime="onnx_app", settings=settings,
-                    validation=stats)
+    settings = {
+        "opset": context.option(OnnxOptions).opset,
+        "input": INPUT_NAME,
+        "input_dtype": "uint8",
+        "input_layout": "NHWC",
+        "input_shape": ["N", spec.height, spec.width, spec.channels],
+        "output": "probabilities" if softmax else OUTPUT_NAME,
+        "embedded": ["preprocessing", "softmax"] if softmax else ["preprocessing"],
+        "dynamic_batch": [1, MAX_BATCH],
+        "exporter": f"torch.onnx (dynamo) {torch.__version__}",
+    }
+    return Artifact(format="onnx", precision="fp32", path=path, runtime="onnx_app", settings=settings, validation=stats)

@@ -26,8 +26,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import onnx
-from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                      quantize_static)
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -40,8 +39,11 @@ from toolkit.flags import setting
 from toolkit.preprocess import prepare_batch
 
 TARGETS = ("cpu", "tensorrt")
-CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                 "percentile": CalibrationMethod.Percentile}
+CALIB_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 CALIB_BATCH = 32
 MAX_CALIB_SIZE = 100_000  # calibration images are held in memory; more adds nothing to the ranges
 
@@ -51,8 +53,9 @@ class Int8Options:
     """How INT8 files are calibrated."""
 
     calib_size: int = setting(256, "INT8 calibration images from the training split.", low=1, high=MAX_CALIB_SIZE)
-    calib_method: str = setting("minmax", "INT8 calibration method.", choices=tuple(CALIB_METHODS),
-                               what="calibration method")
+    calib_method: str = setting(
+        "minmax", "INT8 calibration method.", choices=tuple(CALIB_METHODS), what="calibration method"
+    )
 
 
 def recipe(target: str) -> dict[str, Any]:
@@ -60,12 +63,19 @@ def recipe(target: str) -> dict[str, Any]:
     if target == "cpu":
         # reduce_range: 7-bit weights. x86 CPUs without VNNI (AVX2 only) add u8*s8 products in int16, which
         # can saturate with full 8-bit weights; 7-bit weights cannot overflow it.
-        return {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8, "reduce_range": True,
-                "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}}
+        return {
+            "activation_type": QuantType.QUInt8,
+            "weight_type": QuantType.QInt8,
+            "reduce_range": True,
+            "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True},
+        }
     if target == "tensorrt":
-        return {"activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
-                # TensorRT takes float biases; an int32-quantized bias is not part of its Q/DQ vocabulary
-                "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
+        return {
+            "activation_type": QuantType.QInt8,
+            "weight_type": QuantType.QInt8,
+            # TensorRT takes float biases; an int32-quantized bias is not part of its Q/DQ vocabulary
+            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        }
     raise BadInputError(f"unknown INT8 target '{target}'; choose one of: {', '.join(TARGETS)}")
 
 
@@ -87,8 +97,10 @@ def calibration_batch(card: ModelCard, size: int, context: ExportContext) -> tup
     if card.dataset:
         pixels = load_pixels(card, "train", size, context.data_dir, context.cache)
         return prepare_batch(pixels, card.input), f"{card.dataset} train, {len(pixels)} images"
-    message = ("the model card names no data set, so INT8 is calibrated on random pixels; its accuracy "
-               "may suffer (export from a checkpoint trained by rtool to calibrate on real images)")
+    message = (
+        "the model card names no data set, so INT8 is calibrated on random pixels; its accuracy "
+        "may suffer (export from a checkpoint trained by rtool to calibrate on real images)"
+    )
     if message not in context.notes:
         context.notes.append(message)
     return prepare_batch(random_pixels(card, size, seed=1), card.input), f"random pixels, {size} images"
@@ -106,14 +118,19 @@ def calibrate(model_path: Path, batch: np.ndarray, method: str, *, symmetric: bo
     options = {"symmetric": symmetric}
     if method == "entropy":
         options.update(num_bins=256, num_quantized_bins=128)
-    calibrator = create_calibrator(model_path, augmented_model_path=str(work / "augmented.onnx"),
-                                   calibrate_method=CALIB_METHODS[method], extra_options=options)
+    calibrator = create_calibrator(
+        model_path,
+        augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=CALIB_METHODS[method],
+        extra_options=options,
+    )
     calibrator.collect_data(_Batches(batch))
     return calibrator.compute_data()
 
 
-def int8_graph(fp32: onnx.ModelProto, card: ModelCard, target: str,
-               context: ExportContext) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def int8_graph(
+    fp32: onnx.ModelProto, card: ModelCard, target: str, context: ExportContext
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """(Q/DQ graph for ``target``, the settings that made it) from the FP32 graph, calibrated as the options say."""
     arguments = recipe(target)
     method, size = context.option(Int8Options).calib_method, context.option(Int8Options).calib_size
@@ -126,13 +143,21 @@ def int8_graph(fp32: onnx.ModelProto, card: ModelCard, target: str,
             quant_pre_process(fp32, str(folder / "prepared.onnx"))
             ranges = calibrate(folder / "prepared.onnx", batch, method, symmetric=target == "tensorrt", work=folder)
             save_tensors_data(ranges, folder / "ranges.json")
-            quantize_static(str(folder / "prepared.onnx"), str(folder / "quantized.onnx"), None,
-                            quant_format=QuantFormat.QDQ, per_channel=True, calibrate_method=CALIB_METHODS[method],
-                            calibration_cache_path=str(folder / "ranges.json"), **arguments)
+            quantize_static(
+                str(folder / "prepared.onnx"),
+                str(folder / "quantized.onnx"),
+                None,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                calibrate_method=CALIB_METHODS[method],
+                calibration_cache_path=str(folder / "ranges.json"),
+                **arguments,
+            )
             proto = onnx.load(str(folder / "quantized.onnx"))
         settings = {
-            "quantization": "static QDQ", "target": target, "calibration": {
-                "method": method, "images": len(batch), "source": source},
+            "quantization": "static QDQ",
+            "target": target,
+            "calibration": {"method": method, "images": len(batch), "source": source},
             "activations": "uint8 asymmetric" if target == "cpu" else "int8 symmetric (zero point 0)",
             "weights": "int8 symmetric, per output channel" + (", 7-bit range" if target == "cpu" else ""),
         }

@@ -23,16 +23,26 @@ from typing import Any, Callable, Iterable
 import torch
 
 import toolkit
-from exporters import (CHECKPOINT_FILE, PRECISIONS, Artifact, ExportContext, ExporterEntry, all_targets, exporters,
-                       get_exporter, option_classes, owned_patterns)
+from exporters import (
+    CHECKPOINT_FILE,
+    PRECISIONS,
+    Artifact,
+    ExportContext,
+    ExporterEntry,
+    all_targets,
+    exporters,
+    get_exporter,
+    option_classes,
+    owned_patterns,
+)
 from exporters.validation import compare, eager_logits, reference
 from toolkit.card import InputSpec, ModelCard, library_versions
 from toolkit.checkpoint import load_model, load_pretrained_weights, make_card, save_checkpoint
 from toolkit.errors import BadInputError, UnavailableError
 from toolkit.fileio import ensure_writable_dir
+from toolkit.flags import comma_list, from_values
 from toolkit.manifest import is_inside, read_manifest, sha256_file, write_manifest, written_by_rtool
 from toolkit.models import create_model, get_entry, list_models
-from toolkit.flags import comma_list, from_values
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 GREY_MEAN, GREY_STD = [0.5], [0.5]
@@ -68,14 +78,20 @@ class Source:
 
 # ---------------------------------------------------------------- source
 
+
 def default_input_spec(channels: int, height: int, width: int) -> InputSpec:
     """ImageNet mean/std for RGB, 0.5/0.5 for grey: the card of a model rtool did not train."""
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (GREY_MEAN, GREY_STD)
     return InputSpec(channels=channels, height=height, width=width, mean=list(mean), std=list(std))
 
 
-def resolve_source(source: str | Path, *, input_shape: tuple[int, ...] | None = None,
-                   num_classes: int | None = None, weights: str | Path | None = None) -> Source:
+def resolve_source(
+    source: str | Path,
+    *,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    weights: str | Path | None = None,
+) -> Source:
     """A checkpoint file, or a registered model name (untrained, or with torchvision-style ``weights``)."""
     text = str(source)
     if text in list_models() and not Path(text).is_file():
@@ -86,19 +102,24 @@ def resolve_source(source: str | Path, *, input_shape: tuple[int, ...] | None = 
             get_entry(text)
         raise BadInputError(f"'{text}' is neither a checkpoint file nor a model name; see `rtool models`")
     if input_shape or num_classes or weights:
-        raise BadInputError("--input-shape, --num-classes and --weights go with a model name, not a checkpoint "
-                            "(its card already fixes them)")
+        raise BadInputError(
+            "--input-shape, --num-classes and --weights go with a model name, not a checkpoint "
+            "(its card already fixes them)"
+        )
     model, card = load_model(path)
     info = {"kind": "checkpoint", "path": str(path.resolve()), "sha256": sha256_file(path)}
     return Source(model, card, info, path.resolve().parent / "export")
 
 
-def _model_source(name: str, input_shape: tuple[int, ...] | None, num_classes: int | None,
-                  weights: str | Path | None) -> Source:
+def _model_source(
+    name: str, input_shape: tuple[int, ...] | None, num_classes: int | None, weights: str | Path | None
+) -> Source:
     entry = get_entry(name)
     shape = tuple(input_shape) if input_shape else entry.default_input
     if len(shape) != 3 or shape[0] not in (1, 3):
-        raise BadInputError(f"--input-shape must be CxHxW with C 1 or 3 (e.g. 3x224x224), got {'x'.join(map(str, shape))}")
+        raise BadInputError(
+            f"--input-shape must be CxHxW with C 1 or 3 (e.g. 3x224x224), got {'x'.join(map(str, shape))}"
+        )
     classes = num_classes or entry.default_classes
     model = create_model(name, in_channels=shape[0], num_classes=classes)
     info: dict[str, Any] = {"kind": "model", "model": name}
@@ -107,12 +128,14 @@ def _model_source(name: str, input_shape: tuple[int, ...] | None, num_classes: i
         replaced = load_pretrained_weights(model, weights)
         info.update(path=str(Path(weights).resolve()), sha256=sha256_file(Path(weights)))
         training = {"weights": Path(weights).name, "reinitialised": replaced}
-    card = make_card(name, class_names=[str(i) for i in range(classes)],
-                     input_spec=default_input_spec(*shape), training=training)
+    card = make_card(
+        name, class_names=[str(i) for i in range(classes)], input_spec=default_input_spec(*shape), training=training
+    )
     return Source(model.eval(), card, info, Path("export") / name)
 
 
 # ---------------------------------------------------------------- plan
+
 
 def _precisions_for(entry: ExporterEntry, wanted: list[str], everything: bool) -> list[str]:
     if wanted:
@@ -130,8 +153,9 @@ def _jobs_of(entry: ExporterEntry, precision: str, target: str | None, everythin
     return [Job(entry.name, precision, t) for t in (targets if everything else targets[:1])]
 
 
-def plan(formats: str | Iterable[str] = "all", precisions: str | Iterable[str] | None = None,
-         target: str | None = None) -> tuple[list[Job], list[dict[str, Any]]]:
+def plan(
+    formats: str | Iterable[str] = "all", precisions: str | Iterable[str] | None = None, target: str | None = None
+) -> tuple[list[Job], list[dict[str, Any]]]:
     """(jobs to run, skipped with reasons) for the requested formats x precisions x INT8 targets."""
     names = comma_list(formats) or ["all"]
     everything = "all" in names
@@ -184,11 +208,21 @@ def check_options(jobs: list[Job], values: dict[str, Any]) -> dict[type, Any]:
 
 # ---------------------------------------------------------------- run
 
-def export_model(source: str | Path, formats: str | Iterable[str] = "all",
-                 precisions: str | Iterable[str] | None = None, out_dir: str | Path | None = None, *,
-                 target: str | None = None, input_shape: tuple[int, ...] | None = None,
-                 num_classes: int | None = None, weights: str | Path | None = None, data_dir: str | None = None,
-                 progress: Callable[[str], None] | None = None, **option_values: Any) -> ExportResult:
+
+def export_model(
+    source: str | Path,
+    formats: str | Iterable[str] = "all",
+    precisions: str | Iterable[str] | None = None,
+    out_dir: str | Path | None = None,
+    *,
+    target: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    num_classes: int | None = None,
+    weights: str | Path | None = None,
+    data_dir: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    **option_values: Any,
+) -> ExportResult:
     """Export ``source`` to every requested format x precision in ``out_dir`` and write its manifest.
 
     ``option_values`` are the formats' typed options by field name (opset,
@@ -211,26 +245,38 @@ def export_model(source: str | Path, formats: str | Iterable[str] = "all",
             (out / name).unlink(missing_ok=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    context.notes.extend(f"left {name} in place: the old manifest lists it, but rtool cannot prove it wrote it "
-                         f"(not one of its file names, or changed since); remove it yourself if it is stale"
-                         for name in left)
-    manifest_path = write_manifest(out, {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "rtool_version": toolkit.__version__, "source": src.info, "card": src.card.to_dict(),
-        "artifacts": entries + kept, "skipped": skipped, "versions": _versions()})
+    context.notes.extend(
+        f"left {name} in place: the old manifest lists it, but rtool cannot prove it wrote it "
+        f"(not one of its file names, or changed since); remove it yourself if it is stale"
+        for name in left
+    )
+    manifest_path = write_manifest(
+        out,
+        {
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "rtool_version": toolkit.__version__,
+            "source": src.info,
+            "card": src.card.to_dict(),
+            "artifacts": entries + kept,
+            "skipped": skipped,
+            "versions": _versions(),
+        },
+    )
     return ExportResult(artifacts, skipped, manifest_path, context.notes, sorted(stale), sorted(left))
 
 
-def _run_jobs(src: Source, jobs: list[Job], staging: Path, context: ExportContext,
-              say: Callable[[str], None]) -> list[Artifact]:
+def _run_jobs(
+    src: Source, jobs: list[Job], staging: Path, context: ExportContext, say: Callable[[str], None]
+) -> list[Artifact]:
     """The checkpoint copy, then every job's files, written into ``staging``."""
     say(f"checkpoint copy -> {CHECKPOINT_FILE}")
     artifacts = [_write_checkpoint_copy(src, staging, context)]
     for number, job in enumerate(jobs, 1):
         entry = get_exporter(job.format)
         say(f"[{number}/{len(jobs)}] {job.describe()} -> {entry.filename(job.precision, job.target) or entry.name}")
-        written = entry.export(src.model, src.card, staging, precision=job.precision, target=job.target,
-                               context=context)
+        written = entry.export(
+            src.model, src.card, staging, precision=job.precision, target=job.target, context=context
+        )
         artifacts += written if isinstance(written, list) else [written]
     return artifacts
 
@@ -242,8 +288,14 @@ def _write_checkpoint_copy(src: Source, staging: Path, context: ExportContext) -
     batch, expected, source = reference(src.model, src.card, context)
     reloaded, _ = load_model(path)
     stats = compare(expected, eager_logits(reloaded, batch), source)
-    return Artifact(format="checkpoint", precision="fp32", path=path, runtime="eager",
-                    settings={"contents": "weights + model card (no training state)"}, validation=stats)
+    return Artifact(
+        format="checkpoint",
+        precision="fp32",
+        path=path,
+        runtime="eager",
+        settings={"contents": "weights + model card (no training state)"},
+        validation=stats,
+    )
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
@@ -266,9 +318,17 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 def _entry(artifact: Artifact, staging: Path) -> dict[str, Any]:
     path = artifact.path
-    return {"file": path.relative_to(staging).as_posix(), "format": artifact.format, "precision": artifact.precision,
-            "target": artifact.target, "runtime": artifact.runtime, "sha256": sha256_file(path),
-            "size": path.stat().st_size, "settings": artifact.settings, "validation": artifact.validation}
+    return {
+        "file": path.relative_to(staging).as_posix(),
+        "format": artifact.format,
+        "precision": artifact.precision,
+        "target": artifact.target,
+        "runtime": artifact.runtime,
+        "sha256": sha256_file(path),
+        "size": path.stat().st_size,
+        "settings": artifact.settings,
+        "validation": artifact.validation,
+    }
 
 
 def _previous_entries(out: Path, src: Source, rewritten: set[str]) -> tuple[list[dict[str, Any]], list[str], list[str]]:
@@ -312,15 +372,23 @@ def _versions() -> dict[str, str]:
 
 # ---------------------------------------------------------------- reading
 
+
 def summary_rows(result: ExportResult) -> list[dict[str, Any]]:
     """One row per written file for the command's table / JSON: name, kind, size, validation figures."""
     rows = []
     for artifact in result.artifacts:
         size = artifact.path.stat().st_size
-        rows.append({"file": artifact.path.relative_to(result.manifest_path.parent).as_posix(),
-                     "format": artifact.format, "precision": artifact.precision,
-                     "target": artifact.target, "runtime": artifact.runtime, "size": size,
-                     "size_text": f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB",
-                     "max_abs_diff": artifact.validation.get("max_abs_diff", float("nan")),
-                     "top1_agreement": artifact.validation.get("top1_agreement", float("nan"))})
+        rows.append(
+            {
+                "file": artifact.path.relative_to(result.manifest_path.parent).as_posix(),
+                "format": artifact.format,
+                "precision": artifact.precision,
+                "target": artifact.target,
+                "runtime": artifact.runtime,
+                "size": size,
+                "size_text": f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB",
+                "max_abs_diff": artifact.validation.get("max_abs_diff", float("nan")),
+                "top1_agreement": artifact.validation.get("top1_agreement", float("nan")),
+            }
+        )
     return rows

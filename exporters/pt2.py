@@ -38,8 +38,15 @@ FILES = {"fp32": "model.pt2"}
 
 
 @register_exporter("pt2", precisions=("fp32",), runtime="pt2", files=FILES)
-def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
-           context: ExportContext) -> Artifact:
+def export(
+    model: torch.nn.Module,
+    card: ModelCard,
+    out_dir: Path,
+    *,
+    precision: str,
+    target: str | None,
+    context: ExportContext,
+) -> Artifact:
     batch, expected, source = reference(model, card, context)
     program = exported_program(model, torch.from_numpy(batch[:EXAMPLE_BATCH].copy()))
     path = Path(out_dir) / FILES[precision]
@@ -49,10 +56,14 @@ def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision:
         tmp.write_bytes(buffer.getvalue())
         stats = _reload_and_compare(tmp, batch, expected, source)
         require_fp32_match(path.name, stats, expected)  # inside: a failed check leaves no file
-    return Artifact(format="pt2", precision=precision, path=path, runtime="pt2",
-                    settings={"dynamic_batch": [1, MAX_BATCH], "example_batch": EXAMPLE_BATCH,
-                              "torch": torch.__version__},
-                    validation=stats)
+    return Artifact(
+        format="pt2",
+        precision=precision,
+        path=path,
+        runtime="pt2",
+        settings={"dynamic_batch": [1, MAX_BATCH], "example_batch": EXAMPLE_BATCH, "torch": torch.__version__},
+        validation=stats,
+    )
 
 
 def _reload_and_compare(path: Path, batch: np.ndarray, expected: np.ndarray, source: str) -> dict[str, Any]:

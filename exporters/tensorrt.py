@@ -42,8 +42,11 @@ class TensorRTOptions:
 
     batch_range: str = setting(DEFAULT_BATCH_RANGE, "TensorRT optimization profile MIN:OPT:MAX.")
     workspace: float = setting(4.0, "TensorRT builder workspace in GB.", low=0.01, high=1024)
-    timing_cache: str | None = setting(None, "TensorRT timing cache file, reused across builds "
-                                            "(default: ~/.cache/rtool/, one per TensorRT version and GPU).")
+    timing_cache: str | None = setting(
+        None,
+        "TensorRT timing cache file, reused across builds "
+        "(default: ~/.cache/rtool/, one per TensorRT version and GPU).",
+    )
 
     def validate(self) -> None:
         parse_batch_range(self.batch_range)
@@ -84,11 +87,13 @@ def major_version(version: str) -> int:
 
 
 def onnx_source(trt_major: int, precision: str) -> tuple[str, str | None, list[str]]:
-    """(ONNX precision, INT8 target, builder flags) an engine of ``precision`` is built from on TensorRT ``trt_major``."""
+    """(ONNX precision, INT8 target, builder flags) of the source of an engine of ``precision``, by TensorRT major."""
     if precision not in ("fp16", "int8"):
         raise BadInputError(f"TensorRT engines are built in fp16 or int8, not {precision}")
     if trt_major < 10:
-        raise UnavailableError(f"TensorRT {trt_major}.x is too old; rtool builds with TensorRT 10 or 11 ({INSTALL_HINT})")
+        raise UnavailableError(
+            f"TensorRT {trt_major}.x is too old; rtool builds with TensorRT 10 or 11 ({INSTALL_HINT})"
+        )
     if trt_major == 10:  # weakly typed: a builder flag allows the lower precision
         return ("fp32", None, ["FP16"]) if precision == "fp16" else ("int8", "tensorrt", ["INT8"])
     return ("fp16", None, []) if precision == "fp16" else ("int8", "tensorrt", [])  # strongly typed
@@ -104,12 +109,22 @@ def engine_stamp() -> dict[str, str]:
     import tensorrt as trt
 
     major, minor = torch.cuda.get_device_capability(0)
-    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(0),
-            "compute_capability": f"{major}.{minor}"}
+    return {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": torch.cuda.get_device_name(0),
+        "compute_capability": f"{major}.{minor}",
+    }
 
 
-def build_engine(onnx_bytes: bytes, *, input_shape: tuple[int, int, int], flags: list[str],
-                 batch_range: tuple[int, int, int], workspace_gb: float, timing_cache: Path) -> bytes:
+def build_engine(
+    onnx_bytes: bytes,
+    *,
+    input_shape: tuple[int, int, int],
+    flags: list[str],
+    batch_range: tuple[int, int, int],
+    workspace_gb: float,
+    timing_cache: Path,
+) -> bytes:
     """Serialized engine from an ONNX graph (TensorRT 10 and 11 Python API)."""
     import tensorrt as trt
 
@@ -159,10 +174,23 @@ def run_engine(engine_bytes: bytes, batch: np.ndarray) -> np.ndarray:
     return out.float().cpu().numpy()
 
 
-@register_exporter("tensorrt", precisions=("fp16", "int8"), runtime="tensorrt", files=FILES, available=available,
-                   options=(OnnxOptions, Int8Options, TensorRTOptions))
-def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
-           context: ExportContext) -> Artifact:
+@register_exporter(
+    "tensorrt",
+    precisions=("fp16", "int8"),
+    runtime="tensorrt",
+    files=FILES,
+    available=available,
+    options=(OnnxOptions, Int8Options, TensorRTOptions),
+)
+def export(
+    model: torch.nn.Module,
+    card: ModelCard,
+    out_dir: Path,
+    *,
+    precision: str,
+    target: str | None,
+    context: ExportContext,
+) -> Artifact:
     ok, reason = available()
     if not ok:
         raise UnavailableError(f"cannot build TensorRT engines here: {reason}")
@@ -174,20 +202,37 @@ def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision:
     batch_range = parse_batch_range(options.batch_range)
     workspace = options.workspace
     stamp = engine_stamp()
-    cache_file = Path(options.timing_cache or default_timing_cache(stamp["tensorrt_version"],
-                                                                   stamp["compute_capability"]))
-    engine = build_engine(graph.SerializeToString(), input_shape=card.input.shape, flags=flags,
-                          batch_range=batch_range, workspace_gb=workspace, timing_cache=cache_file)
+    cache_file = Path(
+        options.timing_cache or default_timing_cache(stamp["tensorrt_version"], stamp["compute_capability"])
+    )
+    engine = build_engine(
+        graph.SerializeToString(),
+        input_shape=card.input.shape,
+        flags=flags,
+        batch_range=batch_range,
+        workspace_gb=workspace,
+        timing_cache=cache_file,
+    )
     batch, expected, source = reference(model, card, context)
     rows = min(max(len(batch), batch_range[0]), batch_range[2])  # a batch the profile accepts
-    stats = compare(np.resize(expected, (rows, *expected.shape[1:])),
-                    run_engine(engine, np.resize(batch, (rows, *batch.shape[1:]))), source)
+    stats = compare(
+        np.resize(expected, (rows, *expected.shape[1:])),
+        run_engine(engine, np.resize(batch, (rows, *batch.shape[1:]))),
+        source,
+    )
     path = Path(out_dir) / FILES[precision]
     with atomic_path(path) as tmp:
         tmp.write_bytes(engine)
-    settings = {**stamp, "onnx_source": artifact_filename("onnx", source_precision, target),
-                "opset": onnx_settings["opset"], "builder_flags": flags,
-                "strongly_typed": not flags, "batch_range": list(batch_range), "workspace_gb": workspace,
-                "timing_cache": str(cache_file)}
-    return Artifact(format="tensorrt", precision=precision, path=path, runtime="tensorrt", settings=settings,
-                    validation=stats)
+    settings = {
+        **stamp,
+        "onnx_source": artifact_filename("onnx", source_precision, target),
+        "opset": onnx_settings["opset"],
+        "builder_flags": flags,
+        "strongly_typed": not flags,
+        "batch_range": list(batch_range),
+        "workspace_gb": workspace,
+        "timing_cache": str(cache_file),
+    }
+    return Artifact(
+        format="tensorrt", precision=precision, path=path, runtime="tensorrt", settings=settings, validation=stats
+    )

@@ -28,8 +28,15 @@ FILES = {"fp32": "model.ts"}
 
 
 @register_exporter("torchscript", precisions=("fp32",), runtime="torchscript", files=FILES)
-def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
-           context: ExportContext) -> Artifact:
+def export(
+    model: torch.nn.Module,
+    card: ModelCard,
+    out_dir: Path,
+    *,
+    precision: str,
+    target: str | None,
+    context: ExportContext,
+) -> Artifact:
     batch, expected, source = reference(model, card, context)
     example = torch.from_numpy(batch[:TRACE_BATCH].copy())
     with warnings.catch_warnings():
@@ -41,9 +48,14 @@ def export(model: torch.nn.Module, card: ModelCard, out_dir: Path, *, precision:
             torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE_NAME: card.to_json()})
             stats = _reload_and_compare(tmp, batch, expected, source)
             require_fp32_match(path.name, stats, expected)  # inside: a failed check leaves no file
-    return Artifact(format="torchscript", precision=precision, path=path, runtime="torchscript",
-                    settings={"method": "trace", "trace_batch": TRACE_BATCH, "torch": torch.__version__},
-                    validation=stats)
+    return Artifact(
+        format="torchscript",
+        precision=precision,
+        path=path,
+        runtime="torchscript",
+        settings={"method": "trace", "trace_batch": TRACE_BATCH, "torch": torch.__version__},
+        validation=stats,
+    )
 
 
 def _reload_and_compare(path: Path, batch: np.ndarray, expected: np.ndarray, source: str) -> dict[str, Any]:

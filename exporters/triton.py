@@ -46,8 +46,17 @@ BACKENDS = {  # --triton-backend -> (rtool format that makes the file, Triton pl
     "tensorrt": ("tensorrt", "tensorrt_plan", "model.plan"),
 }
 # ONNX TensorProto element types -> Triton data types (model_config.proto, enum DataType).
-TRITON_TYPES = {1: "TYPE_FP32", 2: "TYPE_UINT8", 3: "TYPE_INT8", 6: "TYPE_INT32", 7: "TYPE_INT64",
-                9: "TYPE_BOOL", 10: "TYPE_FP16", 11: "TYPE_FP64", 16: "TYPE_BF16"}
+TRITON_TYPES = {
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
+    16: "TYPE_BF16",
+}
 MODEL_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 MAX_BATCH_SIZE = 2**31 - 1  # max_batch_size is an int32 in model_config.proto
 
@@ -56,12 +65,17 @@ MAX_BATCH_SIZE = 2**31 - 1  # max_batch_size is an int32 in model_config.proto
 class TritonOptions:
     """How the Triton model repository is laid out."""
 
-    triton_model_name: str | None = setting(None, "Triton model name (default: the card's, e.g. resnet20).",
-                                           pattern=MODEL_NAME)
-    triton_max_batch: int = setting(DEFAULT_MAX_BATCH, "Triton max_batch_size with dynamic batching (0 = no "
-                                   "batching).", low=0, high=MAX_BATCH_SIZE)
-    triton_backend: str = setting("onnxruntime", "Triton backend: onnxruntime serves model.onnx, tensorrt a "
-                                 "model.plan engine.", choices=tuple(BACKENDS))
+    triton_model_name: str | None = setting(
+        None, "Triton model name (default: the card's, e.g. resnet20).", pattern=MODEL_NAME
+    )
+    triton_max_batch: int = setting(
+        DEFAULT_MAX_BATCH, "Triton max_batch_size with dynamic batching (0 = no batching).", low=0, high=MAX_BATCH_SIZE
+    )
+    triton_backend: str = setting(
+        "onnxruntime",
+        "Triton backend: onnxruntime serves model.onnx, tensorrt a model.plan engine.",
+        choices=tuple(BACKENDS),
+    )
 
 
 @dataclass(frozen=True)
@@ -84,8 +98,10 @@ def onnx_signature(source: str | Path | Any) -> tuple[list[TensorSignature], lis
     def describe(value: Any) -> TensorSignature:
         tensor = value.type.tensor_type
         if tensor.elem_type not in TRITON_TYPES:
-            raise BadInputError(f"{Path(path).name}: tensor '{value.name}' has ONNX element type "
-                                f"{tensor.elem_type}, which Triton cannot serve")
+            raise BadInputError(
+                f"{Path(path).name}: tensor '{value.name}' has ONNX element type "
+                f"{tensor.elem_type}, which Triton cannot serve"
+            )
         dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim)
         return TensorSignature(value.name, TRITON_TYPES[tensor.elem_type], dims)
 
@@ -99,9 +115,17 @@ def batch_dimension_is_dynamic(tensors: list[TensorSignature]) -> bool:
     return all(len(t.shape) >= 2 and t.shape[0] == -1 for t in tensors)
 
 
-def triton_config(model_name: str, platform: str, inputs: list[TensorSignature], outputs: list[TensorSignature], *,
-                  max_batch_size: int, input_format: str | None = None, label_filename: str | None = None,
-                  queue_delay_us: int = DEFAULT_QUEUE_DELAY_US) -> str:
+def triton_config(
+    model_name: str,
+    platform: str,
+    inputs: list[TensorSignature],
+    outputs: list[TensorSignature],
+    *,
+    max_batch_size: int,
+    input_format: str | None = None,
+    label_filename: str | None = None,
+    queue_delay_us: int = DEFAULT_QUEUE_DELAY_US,
+) -> str:
     """config.pbtxt text (protobuf text format of Triton's ModelConfig).
 
     With ``max_batch_size`` > 0 the first (batch) dimension is left out of
@@ -109,8 +133,9 @@ def triton_config(model_name: str, platform: str, inputs: list[TensorSignature],
     """
     batching = max_batch_size > 0
     if batching and not batch_dimension_is_dynamic(inputs + outputs):
-        raise BadInputError(f"{model_name}: the graph has a fixed batch dimension, so Triton cannot batch it; "
-                            f"use --triton-max-batch 0")
+        raise BadInputError(
+            f"{model_name}: the graph has a fixed batch dimension, so Triton cannot batch it; use --triton-max-batch 0"
+        )
 
     def dims(t: TensorSignature) -> str:
         shape = t.shape[1:] if batching else t.shape
@@ -148,16 +173,31 @@ def image_format(card: ModelCard, inputs: list[TensorSignature], max_batch_size:
     return None
 
 
-def write_repository(folder: Path, model_name: str, model_file: Path, platform: str, file_name: str,
-                     card: ModelCard, signature: Any, max_batch_size: int) -> Path:
+def write_repository(
+    folder: Path,
+    model_name: str,
+    model_file: Path,
+    platform: str,
+    file_name: str,
+    card: ModelCard,
+    signature: Any,
+    max_batch_size: int,
+) -> Path:
     """Write FOLDER/MODEL/{config.pbtxt, labels.txt, 1/FILE} (FOLDER is the pipeline's staging copy)."""
     if not re.fullmatch(MODEL_NAME, model_name):
         raise BadInputError(f"'{model_name}' is not a usable Triton model name (letters, digits, _ . -)")
     if not 0 <= max_batch_size <= MAX_BATCH_SIZE:
         raise BadInputError(f"--triton-max-batch must be 0 (no batching) to {MAX_BATCH_SIZE}")
     inputs, outputs = onnx_signature(signature)
-    config = triton_config(model_name, platform, inputs, outputs, max_batch_size=max_batch_size,
-                           input_format=image_format(card, inputs, max_batch_size), label_filename=LABELS_FILE)
+    config = triton_config(
+        model_name,
+        platform,
+        inputs,
+        outputs,
+        max_batch_size=max_batch_size,
+        input_format=image_format(card, inputs, max_batch_size),
+        label_filename=LABELS_FILE,
+    )
     model_dir = folder / model_name
     (model_dir / VERSION_DIR).mkdir(parents=True)
     shutil.copyfile(model_file, model_dir / VERSION_DIR / file_name)
@@ -174,8 +214,9 @@ def tensorrt_source_graph(model: Any, card: ModelCard, precision: str, context: 
     return onnx_graph(model, card, source_precision, context, target)[0]
 
 
-def build_model_file(model: Any, card: ModelCard, build: Path, precision: str, backend: str,
-                     context: ExportContext) -> Artifact:
+def build_model_file(
+    model: Any, card: ModelCard, build: Path, precision: str, backend: str, context: ExportContext
+) -> Artifact:
     """The file Triton serves, made by the onnx (or tensorrt) exporter: the very file rtool checked."""
     source_format = BACKENDS[backend][0]
     entry = get_exporter(source_format)
@@ -190,12 +231,18 @@ def build_model_file(model: Any, card: ModelCard, build: Path, precision: str, b
     return built[0] if isinstance(built, list) else built
 
 
-@register_exporter("triton", precisions=("fp32", "fp16", "int8"), runtime="triton", in_all=False,
-                   files={"fp32": "triton/", "fp16": "triton/", "int8": "triton/"},
-                   options=(OnnxOptions, Int8Options, EmbedOptions, TensorRTOptions, TritonOptions),
-                   owns=(r"triton/[A-Za-z0-9_.-]+/[0-9]+/model\.(onnx|plan)",))
-def export(model: Any, card: ModelCard, out_dir: Path, *, precision: str, target: str | None,
-           context: ExportContext) -> Artifact:
+@register_exporter(
+    "triton",
+    precisions=("fp32", "fp16", "int8"),
+    runtime="triton",
+    in_all=False,
+    files={"fp32": "triton/", "fp16": "triton/", "int8": "triton/"},
+    options=(OnnxOptions, Int8Options, EmbedOptions, TensorRTOptions, TritonOptions),
+    owns=(r"triton/[A-Za-z0-9_.-]+/[0-9]+/model\.(onnx|plan)",),
+)
+def export(
+    model: Any, card: ModelCard, out_dir: Path, *, precision: str, target: str | None, context: ExportContext
+) -> Artifact:
     """Build the model file with the ONNX (or TensorRT) exporter and lay it out as a Triton repository."""
     options = context.option(TritonOptions)
     backend = options.triton_backend
@@ -209,11 +256,21 @@ def export(model: Any, card: ModelCard, out_dir: Path, *, precision: str, target
         if backend == "tensorrt":  # the engine's I/O is its source graph's; its profile caps the batch
             signature = tensorrt_source_graph(model, card, precision, context)
             max_batch = min(max_batch, int(built.settings["batch_range"][2]))
-        model_dir = write_repository(folder, model_name, built.path, platform, file_name, card, signature,
-                                     max_batch)
-    return Artifact(format="triton", precision=precision, path=model_dir / VERSION_DIR / file_name, runtime="triton",
-                    target=built.target,
-                    settings={**built.settings, "backend": backend, "platform": platform, "model_name": model_name,
-                              "max_batch_size": max_batch, "repository": REPOSITORY_DIR,
-                              "config": f"{REPOSITORY_DIR}/{model_name}/config.pbtxt"},
-                    validation=dict(built.validation))
+        model_dir = write_repository(folder, model_name, built.path, platform, file_name, card, signature, max_batch)
+    return Artifact(
+        format="triton",
+        precision=precision,
+        path=model_dir / VERSION_DIR / file_name,
+        runtime="triton",
+        target=built.target,
+        settings={
+            **built.settings,
+            "backend": backend,
+            "platform": platform,
+            "model_name": model_name,
+            "max_batch_size": max_batch,
+            "repository": REPOSITORY_DIR,
+            "config": f"{REPOSITORY_DIR}/{model_name}/config.pbtxt",
+        },
+        validation=dict(built.validation),
+    )

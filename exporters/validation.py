@@ -22,8 +22,9 @@ VALIDATION_IMAGES = 16
 FP32_TOLERANCE = 1e-3  # relative to the largest eager logit (at least 1): float32 reordering, not a bug
 
 
-def load_pixels(card: ModelCard, split: str, count: int, data_dir: str | None = None,
-                cache: dict[str, Any] | None = None) -> np.ndarray:
+def load_pixels(
+    card: ModelCard, split: str, count: int, data_dir: str | None = None, cache: dict[str, Any] | None = None
+) -> np.ndarray:
     """``count`` uint8 images of the card's data set split, a fixed random sample across all classes.
 
     BadInputError (naming the folder and ``--data-dir``) if the data set cannot be loaded here.
@@ -46,8 +47,9 @@ def random_pixels(card: ModelCard, count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(count, *card.input.shape), dtype=np.uint8)
 
 
-def validation_batch(card: ModelCard, data_dir: str | None = None, cache: dict[str, Any] | None = None,
-                     count: int = VALIDATION_IMAGES) -> tuple[np.ndarray, str]:
+def validation_batch(
+    card: ModelCard, data_dir: str | None = None, cache: dict[str, Any] | None = None, count: int = VALIDATION_IMAGES
+) -> tuple[np.ndarray, str]:
     """(float32 batch, where it came from): real test images when the card's data set loads, else noise."""
     if card.dataset:
         try:
@@ -65,6 +67,7 @@ def eager_logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
 
 def reference(model: torch.nn.Module, card: ModelCard, context: ExportContext) -> tuple[np.ndarray, np.ndarray, str]:
     """(batch, eager logits, description), computed once per export run and shared through its cache."""
+
     def build() -> tuple[np.ndarray, np.ndarray, str]:
         batch, source = validation_batch(card, context.data_dir, context.cache)
         return batch, eager_logits(model, batch), source
@@ -80,8 +83,12 @@ def compare(expected: np.ndarray, got: np.ndarray, source: str) -> dict[str, Any
         raise CheckFailedError("exported model returned NaN/Inf logits on the validation batch")
     diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
     agreement = float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1)))
-    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
-            "top1_agreement": agreement, "inputs": source}
+    return {
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+        "top1_agreement": agreement,
+        "inputs": source,
+    }
 
 
 def require_fp32_match(file_name: str, stats: dict[str, Any], expected: np.ndarray) -> None:
@@ -89,5 +96,7 @@ def require_fp32_match(file_name: str, stats: dict[str, Any], expected: np.ndarr
     tolerance = FP32_TOLERANCE * max(1.0, float(np.abs(expected).max()))
     stats["tolerance"] = tolerance
     if stats["max_abs_diff"] > tolerance:
-        raise CheckFailedError(f"{file_name} disagrees with the eager model (max abs logit diff "
-                               f"{stats['max_abs_diff']:.3g} > {tolerance:.3g}); the export is broken, not written")
+        raise CheckFailedError(
+            f"{file_name} disagrees with the eager model (max abs logit diff "
+            f"{stats['max_abs_diff']:.3g} > {tolerance:.3g}); the export is broken, not written"
+        )

@@ -69,18 +69,24 @@ class Runtime:
         if not isinstance(batch, np.ndarray):
             raise BadInputError(f"{self.name}: expected a numpy array, got {type(batch).__name__}")
         if not np.issubdtype(batch.dtype, np.floating):
-            raise BadInputError(f"{self.name}: expected float input, got {batch.dtype} "
-                                f"(turn pixels into model input with toolkit.preprocess.prepare_batch)")
+            raise BadInputError(
+                f"{self.name}: expected float input, got {batch.dtype} "
+                f"(turn pixels into model input with toolkit.preprocess.prepare_batch)"
+            )
         if self.card is not None:
             expected = self.card.input.shape
             if batch.ndim != 4 or tuple(batch.shape[1:]) != expected:
-                raise BadInputError(f"{self.name}: batch has shape {tuple(batch.shape)}; the model takes "
-                                    f"(N, {', '.join(map(str, expected))}) (see toolkit.preprocess.prepare_batch)")
+                raise BadInputError(
+                    f"{self.name}: batch has shape {tuple(batch.shape)}; the model takes "
+                    f"(N, {', '.join(map(str, expected))}) (see toolkit.preprocess.prepare_batch)"
+                )
         elif batch.ndim != 4:
             raise BadInputError(f"{self.name}: expected an (N, C, H, W) batch, got shape {tuple(batch.shape)}")
         if self.max_batch and len(batch) > self.max_batch:
-            raise BadInputError(f"{self.name}: batch of {len(batch)} exceeds this model's limit of "
-                                f"{self.max_batch}; use runtimes.infer_in_batches")
+            raise BadInputError(
+                f"{self.name}: batch of {len(batch)} exceeds this model's limit of "
+                f"{self.max_batch}; use runtimes.infer_in_batches"
+            )
         if not np.isfinite(batch).all():
             bad = int(np.size(batch) - np.count_nonzero(np.isfinite(batch)))
             raise BadInputError(f"{self.name}: input holds {bad} NaN/Inf values; check the images or preprocessing")
@@ -96,8 +102,7 @@ class Runtime:
                 hint = f"; it opens with --runtime {runtime_for_file(path)}"
             except BadInputError:
                 hint = ""
-            raise BadInputError(f"{path.name} is not a {self.name} file (expected "
-                                f"{' or '.join(self.suffixes)}){hint}")
+            raise BadInputError(f"{path.name} is not a {self.name} file (expected {' or '.join(self.suffixes)}){hint}")
         return path
 
     def close(self) -> None:
@@ -119,8 +124,10 @@ def register_runtime(cls: type[Runtime]) -> type[Runtime]:
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
     if cls.name in _REGISTRY and _REGISTRY[cls.name].__qualname__ != cls.__qualname__:
-        raise ValueError(f"runtime '{cls.name}' is registered twice ({_REGISTRY[cls.name].__module__} and "
-                         f"{cls.__module__}); pick another name")
+        raise ValueError(
+            f"runtime '{cls.name}' is registered twice ({_REGISTRY[cls.name].__module__} and "
+            f"{cls.__module__}); pick another name"
+        )
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -167,8 +174,9 @@ def runtime_for_file(path: str | Path) -> str:
     for runtime_name, cls in _REGISTRY.items():
         if any(name.endswith(s) for s in cls.suffixes):
             return runtime_name
-    raise BadInputError(f"no runtime opens '{name}'; expected one of: "
-                        f"{', '.join(s for c in _REGISTRY.values() for s in c.suffixes)}")
+    raise BadInputError(
+        f"no runtime opens '{name}'; expected one of: {', '.join(s for c in _REGISTRY.values() for s in c.suffixes)}"
+    )
 
 
 def artifact_label(runtime: str, precision: str, target: str | None = None) -> str:
@@ -188,15 +196,16 @@ def run_torch_module(module: Any, batch: np.ndarray, device: str, kind: str) -> 
         with torch.inference_mode():
             return module(torch.from_numpy(batch).to(device)).float().cpu().numpy()
     except RuntimeError as e:
-        raise BadInputError(f"{kind} failed to run this model ({error_summary(e)}); the file may be corrupt, "
-                            f"re-export it") from None
+        raise BadInputError(
+            f"{kind} failed to run this model ({error_summary(e)}); the file may be corrupt, re-export it"
+        ) from None
 
 
 def error_summary(error: BaseException, limit: int = 140) -> str:
     """The first sentence of a library's error message, short enough for a one-line report."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else error.__class__.__name__
     sentence = text.split(". ")[0].rstrip(".")
-    return sentence if len(sentence) <= limit else sentence[:limit - 3] + "..."
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
 def resolve_device(device: str, threads: int | None = None) -> str:
@@ -214,8 +223,9 @@ def resolve_device(device: str, threads: int | None = None) -> str:
         return "cpu"
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UnavailableError(f"--device {device} asked for, but {cuda_gpus()[1] or 'CUDA is not usable'}; "
-                                   f"use --device cpu")
+            raise UnavailableError(
+                f"--device {device} asked for, but {cuda_gpus()[1] or 'CUDA is not usable'}; use --device cpu"
+            )
         return "cuda:0" if device == "cuda" else device
     raise BadInputError(f"unknown device '{device}'; choose auto, cpu or cuda")
 
@@ -286,13 +296,14 @@ def open_runtime(name: str, artifact_path: str | Path, device: str = "auto", **o
     return runtime
 
 
-def infer_in_batches(runtime: Runtime, batch: np.ndarray, batch_size: int | None = None,
-                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+def infer_in_batches(
+    runtime: Runtime, batch: np.ndarray, batch_size: int | None = None, progress: Callable[[int], None] | None = None
+) -> np.ndarray:
     """Run a large batch in pieces no larger than the runtime's limit (or ``batch_size``)."""
     step = min(x for x in (batch_size, runtime.max_batch, len(batch) or 1) if x)
     outputs = []
     for start in range(0, len(batch), step):
-        outputs.append(runtime.infer(batch[start:start + step]))
+        outputs.append(runtime.infer(batch[start : start + step]))
         if progress:
             progress(min(step, len(batch) - start))
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from exporters import artifact_filename
 from toolkit.card import EXTRA_FILE_NAME, MANIFEST_NAME, ONNX_METADATA_KEY, ModelCard
-from toolkit.errors import BadInputError, UnsafeFileError
+from toolkit.errors import BadInputError
 from toolkit.jsonsafe import MAX_JSON_BYTES
 from toolkit.manifest import entry_path, read_manifest, verify_sha256
 from toolkit.safety import DAMAGED_ZIP_ERRORS
@@ -39,9 +39,11 @@ def check_card_fits_input(card: ModelCard, dims: Sequence[Any], raw_pixels: bool
     fixed = [d if isinstance(d, int) and d > 0 else None for d in dims]
     if len(fixed) != 4 or any(got is not None and got != want for got, want in zip(fixed[1:], expected)):
         shown = "x".join(str(d) if d is not None else "?" for d in fixed)
-        raise BadInputError(f"{source.name}: its model card says images are {'x'.join(map(str, spec.shape))} "
-                            f"(CxHxW), but the graph takes {layout} input {shown}; the card does not belong to this "
-                            f"model, re-export it")
+        raise BadInputError(
+            f"{source.name}: its model card says images are {'x'.join(map(str, spec.shape))} "
+            f"(CxHxW), but the graph takes {layout} input {shown}; the card does not belong to this "
+            f"model, re-export it"
+        )
 
 
 def onnx_input_dims(model: Any) -> tuple[list[Any], bool]:
@@ -93,12 +95,15 @@ def _zip_extra_card(path: Path) -> ModelCard | None:
             for info in archive.infolist():
                 if info.filename.endswith(f"/{EXTRA_FILE_NAME}") or info.filename == EXTRA_FILE_NAME:
                     if info.file_size > MAX_JSON_BYTES:  # checked before reading: it may be a compressed bomb
-                        raise BadInputError(f"{path.name}: its model card claims {info.file_size:,} bytes (limit "
-                                            f"{MAX_JSON_BYTES:,}); the file is corrupt or hostile")
+                        raise BadInputError(
+                            f"{path.name}: its model card claims {info.file_size:,} bytes (limit "
+                            f"{MAX_JSON_BYTES:,}); the file is corrupt or hostile"
+                        )
                     return card_from_json(archive.read(info), path)
     except DAMAGED_ZIP_ERRORS as e:
-        raise BadInputError(f"{path.name} is not a readable model archive ({e.__class__.__name__}: "
-                            f"{str(e)[:120]}); re-export it") from None
+        raise BadInputError(
+            f"{path.name} is not a readable model archive ({e.__class__.__name__}: {str(e)[:120]}); re-export it"
+        ) from None
     return None
 
 
@@ -125,8 +130,10 @@ def read_card(artifact_path: str | Path) -> ModelCard:
     card = {".ts": _zip_extra_card, ".pt2": _zip_extra_card, ".onnx": _onnx_card}.get(path.suffix, lambda p: None)(path)
     card = card or card_beside(path)
     if card is None:
-        raise BadInputError(f"{path.name} carries no rtool model card (and no {MANIFEST_NAME} beside it lists "
-                            f"one); export it with `rtool export`")
+        raise BadInputError(
+            f"{path.name} carries no rtool model card (and no {MANIFEST_NAME} beside it lists "
+            f"one); export it with `rtool export`"
+        )
     return card
 
 
@@ -139,19 +146,33 @@ def describe_artifacts(manifest: dict[str, Any]) -> str:
     return ", ".join(parts) or "nothing"
 
 
-def resolve_artifact(export_dir: str | Path, runtime: str = "onnxruntime", precision: str = "fp32",
-                     target: str | None = None, verify: bool = True) -> Path:
+def resolve_artifact(
+    export_dir: str | Path,
+    runtime: str = "onnxruntime",
+    precision: str = "fp32",
+    target: str | None = None,
+    verify: bool = True,
+) -> Path:
     """The file in an export folder that ``runtime`` runs at ``precision`` (and ``target``), checked by sha256
     unless ``verify`` is False."""
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    matches = [a for a in manifest["artifacts"] if isinstance(a, dict)
-               and a.get("runtime") == runtime and a.get("precision") == precision
-               and (target is None or a.get("target") in (target, None))]
+    matches = [
+        a
+        for a in manifest["artifacts"]
+        if isinstance(a, dict)
+        and a.get("runtime") == runtime
+        and a.get("precision") == precision
+        and (target is None or a.get("target") in (target, None))
+    ]
     # Several files may fit (e.g. model.onnx and model.raw.onnx for apps): prefer the standard name,
     # then the CPU-tuned INT8 file when no target was asked for.
-    matches.sort(key=lambda a: (a.get("file") != artifact_filename(str(a.get("format")), precision, a.get("target")),
-                                target is None and a.get("target") not in (None, "cpu")))
+    matches.sort(
+        key=lambda a: (
+            a.get("file") != artifact_filename(str(a.get("format")), precision, a.get("target")),
+            target is None and a.get("target") not in (None, "cpu"),
+        )
+    )
     if not matches:
         wanted = f"{runtime} {precision}" + (f" (target {target})" if target else "")
         raise BadInputError(f"{export_dir} has no {wanted} file; it holds: {describe_artifacts(manifest)}")
@@ -177,8 +198,9 @@ def artifact_runs(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     for entry in manifest["artifacts"]:
         if entry.get("runtime") not in known:
             continue
-        runs += [(runtime, entry) for runtime in runtimes_for_format(str(entry.get("format")))
-                 or [str(entry["runtime"])]]
+        runs += [
+            (runtime, entry) for runtime in runtimes_for_format(str(entry.get("format"))) or [str(entry["runtime"])]
+        ]
     return runs
 
 
@@ -186,5 +208,9 @@ def skipped_runs(manifest: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(runtime, skip record) for every format x precision the export skipped, per runtime that would run it."""
     from runtimes import runtimes_for_format
 
-    return [(runtime, skip) for skip in manifest.get("skipped") or [] if isinstance(skip, dict)
-            for runtime in runtimes_for_format(str(skip.get("format")))]
+    return [
+        (runtime, skip)
+        for skip in manifest.get("skipped") or []
+        if isinstance(skip, dict)
+        for runtime in runtimes_for_format(str(skip.get("format")))
+    ]

@@ -26,8 +26,10 @@ class EagerRuntime(Runtime):
     def load(self, artifact_path: str | Path, device: str = "auto") -> None:
         path = self.expect_file(artifact_path)
         if not zipfile.is_zipfile(path):  # every torch.save since PyTorch 1.6 is a zip archive
-            raise BadInputError(f"{path.name} is not a readable PyTorch checkpoint (not a zip archive); "
-                                f"give an rtool checkpoint (best.pt)")
+            raise BadInputError(
+                f"{path.name} is not a readable PyTorch checkpoint (not a zip archive); "
+                f"give an rtool checkpoint (best.pt)"
+            )
         from toolkit.checkpoint import load_model
 
         self.device = resolve_device(device, self.options.get("threads"))

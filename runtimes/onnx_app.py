@@ -46,8 +46,14 @@ class PredictorError(ValueError):
 class Predictor:
     """An ONNX Runtime session plus the model card read from the same file."""
 
-    def __init__(self, model_path: str | Path, *, providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int | None = None, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise PredictorError(f"model file {path} does not exist")
@@ -81,14 +87,21 @@ class Predictor:
         graph_input = self.session.get_inputs()[0]
         want_type = "tensor(uint8)" if self.raw_pixels else "tensor(float)"
         if graph_input.type != want_type:
-            raise PredictorError(f"{path}: the card says the input is {want_type} but the graph takes "
-                                 f"{graph_input.type}; re-export the model with rtool")
-        want = (self.height, self.width, self.channels) if self.layout == "NHWC" else \
-            (self.channels, self.height, self.width)
+            raise PredictorError(
+                f"{path}: the card says the input is {want_type} but the graph takes "
+                f"{graph_input.type}; re-export the model with rtool"
+            )
+        want = (
+            (self.height, self.width, self.channels)
+            if self.layout == "NHWC"
+            else (self.channels, self.height, self.width)
+        )
         have = tuple(graph_input.shape[1:])
         if len(have) != 3 or any(isinstance(h, int) and h != w for h, w in zip(have, want)):
-            raise PredictorError(f"{path}: the graph input has shape {list(graph_input.shape)} but the card says "
-                                 f"{self.layout} {list(want)}; re-export the model with rtool")
+            raise PredictorError(
+                f"{path}: the graph input has shape {list(graph_input.shape)} but the card says "
+                f"{self.layout} {list(want)}; re-export the model with rtool"
+            )
 
     def preprocess(self, images: Iterable[ImageSource]) -> np.ndarray:
         """Images -> the batch the model takes: uint8 NHWC for in-graph preprocessing, else float32 NCHW."""
@@ -119,12 +132,15 @@ class Predictor:
         run_options = ort.RunOptions()
         run_options.log_severity_level = QUIET
         try:
-            outputs = [self.session.run([self.output_name], {self.input_name: batch[i:i + self.batch_size]},
-                                        run_options)[0] for i in range(0, len(batch), self.batch_size)]
+            outputs = [
+                self.session.run([self.output_name], {self.input_name: batch[i : i + self.batch_size]}, run_options)[0]
+                for i in range(0, len(batch), self.batch_size)
+            ]
         except Exception as e:  # onnxruntime's errors derive from Exception directly
             reason = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:200]
-            raise PredictorError(f"ONNX Runtime failed to run the model ({reason}); the file may be "
-                                 f"corrupt, re-export it with rtool") from None
+            raise PredictorError(
+                f"ONNX Runtime failed to run the model ({reason}); the file may be corrupt, re-export it with rtool"
+            ) from None
         scores = np.concatenate(outputs).astype(np.float64)
         if self.outputs_probabilities:
             return scores
@@ -153,8 +169,14 @@ def open_image(path: str | Path) -> Image.Image:
     file costs hundreds of MB. An app that trusts its images raises Pillow's limit.
     """
     limit = Image.MAX_IMAGE_PIXELS
-    too_large = (f"more than Pillow's decompression-bomb limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); "
-                 f"shrink it, or raise that limit in your app if you trust its images") if limit else ""
+    too_large = (
+        (
+            f"more than Pillow's decompression-bomb limit of {limit:,} pixels (PIL.Image.MAX_IMAGE_PIXELS); "
+            f"shrink it, or raise that limit in your app if you trust its images"
+        )
+        if limit
+        else ""
+    )
     try:
         image = Image.open(path)
     except Image.DecompressionBombError:
@@ -188,8 +210,9 @@ def read_card(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
     """The model card from the file's metadata_props, checked for the fields an app needs."""
     text = session.get_modelmeta().custom_metadata_map.get(CARD_KEY)
     if text is None:
-        raise PredictorError(f"{path} has no rtool model card (metadata key '{CARD_KEY}'); "
-                             f"export the model with `rtool export`")
+        raise PredictorError(
+            f"{path} has no rtool model card (metadata key '{CARD_KEY}'); export the model with `rtool export`"
+        )
     try:
         card = json.loads(text)
         version = int(card.get("format_version", 0))
@@ -203,14 +226,17 @@ def read_card(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
         raise PredictorError(f"{path}: the model card is malformed ({e}); re-export the model with rtool") from None
     if version > SUPPORTED_CARD_FORMAT:
-        raise PredictorError(f"{path}: model card format {version} is newer than this predictor understands "
-                             f"({SUPPORTED_CARD_FORMAT}); update onnx_app.py")
+        raise PredictorError(
+            f"{path}: model card format {version} is newer than this predictor understands "
+            f"({SUPPORTED_CARD_FORMAT}); update onnx_app.py"
+        )
     return card
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m runtimes.onnx_app",
-                                     description="Classify images with an rtool ONNX file (no PyTorch needed).")
+    parser = argparse.ArgumentParser(
+        prog="python -m runtimes.onnx_app", description="Classify images with an rtool ONNX file (no PyTorch needed)."
+    )
     parser.add_argument("model", help="an ONNX file written by `rtool export`")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.add_argument("--top-k", type=int, default=1, help="how many classes to show per image (default 1)")
@@ -225,8 +251,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onnx_app: error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps([{"image": image, "predictions": [{"class": c, "probability": p} for c, p in preds]}
-                          for image, preds in zip(args.images, results)], indent=2))
+        print(
+            json.dumps(
+                [
+                    {"image": image, "predictions": [{"class": c, "probability": p} for c, p in preds]}
+                    for image, preds in zip(args.images, results)
+                ],
+                indent=2,
+            )
+        )
     else:
         for image, preds in zip(args.images, results):
             print(f"{image}: " + ", ".join(f"{c} ({p:.4f})" for c, p in preds))

@@ -96,8 +96,9 @@ def choose_providers(requested: str | None = None, device: str = "auto") -> tupl
     return list(dict.fromkeys([wanted, PREFERENCE[2]])), []
 
 
-def session_options(threads: int | None = None, optimized_model_path: str | Path | None = None,
-                    simulate_qdq: bool = False) -> Any:
+def session_options(
+    threads: int | None = None, optimized_model_path: str | Path | None = None, simulate_qdq: bool = False
+) -> Any:
     """Full graph optimization, sequential execution, one inter-op thread, intra-op = physical cores.
 
     ``simulate_qdq`` keeps Q/DQ pairs as they are (no int8 kernels): the graph
@@ -152,8 +153,11 @@ class OnnxRuntimeRuntime(Runtime):
         path = self.expect_file(artifact_path)
         check_onnx_file(path)  # external data outside its folder, absurd sizes: refused before ONNX Runtime reads it
         providers, self.notes = choose_providers(self.options.get("provider"), device)
-        options = session_options(self.options.get("threads"), self.options.get("optimized_model_path"),
-                                  bool(self.options.get("simulate_qdq")))
+        options = session_options(
+            self.options.get("threads"),
+            self.options.get("optimized_model_path"),
+            bool(self.options.get("simulate_qdq")),
+        )
         quiet = os.environ.get("RTOOL_DEBUG") is None and providers != [PREFERENCE[2]]
         # A GPU provider that passed the checks can still fail to load (e.g. a missing cuDNN); ONNX Runtime
         # then logs a multi-line error at ERROR severity. It is reported below in one line instead.
@@ -161,21 +165,23 @@ class OnnxRuntimeRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception classes (InvalidProtobuf, Fail, ...)
-            raise BadInputError(f"{path.name} is not a loadable ONNX model "
-                                f"({error_summary(e)})") from None
+            raise BadInputError(f"{path.name} is not a loadable ONNX model ({error_summary(e)})") from None
         finally:
             ort.set_default_logger_severity(ERROR_SEVERITY)
         got = self.session.get_providers()
         missing = [p for p in providers if p not in got]
         if missing and not self.notes:
-            self.notes.append(f"{missing[0]} failed to start (set RTOOL_DEBUG=1 for ONNX Runtime's log): "
-                              f"using {got[0]}")
+            self.notes.append(
+                f"{missing[0]} failed to start (set RTOOL_DEBUG=1 for ONNX Runtime's log): using {got[0]}"
+            )
         self.device = got[0] + (" (Q/DQ simulated in float)" if self.options.get("simulate_qdq") else "")
         stored = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
         self.card = card_from_json(stored, path) if stored else card_beside(path)
         if self.card is None:
-            raise BadInputError(f"{path.name} carries no rtool model card (metadata '{ONNX_METADATA_KEY}'); "
-                                f"export it with `rtool export`")
+            raise BadInputError(
+                f"{path.name} carries no rtool model card (metadata '{ONNX_METADATA_KEY}'); "
+                f"export it with `rtool export`"
+            )
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise BadInputError(f"{path.name} takes {len(inputs)} inputs; rtool models take one image batch")
@@ -193,8 +199,9 @@ class OnnxRuntimeRuntime(Runtime):
         try:
             out = self.session.run(None, {self.input_name: feed}, self.run_options)[0]
         except Exception as e:  # onnxruntime's own error classes: the file, not rtool, failed
-            raise BadInputError(f"ONNX Runtime failed to run this model ({error_summary(e)}); "
-                                f"the file may be corrupt, re-export it") from None
+            raise BadInputError(
+                f"ONNX Runtime failed to run this model ({error_summary(e)}); the file may be corrupt, re-export it"
+            ) from None
         if self.card.output == "probabilities":
             return np.log(np.maximum(out, np.finfo(np.float32).tiny))
         return out

@@ -42,8 +42,7 @@ class Pt2Runtime(Runtime):
         try:
             program = torch.export.load(str(path), extra_files=extra)
         except Exception as e:  # a damaged archive raises many kinds (BadZipFile, KeyError, SpecViolationError, ...)
-            raise BadInputError(f"{path.name} is not a readable torch.export file "
-                                f"({error_summary(e)})") from None
+            raise BadInputError(f"{path.name} is not a readable torch.export file ({error_summary(e)})") from None
         finally:
             export_log.setLevel(level)
         if self.device != "cpu":

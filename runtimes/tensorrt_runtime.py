@@ -18,8 +18,8 @@ import numpy as np
 
 from runtimes import Runtime, cuda_gpus, register_runtime
 from runtimes.cards import card_beside, manifest_entry
-from toolkit.manifest import verify_sha256
 from toolkit.errors import BadInputError, UnavailableError
+from toolkit.manifest import verify_sha256
 
 INSTALL_HINT = "TensorRT is not installed (pip install 'rtool[tensorrt]')"
 
@@ -49,20 +49,29 @@ def stamp_problem(stamp: dict[str, str], tensorrt_version: str, gpu_name: str, c
     if "tensorrt_version" not in stamp or "compute_capability" not in stamp:
         return "its manifest records no TensorRT version / compute capability; rebuild it with `rtool export`"
     if stamp["tensorrt_version"] != tensorrt_version:
-        return (f"it was built with TensorRT {stamp['tensorrt_version']} but this is TensorRT {tensorrt_version}; "
-                f"rebuild the engine here with `rtool export --format tensorrt`")
+        return (
+            f"it was built with TensorRT {stamp['tensorrt_version']} but this is TensorRT {tensorrt_version}; "
+            f"rebuild the engine here with `rtool export --format tensorrt`"
+        )
     if stamp["compute_capability"] != compute_capability:
-        return (f"it was built for {stamp.get('gpu_name', 'a GPU')} (compute capability "
-                f"{stamp['compute_capability']}) but this GPU is {gpu_name} ({compute_capability}); "
-                f"rebuild the engine on this GPU")
+        return (
+            f"it was built for {stamp.get('gpu_name', 'a GPU')} (compute capability "
+            f"{stamp['compute_capability']}) but this GPU is {gpu_name} ({compute_capability}); "
+            f"rebuild the engine on this GPU"
+        )
     return ""
 
 
 def _torch_dtype(trt: Any, dtype: Any) -> Any:
     import torch
 
-    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
-             trt.DataType.INT32: torch.int32, trt.DataType.INT8: torch.int8, trt.DataType.BOOL: torch.bool}
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.BOOL: torch.bool,
+    }
     if dtype not in table:
         raise BadInputError(f"engine tensor type {dtype} is not supported by rtool's TensorRT runtime")
     return table[dtype]
@@ -102,8 +111,10 @@ class TensorRTRuntime(Runtime):
             raise UnavailableError("TensorRT runs on a CUDA GPU only; leave out --device cpu")
         found = manifest_entry(path)
         if found is None:
-            raise BadInputError(f"{path.name}: no manifest.json beside it lists this engine, so its TensorRT "
-                                f"version and GPU cannot be checked; rebuild it with `rtool export --format tensorrt`")
+            raise BadInputError(
+                f"{path.name}: no manifest.json beside it lists this engine, so its TensorRT "
+                f"version and GPU cannot be checked; rebuild it with `rtool export --format tensorrt`"
+            )
         verify_sha256(path, found[1])  # an engine is executable code: run only the bytes the export wrote
         self.device = "cuda:0" if device in ("auto", "cuda") else device
         torch.cuda.set_device(self.device)
@@ -122,7 +133,9 @@ class TensorRTRuntime(Runtime):
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         if len(inputs) != 1 or len(outputs) != 1:
-            raise BadInputError(f"{path.name} has {len(inputs)} inputs / {len(outputs)} outputs; rtool engines have one each")
+            raise BadInputError(
+                f"{path.name} has {len(inputs)} inputs / {len(outputs)} outputs; rtool engines have one each"
+            )
         self.input_name, self.output_name = inputs[0], outputs[0]
         static = tuple(self.engine.get_tensor_shape(self.input_name))
         if static[0] > 0:  # built without a dynamic batch: the profile is the fixed shape
@@ -149,9 +162,14 @@ class TensorRTRuntime(Runtime):
             if rows > n:
                 x[n:].zero_()
             if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
-                raise BadInputError(f"batch of {n} is outside the engine's profile ({self.min_batch}..{self.max_batch})")
-            out = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.out_dtype,
-                              device=self.input_buffer.device)
+                raise BadInputError(
+                    f"batch of {n} is outside the engine's profile ({self.min_batch}..{self.max_batch})"
+                )
+            out = torch.empty(
+                tuple(self.context.get_tensor_shape(self.output_name)),
+                dtype=self.out_dtype,
+                device=self.input_buffer.device,
+            )
             self.context.set_tensor_address(self.input_name, x.data_ptr())
             self.context.set_tensor_address(self.output_name, out.data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):

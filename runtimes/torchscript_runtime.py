@@ -32,8 +32,7 @@ class TorchScriptRuntime(Runtime):
                 warnings.simplefilter("ignore", FutureWarning)
                 self.module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
         except (RuntimeError, ValueError, OSError) as e:
-            raise BadInputError(f"{path.name} is not a readable TorchScript file "
-                                f"({error_summary(e)})") from None
+            raise BadInputError(f"{path.name} is not a readable TorchScript file ({error_summary(e)})") from None
         self.module.eval()
         self.card = card_from_json(extra[EXTRA_FILE_NAME], path) if extra[EXTRA_FILE_NAME] else card_beside(path)
         if self.card is None:

@@ -23,12 +23,19 @@ def _few_threads():
     torch.set_num_threads(2)
 
 
-def run_rtool(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-              timeout: float = 300) -> subprocess.CompletedProcess:
+def run_rtool(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "toolkit.cli", *map(str, args)], cwd=cwd or REPO,
-                          env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "toolkit.cli", *map(str, args)],
+        cwd=cwd or REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -77,17 +84,29 @@ def app_images(tmp_path_factory) -> list[Path]:
     for i, pixels in enumerate(digits[:5]):
         paths.append(folder / f"digit{i}.png")
         Image.fromarray(pixels, mode="L").save(paths[-1])
-    converted = [Image.fromarray(digits[5], mode="L").resize((45, 30)).convert("RGBA"),  # wider, RGBA
-                 Image.fromarray(digits[6], mode="L").resize((20, 36)).convert("RGB"),  # taller: rows shrink first
-                 Image.fromarray(digits[7], mode="L").resize((56, 56)).convert("P")]  # palette, twice the size
+    converted = [
+        Image.fromarray(digits[5], mode="L").resize((45, 30)).convert("RGBA"),  # wider, RGBA
+        Image.fromarray(digits[6], mode="L").resize((20, 36)).convert("RGB"),  # taller: rows shrink first
+        Image.fromarray(digits[7], mode="L").resize((56, 56)).convert("P"),
+    ]  # palette, twice the size
     for name, image in zip(("rgba45x30.png", "rgb20x36.png", "palette56.png"), converted):
         paths.append(folder / name)
         image.save(paths[-1])
     return paths
 
 
-EMBED_EXPORT_ARGS = ("--format", "onnx,triton", "--precision", "fp32,fp16", "--embed-preprocessing",
-                     "--embed-softmax", "--triton-model-name", "digits", "--triton-max-batch", "16")
+EMBED_EXPORT_ARGS = (
+    "--format",
+    "onnx,triton",
+    "--precision",
+    "fp32,fp16",
+    "--embed-preprocessing",
+    "--embed-softmax",
+    "--triton-model-name",
+    "digits",
+    "--triton-max-batch",
+    "16",
+)
 
 
 @pytest.fixture(scope="session")
@@ -125,5 +144,6 @@ def pipeline_export(untrained_checkpoint, tmp_path_factory):
     """
     from exporters.pipeline import export_model
 
-    return export_model(untrained_checkpoint, "all", None, tmp_path_factory.mktemp("pipeline") / "export",
-                        calib_size=16)
+    return export_model(
+        untrained_checkpoint, "all", None, tmp_path_factory.mktemp("pipeline") / "export", calib_size=16
+    )

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error
 from runtimes import Runtime
 from toolkit.bench import parse_batch_sizes, run_bench, timed_rounds
 from toolkit.errors import BadInputError
+
+from conftest import assert_one_line_error
 
 ROW_KEYS = ("runtime", "precision", "batch", "p50_ms", "p90_ms", "p99_ms", "throughput")
 
@@ -44,9 +45,14 @@ def test_timed_rounds_counts_and_orders_calls():
 def test_bench_every_runtime_in_one_run(cpu_export_dir):
     result = run_bench(cpu_export_dir, batch_sizes="1,4", warmup=1, iters=3, threads=1)
     measured = {(r.runtime, r.precision, r.target) for r in result.rows}
-    assert {("eager", "fp32", None), ("torchscript", "fp32", None), ("pt2", "fp32", None),
-            ("onnxruntime", "fp32", None), ("onnxruntime", "fp16", None),
-            ("onnxruntime", "int8", "cpu")} <= measured
+    assert {
+        ("eager", "fp32", None),
+        ("torchscript", "fp32", None),
+        ("pt2", "fp32", None),
+        ("onnxruntime", "fp32", None),
+        ("onnxruntime", "fp16", None),
+        ("onnxruntime", "int8", "cpu"),
+    } <= measured
     assert sorted({r.batch for r in result.rows}) == [1, 4]
     for row in result.rows:
         assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms
@@ -54,18 +60,39 @@ def test_bench_every_runtime_in_one_run(cpu_export_dir):
     assert any(u["runtime"] == "tensorrt" for u in result.unavailable)  # no TensorRT on this machine
     ratios = result.ratios(1)
     assert ratios["onnxruntime fp32 / eager fp32"] == pytest.approx(
-        result.row("onnxruntime", "fp32", 1).p50_ms / result.row("eager", "fp32", 1).p50_ms)
+        result.row("onnxruntime", "fp32", 1).p50_ms / result.row("eager", "fp32", 1).p50_ms
+    )
 
 
 def test_bench_cli_json(cpu_export_dir, tmp_path, rtool):
     out = tmp_path / "bench.json"
-    result = rtool("bench", cpu_export_dir, "--runtimes", "eager,onnxruntime", "--precisions", "fp32,int8",
-                   "--batch-sizes", "2", "--warmup", "1", "--iters", "3", "--threads", "1", "--json", out)
+    result = rtool(
+        "bench",
+        cpu_export_dir,
+        "--runtimes",
+        "eager,onnxruntime",
+        "--precisions",
+        "fp32,int8",
+        "--batch-sizes",
+        "2",
+        "--warmup",
+        "1",
+        "--iters",
+        "3",
+        "--threads",
+        "1",
+        "--json",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(out.read_text())
     labels = {(r["runtime"], r["precision"], r["target"]) for r in document["rows"]}
-    assert labels == {("eager", "fp32", None), ("onnxruntime", "fp32", None), ("onnxruntime", "int8", "cpu"),
-                      ("onnxruntime", "int8", "tensorrt")}
+    assert labels == {
+        ("eager", "fp32", None),
+        ("onnxruntime", "fp32", None),
+        ("onnxruntime", "int8", "cpu"),
+        ("onnxruntime", "int8", "tensorrt"),
+    }
     for row in document["rows"]:
         assert all(key in row for key in ROW_KEYS) and row["batch"] == 2
     assert document["settings"]["threads"] == 1 and document["settings"]["iters"] == 3
@@ -73,8 +100,24 @@ def test_bench_cli_json(cpu_export_dir, tmp_path, rtool):
 
 
 def test_bench_a_model_name_exports_first(rtool):
-    result = rtool("bench", "resnet20", "--input-shape", "1x16x16", "--runtimes", "onnxruntime",
-                   "--precisions", "fp32", "--batch-sizes", "1", "--warmup", "0", "--iters", "2", "--json", "-")
+    result = rtool(
+        "bench",
+        "resnet20",
+        "--input-shape",
+        "1x16x16",
+        "--runtimes",
+        "onnxruntime",
+        "--precisions",
+        "fp32",
+        "--batch-sizes",
+        "1",
+        "--warmup",
+        "0",
+        "--iters",
+        "2",
+        "--json",
+        "-",
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["input_shape"] == [1, 16, 16]

@@ -17,10 +17,16 @@ RGB = InputSpec(channels=3, height=2, width=2, mean=[0.0, 0.5, 1.0], std=[1.0, 0
 
 
 def make_card() -> ModelCard:
-    return ModelCard(model="resnet20", model_args={"in_channels": 1, "num_classes": 3}, class_names=["a", "b", "c"],
-                     input=InputSpec(channels=1, height=28, width=28, mean=[0.1311], std=[0.3083]),
-                     dataset="mnist5k", training={"epochs": 2}, metrics={"test_accuracy": 0.9},
-                     versions={"torch": "2.14.1"})
+    return ModelCard(
+        model="resnet20",
+        model_args={"in_channels": 1, "num_classes": 3},
+        class_names=["a", "b", "c"],
+        input=InputSpec(channels=1, height=28, width=28, mean=[0.1311], std=[0.3083]),
+        dataset="mnist5k",
+        training={"epochs": 2},
+        metrics={"test_accuracy": 0.9},
+        versions={"torch": "2.14.1"},
+    )
 
 
 def test_card_json_round_trip():
@@ -28,8 +34,17 @@ def test_card_json_round_trip():
     text = card.to_json()
     data = json.loads(text)
     assert data["format_version"] == CARD_FORMAT_VERSION and data["num_classes"] == 3
-    assert data["input"] == {"channels": 1, "height": 28, "width": 28, "mean": [0.1311], "std": [0.3083],
-                                "color": "L", "layout": "NCHW", "dtype": "float32", "scale": 1 / 255}
+    assert data["input"] == {
+        "channels": 1,
+        "height": 28,
+        "width": 28,
+        "mean": [0.1311],
+        "std": [0.3083],
+        "color": "L",
+        "layout": "NCHW",
+        "dtype": "float32",
+        "scale": 1 / 255,
+    }
     again = ModelCard.from_json(text)
     assert again == card and again.num_classes == 3
     assert ModelCard.from_json(text.encode()) == card
@@ -50,25 +65,28 @@ def broken(path: str, value) -> str:
     return json.dumps(data)
 
 
-@pytest.mark.parametrize("text, words", [
-    ("{not json", "not valid JSON"),
-    (b"\xff\xfe\x00", "not valid JSON"),
-    ("[1, 2]", "not a JSON object"),
-    ("{}", "malformed"),
-    (broken("model", ...), "malformed"),
-    (broken("input", ...), "malformed"),
-    (broken("input", [1, 28, 28]), "malformed"),
-    (broken("input.channels", "one"), "malformed"),
-    (broken("input.channels", 2), "1 or 3 channels"),
-    (broken("input.height", 0), "positive size"),
-    (broken("input.mean", [0.1, 0.2]), "mean/std length"),
-    (broken("input.std", [0.0]), "std values must be positive"),
-    (broken("class_names", "abc"), "class_names must be a non-empty list"),
-    (broken("class_names", []), "class_names must be a non-empty list"),
-    (broken("model_args", ["in_channels"]), "model_args must be an object"),
-    (broken("format_version", "two"), "malformed"),
-    (broken("format_version", CARD_FORMAT_VERSION + 1), "newer than this rtool understands"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{not json", "not valid JSON"),
+        (b"\xff\xfe\x00", "not valid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ("{}", "malformed"),
+        (broken("model", ...), "malformed"),
+        (broken("input", ...), "malformed"),
+        (broken("input", [1, 28, 28]), "malformed"),
+        (broken("input.channels", "one"), "malformed"),
+        (broken("input.channels", 2), "1 or 3 channels"),
+        (broken("input.height", 0), "positive size"),
+        (broken("input.mean", [0.1, 0.2]), "mean/std length"),
+        (broken("input.std", [0.0]), "std values must be positive"),
+        (broken("class_names", "abc"), "class_names must be a non-empty list"),
+        (broken("class_names", []), "class_names must be a non-empty list"),
+        (broken("model_args", ["in_channels"]), "model_args must be an object"),
+        (broken("format_version", "two"), "malformed"),
+        (broken("format_version", CARD_FORMAT_VERSION + 1), "newer than this rtool understands"),
+    ],
+)
 def test_malformed_cards_are_bad_input(text, words):
     with pytest.raises(BadInputError, match=words) as error:
         ModelCard.from_json(text)
@@ -80,6 +98,7 @@ def test_card_without_format_version_reads_as_the_current_one():
 
 
 # ---------------------------------------------------------------- preprocessing
+
 
 def test_convert_image_grey_to_rgb_copies_the_channel():
     image = Image.fromarray(np.array([[0, 128], [255, 7]], dtype=np.uint8))

@@ -11,8 +11,14 @@ import torch
 
 from toolkit import checkpoint as ckpt_module
 from toolkit.card import InputSpec
-from toolkit.checkpoint import (CHECKPOINT_FORMAT, load_checkpoint, load_model, make_card, safe_torch_load,
-                                save_checkpoint)
+from toolkit.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    load_model,
+    make_card,
+    safe_torch_load,
+    save_checkpoint,
+)
 from toolkit.errors import BadInputError, UnsafeFileError
 from toolkit.models import create_model
 
@@ -39,8 +45,15 @@ def small_model(seed: int = 0):
 
 
 def card(**overrides):
-    return make_card("resnet20", class_names=CLASSES, input_spec=SPEC, dataset="mnist5k",
-                     training={"epochs": 3}, metrics={"test_accuracy": 0.5}, **overrides)
+    return make_card(
+        "resnet20",
+        class_names=CLASSES,
+        input_spec=SPEC,
+        dataset="mnist5k",
+        training={"epochs": 3},
+        metrics={"test_accuracy": 0.5},
+        **overrides,
+    )
 
 
 class WritesMarker:
@@ -99,8 +112,16 @@ def test_failed_write_leaves_the_old_file_and_no_temporary_files(tmp_path, monke
 def test_pickled_code_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "marker"
     hostile = tmp_path / "hostile.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "version": 1, "card": card().to_json(),
-                "state_dict": small_model().state_dict(), "train_state": {"x": WritesMarker(marker)}}, hostile)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "card": card().to_json(),
+            "state_dict": small_model().state_dict(),
+            "train_state": {"x": WritesMarker(marker)},
+        },
+        hostile,
+    )
     with pytest.raises(UnsafeFileError, match=r"refused to load .*io\.open"):
         load_checkpoint(hostile)
     with pytest.raises(UnsafeFileError):
@@ -122,8 +143,14 @@ def test_pickled_code_in_a_plain_pickle_file_is_refused(tmp_path):
 def test_damaged_files_are_bad_input_not_a_crash(tmp_path, damage):
     path = save_checkpoint(tmp_path / "best.pt", small_model(), card())
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "random": os.urandom(4096),
-                      "text": b"this is a text file\n"}[damage])
+    path.write_bytes(
+        {
+            "truncate": data[: len(data) // 2],
+            "empty": b"",
+            "random": os.urandom(4096),
+            "text": b"this is a text file\n",
+        }[damage]
+    )
     with pytest.raises(BadInputError, match="not a readable PyTorch checkpoint") as error:
         load_checkpoint(path)
     assert not isinstance(error.value, UnsafeFileError)  # damaged, not hostile
@@ -143,20 +170,28 @@ def test_a_plain_state_dict_is_not_an_rtool_checkpoint(tmp_path):
 
 
 def payload(**changes):
-    base = {"format": CHECKPOINT_FORMAT, "version": 1, "card": card().to_json(),
-            "state_dict": small_model().state_dict(), "train_state": {}}
+    base = {
+        "format": CHECKPOINT_FORMAT,
+        "version": 1,
+        "card": card().to_json(),
+        "state_dict": small_model().state_dict(),
+        "train_state": {},
+    }
     base.update(changes)
     return base
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"version": 99}, "newer rtool"),
-    ({"version": "1"}, "no valid checkpoint version"),
-    ({"card": {"model": "resnet20"}}, "no model card"),
-    ({"card": "{not json"}, "not valid JSON"),
-    ({"state_dict": None}, "no weights"),
-    ({"state_dict": "resnet32"}, "weights do not match resnet20"),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"version": 99}, "newer rtool"),
+        ({"version": "1"}, "no valid checkpoint version"),
+        ({"card": {"model": "resnet20"}}, "no model card"),
+        ({"card": "{not json"}, "not valid JSON"),
+        ({"state_dict": None}, "no weights"),
+        ({"state_dict": "resnet32"}, "weights do not match resnet20"),
+    ],
+)
 def test_tampered_checkpoints_are_refused(tmp_path, changes, words):
     if changes.get("state_dict") == "resnet32":  # another architecture's weights under a resnet20 card
         changes = {"state_dict": create_model("resnet32", in_channels=1).state_dict()}

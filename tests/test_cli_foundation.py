@@ -14,10 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import toolkit
+
 from conftest import assert_one_line_error, run_rtool
 
-MODELS = [f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110)] + \
-         [f"plain{d}" for d in (20, 32, 44, 56, 110)]
+MODELS = [f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110)] + [
+    f"plain{d}" for d in (20, 32, 44, 56, 110)
+]
 
 BAD_INPUT = {
     "unknown model": (["summary", "resnet19"], "unknown model 'resnet19'"),
@@ -99,9 +101,15 @@ def test_summary_resnet18_on_a_grey_224_input_walks_every_layer(runs):
     out = ok(runs, "summary grey")
     assert out.strip().splitlines()[-1].rstrip().endswith("[1, 1000]")
     rows = table_rows(out)
-    for layer, shape in (("conv1", "[1, 64, 112, 112]"), ("maxpool", "[1, 64, 56, 56]"),
-                         ("layer2.0", "[1, 128, 28, 28]"), ("layer3.1", "[1, 256, 14, 14]"),
-                         ("layer4.1", "[1, 512, 7, 7]"), ("avgpool", "[1, 512, 1, 1]"), ("fc", "[1, 1000]")):
+    for layer, shape in (
+        ("conv1", "[1, 64, 112, 112]"),
+        ("maxpool", "[1, 64, 56, 56]"),
+        ("layer2.0", "[1, 128, 28, 28]"),
+        ("layer3.1", "[1, 256, 14, 14]"),
+        ("layer4.1", "[1, 512, 7, 7]"),
+        ("avgpool", "[1, 512, 1, 1]"),
+        ("fc", "[1, 1000]"),
+    ):
         assert shape in rows[layer], (layer, rows.get(layer))
     assert "3,136" in rows["conv1"]  # 64 x 1 x 7 x 7: the stem takes one channel
     assert "11,683,240" in out  # resnet18's 11,689,512 less 64 x 2 x 49 stem weights

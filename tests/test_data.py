@@ -46,6 +46,7 @@ def md5_check_off(monkeypatch):
 @pytest.fixture
 def offline(monkeypatch):
     """No network, whatever machine runs the tests: every URL fails as it does here."""
+
     def refuse(*args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
@@ -53,6 +54,7 @@ def offline(monkeypatch):
 
 
 # ---------------------------------------------------------------- mnist5k
+
 
 def test_mnist5k_is_a_fixed_stratified_4000_1000_split():
     data = load_dataset("mnist5k")
@@ -89,6 +91,7 @@ def test_registry_lists_every_data_set():
 
 # ---------------------------------------------------------------- MNIST / KMNIST / FashionMNIST (idx files)
 
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """The idx format: big-endian magic (0, 0, type 0x08 = ubyte, ndim), big-endian sizes, raw bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +110,10 @@ def write_mnist_like(root: Path, folder: str, n_train: int = 6, n_test: int = 4)
     return written
 
 
-@pytest.mark.parametrize("name, folder, first_class", [("mnist", "MNIST", "0 - zero"), ("kmnist", "KMNIST", "o"),
-                                                       ("fashionmnist", "FashionMNIST", "T-shirt/top")])
+@pytest.mark.parametrize(
+    "name, folder, first_class",
+    [("mnist", "MNIST", "0 - zero"), ("kmnist", "KMNIST", "o"), ("fashionmnist", "FashionMNIST", "T-shirt/top")],
+)
 def test_mnist_like_sets_read_raw_idx_files(tmp_path, name, folder, first_class):
     written = write_mnist_like(tmp_path, folder)
     data = load_dataset(name, tmp_path)
@@ -141,8 +146,11 @@ def write_cifar10(root: Path, per_batch: int = 3, n_test: int = 4) -> dict[str, 
         data = RNG.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         labels = RNG.integers(0, 10, size=n).tolist()
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": labels, "data": data,
-                         "filenames": [f"img_{k}.png" for k in range(n)]}, f, protocol=2)
+            pickle.dump(
+                {"batch_label": name, "labels": labels, "data": data, "filenames": [f"img_{k}.png" for k in range(n)]},
+                f,
+                protocol=2,
+            )
         batches[name] = (data, labels)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": CIFAR_CLASSES, "num_cases_per_batch": per_batch, "num_vis": 3072}, f, protocol=2)
@@ -174,6 +182,7 @@ def test_tiny_files_without_the_seam_are_refused(tmp_path):
 
 
 # ---------------------------------------------------------------- SVHN (.mat)
+
 
 def write_svhn(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """train_32x32.mat / test_32x32.mat: X (32, 32, 3, N) uint8, y (N, 1) with 10 meaning the digit 0."""
@@ -233,6 +242,7 @@ def test_stl10_reads_binaries(tmp_path, md5_check_off):
 
 # ---------------------------------------------------------------- missing, offline
 
+
 @pytest.mark.parametrize("name", ["mnist", "kmnist", "fashionmnist", "cifar10", "svhn", "stl10"])
 def test_missing_data_set_names_the_folder_and_download(tmp_path, name):
     with pytest.raises(BadInputError) as error:
@@ -248,6 +258,7 @@ def test_download_while_offline_is_one_clear_error(tmp_path, offline, name):
 
 
 # ---------------------------------------------------------------- image folders
+
 
 def save_png(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,13 +301,16 @@ def test_image_folder_mixing_grey_and_colour_is_read_as_rgb(tmp_path):
     assert sorted(tuple(im[:, 0, 0].tolist()) for im in images) == [(100, 100, 100), (255, 0, 0)]
 
 
-@pytest.mark.parametrize("layout, words", [
-    ({}, "has no class sub-folders"),
-    ({"a/notes.txt": b"text"}, "holds no images"),
-    ({"a/broken.png": b"not a png"}, "broken.png is not a readable image"),
-    ({"train/a/1.png": None}, "has train/ but no test/ or val/"),
-    ({"train/a/1.png": None, "val/b/1.png": None}, "holds no images of the classes"),
-])
+@pytest.mark.parametrize(
+    "layout, words",
+    [
+        ({}, "has no class sub-folders"),
+        ({"a/notes.txt": b"text"}, "holds no images"),
+        ({"a/broken.png": b"not a png"}, "broken.png is not a readable image"),
+        ({"train/a/1.png": None}, "has train/ but no test/ or val/"),
+        ({"train/a/1.png": None, "val/b/1.png": None}, "holds no images of the classes"),
+    ],
+)
 def test_bad_image_folders_say_what_is_wrong(tmp_path, layout, words):
     root = tmp_path / "images"
     root.mkdir()

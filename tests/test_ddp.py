@@ -40,9 +40,27 @@ def test_rtool_train_nproc_2(tmp_path):
 def test_torchrun_module_entry_point(tmp_path):
     out = tmp_path / "torchrun"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "toolkit.train", "--out", str(out), "--quiet", *TINY],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "toolkit.train",
+            "--out",
+            str(out),
+            "--quiet",
+            *TINY,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     _check_run(out, 2)
 

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from conftest import assert_one_line_error
 from toolkit.demo import MARKER, OWNED, claim_folder
 from toolkit.errors import BadInputError
+
+from conftest import assert_one_line_error
 
 # Short but real: enough training for INT8 to keep the eager model's predictions.
 FAST = ("--epochs", "4", "--test-limit", "500", "--bench-iters", "3", "--quiet")
@@ -39,8 +40,15 @@ def test_demo_end_to_end(tmp_path, rtool):
     summary = json.loads((out / MARKER).read_text())
     assert summary["status"] == "done" and summary["passed"] is True
     manifest = json.loads((out / "export" / "manifest.json").read_text())
-    assert {"model.pt", "model.ts", "model.pt2", "model.onnx", "model.fp16.onnx", "model.int8-cpu.onnx",
-            "model.int8-trt.onnx"} <= {a["file"] for a in manifest["artifacts"]}
+    assert {
+        "model.pt",
+        "model.ts",
+        "model.pt2",
+        "model.onnx",
+        "model.fp16.onnx",
+        "model.int8-cpu.onnx",
+        "model.int8-trt.onnx",
+    } <= {a["file"] for a in manifest["artifacts"]}
     for step in ("[1/6]", "[3/6]", "[6/6]", "report:"):
         assert step in result.stdout
     for line in result.stdout.splitlines():  # reasons are printed as they are, not read as rich markup

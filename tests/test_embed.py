@@ -10,7 +10,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import MNIST_SPEC, assert_one_line_error, run_rtool
 from exporters.onnx_common import CARD_FORMAT_KEY, CLASS_NAMES_KEY, INPUT_KEY, OUTPUT_KEY
 from exporters.onnx_embed import InGraphPreprocessing, variant_filename
 from exporters.pipeline import check_options, plan
@@ -19,6 +18,8 @@ from toolkit.checkpoint import load_model
 from toolkit.data import load_dataset
 from toolkit.errors import BadInputError
 from toolkit.preprocess import normalize, prepare_batch
+
+from conftest import MNIST_SPEC, assert_one_line_error, run_rtool
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,11 @@ def test_cli_writes_the_variant_beside_the_plain_files(embed_export_dir):
     variant = entries["model.raw-softmax.onnx"]
     assert (variant["format"], variant["precision"], variant["runtime"]) == ("onnx", "fp32", "onnx_app")
     settings = variant["settings"]
-    assert (settings["input_dtype"], settings["input_layout"], settings["input_shape"]) == ("uint8", "NHWC",
-                                                                                          ["N", 28, 28, 1])
+    assert (settings["input_dtype"], settings["input_layout"], settings["input_shape"]) == (
+        "uint8",
+        "NHWC",
+        ["N", 28, 28, 1],
+    )
     assert settings["output"] == "probabilities" and settings["embedded"] == ["preprocessing", "softmax"]
     assert variant["validation"]["top1_agreement"] == 1.0 and "mnist5k test" in variant["validation"]["inputs"]
     assert entries["model.onnx"]["runtime"] == "onnxruntime" and "input_dtype" not in entries["model.onnx"]["settings"]
@@ -109,8 +113,17 @@ def test_every_file_carries_the_card_and_the_flat_keys(embed_export_dir, untrain
 
 
 def test_embedding_without_an_fp32_onnx_export_is_refused(untrained_checkpoint, tmp_path):
-    result = run_rtool("export", untrained_checkpoint, "--format", "onnx", "--precision", "fp16",
-                       "--embed-preprocessing", "--out", tmp_path)
+    result = run_rtool(
+        "export",
+        untrained_checkpoint,
+        "--format",
+        "onnx",
+        "--precision",
+        "fp16",
+        "--embed-preprocessing",
+        "--out",
+        tmp_path,
+    )
     assert_one_line_error(result, 2, "--embed-preprocessing/--embed-softmax add an FP32 ONNX variant")
     assert not any(p.name.startswith("model.") for p in tmp_path.iterdir())
     jobs, _ = plan("torchscript,pt2", "fp32")

@@ -30,8 +30,7 @@ def test_scores_a_predictor_exactly():
         logits[:, 0] = 1.0
         return logits
 
-    result = evaluate_predictor(predict_class_0, _images(7), labels, MNIST_SPEC, CLASSES,
-                                batch_size=3)
+    result = evaluate_predictor(predict_class_0, _images(7), labels, MNIST_SPEC, CLASSES, batch_size=3)
     assert result.num_images == 7 and result.accuracy == pytest.approx(2 / 7)
     assert result.per_class_accuracy == {"a": 1.0, "b": 0.0, "c": 0.0}
     assert result.confusion == [[2, 0, 0], [2, 0, 0], [3, 0, 0]]
@@ -41,8 +40,13 @@ def test_scores_a_predictor_exactly():
 
 def test_the_predictor_gets_the_card_preprocessing():
     seen = []
-    evaluate_predictor(lambda b: seen.append(b) or np.zeros((len(b), 3), np.float32), _images(4),
-                       np.zeros(4, np.int64), MNIST_SPEC, CLASSES)
+    evaluate_predictor(
+        lambda b: seen.append(b) or np.zeros((len(b), 3), np.float32),
+        _images(4),
+        np.zeros(4, np.int64),
+        MNIST_SPEC,
+        CLASSES,
+    )
     expected = (_images(4).astype(np.float32) / 255 - MNIST_SPEC.mean[0]) / MNIST_SPEC.std[0]
     np.testing.assert_allclose(seen[0], expected, rtol=1e-6)
 
@@ -52,16 +56,18 @@ def test_cross_entropy_is_stable_for_huge_logits():
     assert loss[0] == pytest.approx(0.0) and loss[1] == pytest.approx(1e4)
 
 
-@pytest.mark.parametrize("logits,message", [(np.zeros((2, 5), np.float32), "shape"),
-                                            (np.full((2, 3), np.nan, np.float32), "NaN")])
+@pytest.mark.parametrize(
+    "logits,message", [(np.zeros((2, 5), np.float32), "shape"), (np.full((2, 3), np.nan, np.float32), "NaN")]
+)
 def test_a_misfit_or_broken_predictor_is_one_clear_error(logits, message):
     with pytest.raises(BadInputError, match=message):
         evaluate_predictor(lambda b: logits, _images(2), np.zeros(2, np.int64), MNIST_SPEC, CLASSES)
 
 
 def test_eval_of_a_checkpoint_matches_the_accuracy_training_measured(tmp_path):
-    result = run_training(TrainConfig(out=str(tmp_path / "run"), epochs=1, train_limit=256, batch_size=64,
-                                      quiet=True))  # evaluated on the whole 1,000-image test split
+    result = run_training(
+        TrainConfig(out=str(tmp_path / "run"), epochs=1, train_limit=256, batch_size=64, quiet=True)
+    )  # evaluated on the whole 1,000-image test split
     scored = evaluate_file(result.best_path, device="cpu")
     assert scored.dataset == "mnist5k" and scored.num_images == 1000
     assert scored.accuracy == pytest.approx(result.best_acc, abs=1e-3)  # same pixels, same normalisation
@@ -86,7 +92,13 @@ def test_cli_eval_json_and_files(untrained_checkpoint, tmp_path):
 
 def test_cli_eval_bad_inputs(tmp_path, untrained_checkpoint):
     assert_one_line_error(run_rtool("eval", tmp_path / "missing.pt"), 2, "does not exist")
-    assert_one_line_error(run_rtool("eval", untrained_checkpoint, "--dataset", "nosuchset", "--out", tmp_path),
-                          2, "unknown data set")
-    assert_one_line_error(run_rtool("eval", untrained_checkpoint, "--dataset", "cifar10", "--data-dir",
-                                    tmp_path / "empty", "--out", tmp_path), 2, "not found")
+    assert_one_line_error(
+        run_rtool("eval", untrained_checkpoint, "--dataset", "nosuchset", "--out", tmp_path), 2, "unknown data set"
+    )
+    assert_one_line_error(
+        run_rtool(
+            "eval", untrained_checkpoint, "--dataset", "cifar10", "--data-dir", tmp_path / "empty", "--out", tmp_path
+        ),
+        2,
+        "not found",
+    )

@@ -21,8 +21,12 @@ def test_export_prints_table_or_json_and_writes_beside_checkpoint(untrained_chec
     checkpoint = tmp_path / "run" / "best.pt"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(untrained_checkpoint.read_bytes())
-    results = _run_all({"table": [checkpoint, "--format", "torchscript"],
-                        "json": [untrained_checkpoint, "--format", "torchscript", "--out", tmp_path / "j", "--json"]})
+    results = _run_all(
+        {
+            "table": [checkpoint, "--format", "torchscript"],
+            "json": [untrained_checkpoint, "--format", "torchscript", "--out", tmp_path / "j", "--json"],
+        }
+    )
     table = results["table"]
     assert table.returncode == 0, table.stderr
     assert "model.ts" in table.stdout and "model.pt" in table.stdout and "manifest" in table.stdout
@@ -44,15 +48,22 @@ def test_bad_inputs_exit_2_with_one_line_and_write_nothing(untrained_checkpoint,
     cases = {
         "unknown format": ([untrained_checkpoint, "--format", "onnx3", *out], "unknown format"),
         "unknown precision": ([untrained_checkpoint, "--precision", "fp8", *out], "unknown precision"),
-        "precision the format lacks": ([untrained_checkpoint, "--format", "torchscript", "--precision", "int8", *out],
-                                       "exports fp32"),
+        "precision the format lacks": (
+            [untrained_checkpoint, "--format", "torchscript", "--precision", "int8", *out],
+            "exports fp32",
+        ),
         "bad opset": ([untrained_checkpoint, "--opset", "11", *out], "opset 11"),
-        "bad calibration size": ([untrained_checkpoint, "--precision", "int8", "--calib-size", "0", *out], "calib-size"),
+        "bad calibration size": (
+            [untrained_checkpoint, "--precision", "int8", "--calib-size", "0", *out],
+            "calib-size",
+        ),
         "truncated checkpoint": ([truncated, *out], "checkpoint"),
         "garbage checkpoint": ([garbage, *out], "checkpoint"),
         "missing checkpoint": ([tmp_path / "nope.pt", *out], "does not exist"),
-        "unwritable output": ([untrained_checkpoint, "--format", "torchscript", "--out", blocker / "sub"],
-                              "cannot create output folder"),
+        "unwritable output": (
+            [untrained_checkpoint, "--format", "torchscript", "--out", blocker / "sub"],
+            "cannot create output folder",
+        ),
     }
     results = _run_all({name: args for name, (args, _) in cases.items()})
     for name, (_, message) in cases.items():

@@ -126,4 +126,3 @@ def test_card_with_dataset_calibrates_on_its_training_images(untrained_checkpoin
     train = prepare_batch(load_dataset("mnist5k").train.images.numpy(), card.input)
     assert not notes and source == "mnist5k train, 12 images"
     assert all((train == b).all(axis=(1, 2, 3)).any() for b in batch), "each image is a training image"
-

@@ -11,14 +11,21 @@ import torch
 
 import exporters.pt2
 from exporters.pipeline import check_options, default_input_spec, export_model, plan
-from toolkit.manifest import read_manifest, verify_manifest
 from toolkit.card import MANIFEST_NAME
 from toolkit.checkpoint import load_checkpoint, load_model, save_checkpoint
 from toolkit.errors import BadInputError, CheckFailedError
+from toolkit.manifest import read_manifest, verify_manifest
 from toolkit.models import create_model
 
-CPU_FILES = {"model.pt", "model.ts", "model.pt2", "model.onnx", "model.fp16.onnx", "model.int8-cpu.onnx",
-             "model.int8-trt.onnx"}
+CPU_FILES = {
+    "model.pt",
+    "model.ts",
+    "model.pt2",
+    "model.onnx",
+    "model.fp16.onnx",
+    "model.int8-cpu.onnx",
+    "model.int8-trt.onnx",
+}
 
 
 def test_manifest_lists_every_file_with_true_sha256_and_size(pipeline_export, untrained_checkpoint):
@@ -69,8 +76,9 @@ def test_verify_manifest_finds_a_changed_file(pipeline_export, tmp_path):
     assert any("outside" in p for p in verify_manifest(folder))
 
 
-def test_re_export_keeps_files_of_the_same_model_and_removes_another_models(pipeline_export, untrained_checkpoint,
-                                                                            tmp_path):
+def test_re_export_keeps_files_of_the_same_model_and_removes_another_models(
+    pipeline_export, untrained_checkpoint, tmp_path
+):
     folder = tmp_path / "export"
     shutil.copytree(pipeline_export.manifest_path.parent, folder)
     again = export_model(untrained_checkpoint, "torchscript", None, folder)
@@ -101,8 +109,9 @@ def test_failed_export_writes_nothing(untrained_checkpoint, tmp_path, monkeypatc
 def test_model_name_source_gets_a_generic_card(tmp_path):
     weights = tmp_path / "resnet20.pth"
     torch.save(create_model("resnet20", in_channels=3, num_classes=10).state_dict(), weights)
-    result = export_model("resnet20", "torchscript", None, tmp_path / "out", input_shape=(3, 32, 32),
-                          num_classes=4, weights=weights)
+    result = export_model(
+        "resnet20", "torchscript", None, tmp_path / "out", input_shape=(3, 32, 32), num_classes=4, weights=weights
+    )
     manifest = read_manifest(tmp_path / "out")
     card = manifest["card"]
     assert card["class_names"] == ["0", "1", "2", "3"] and card["dataset"] is None
@@ -117,30 +126,47 @@ def test_model_name_source_gets_a_generic_card(tmp_path):
 def test_plan_for_all_and_for_single_formats():
     jobs, skipped = plan("all")
     described = {j.describe() for j in jobs} | {f"{s['format']} {s['precision']}" for s in skipped}
-    assert {"torchscript fp32", "pt2 fp32", "onnx fp32", "onnx fp16", "onnx int8 (target cpu)",
-            "onnx int8 (target tensorrt)", "tensorrt fp16", "tensorrt int8"} == described
+    assert {
+        "torchscript fp32",
+        "pt2 fp32",
+        "onnx fp32",
+        "onnx fp16",
+        "onnx int8 (target cpu)",
+        "onnx int8 (target tensorrt)",
+        "tensorrt fp16",
+        "tensorrt int8",
+    } == described
     assert [j.describe() for j in plan("onnx", "int8")[0]] == ["onnx int8 (target cpu)"]
-    assert [j.describe() for j in plan("onnx", "fp32,int8", "tensorrt")[0]] == ["onnx fp32", "onnx int8 (target tensorrt)"]
+    assert [j.describe() for j in plan("onnx", "fp32,int8", "tensorrt")[0]] == [
+        "onnx fp32",
+        "onnx int8 (target tensorrt)",
+    ]
     assert [j.describe() for j in plan("torchscript,onnx", "fp16")[0]] == ["onnx fp16"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (("onnx", "fp64"), "unknown precision"),
-    (("bogus", None), "unknown format"),
-    (("torchscript", "int8"), "torchscript exports fp32"),
-    (("onnx", "fp32", "gpu"), "unknown target"),
-    (("onnx", "fp32", "cpu"), "--target"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("onnx", "fp64"), "unknown precision"),
+        (("bogus", None), "unknown format"),
+        (("torchscript", "int8"), "torchscript exports fp32"),
+        (("onnx", "fp32", "gpu"), "unknown target"),
+        (("onnx", "fp32", "cpu"), "--target"),
+    ],
+)
 def test_plan_refuses_bad_requests(args, message):
     with pytest.raises(BadInputError, match=message):
         plan(*args)
 
 
-@pytest.mark.parametrize("opts, message", [
-    ({"opset": 12}, "opset 12"),
-    ({"calib_size": 0}, "calib-size"),
-    ({"calib_method": "mse"}, "calibration method"),
-])
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        ({"opset": 12}, "opset 12"),
+        ({"calib_size": 0}, "calib-size"),
+        ({"calib_method": "mse"}, "calibration method"),
+    ],
+)
 def test_bad_options_are_refused_before_any_work(opts, message):
     jobs, _ = plan("onnx", "int8")
     with pytest.raises(BadInputError, match=message):

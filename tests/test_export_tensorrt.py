@@ -33,13 +33,16 @@ def test_single_batch_size_means_a_fixed_profile():
     assert parse_batch_range("4") == (4, 4, 4)
 
 
-@pytest.mark.parametrize("major, precision, expected", [
-    (10, "fp16", ("fp32", None, ["FP16"])),  # weakly typed: FP32 graph + builder flag
-    (10, "int8", ("int8", "tensorrt", ["INT8"])),  # Q/DQ graph + builder flag
-    (11, "fp16", ("fp16", None, [])),  # strongly typed: the FP16 graph, no flags exist
-    (11, "int8", ("int8", "tensorrt", [])),  # strongly typed: the Q/DQ graph
-    (12, "int8", ("int8", "tensorrt", [])),
-])
+@pytest.mark.parametrize(
+    "major, precision, expected",
+    [
+        (10, "fp16", ("fp32", None, ["FP16"])),  # weakly typed: FP32 graph + builder flag
+        (10, "int8", ("int8", "tensorrt", ["INT8"])),  # Q/DQ graph + builder flag
+        (11, "fp16", ("fp16", None, [])),  # strongly typed: the FP16 graph, no flags exist
+        (11, "int8", ("int8", "tensorrt", [])),  # strongly typed: the Q/DQ graph
+        (12, "int8", ("int8", "tensorrt", [])),
+    ],
+)
 def test_each_version_builds_from_the_right_onnx(major, precision, expected):
     assert onnx_source(major, precision) == expected
 
@@ -82,8 +85,16 @@ def test_engines_build_run_and_are_stamped(untrained_checkpoint, tmp_path):
 
     from exporters.pipeline import export_model
 
-    result = export_model(untrained_checkpoint, "tensorrt", "fp16,int8", tmp_path, batch_range="1:4:8",
-                          calib_size=16, workspace=1, timing_cache=str(tmp_path / "timing.cache"))
+    result = export_model(
+        untrained_checkpoint,
+        "tensorrt",
+        "fp16,int8",
+        tmp_path,
+        batch_range="1:4:8",
+        calib_size=16,
+        workspace=1,
+        timing_cache=str(tmp_path / "timing.cache"),
+    )
     engines = {a.path.name: a for a in result.artifacts if a.format == "tensorrt"}
     assert set(engines) == {"model.fp16.engine", "model.int8.engine"}
     major, minor = torch.cuda.get_device_capability(0)

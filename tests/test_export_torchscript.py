@@ -60,7 +60,7 @@ def test_torchscript_failed_check_leaves_no_file(untrained_checkpoint, tmp_path,
 
     monkeypatch.setattr(exporters.torchscript, "require_fp32_match", broken)
     with pytest.raises(CheckFailedError):
-        exporters.torchscript.export(model, card, tmp_path, precision="fp32", target=None,
-                                     context=exporters.ExportContext())
+        exporters.torchscript.export(
+            model, card, tmp_path, precision="fp32", target=None, context=exporters.ExportContext()
+        )
     assert list(tmp_path.iterdir()) == []
-

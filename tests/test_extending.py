@@ -73,8 +73,9 @@ def plugin_env(tmp_path_factory) -> dict[str, str]:
 
 def test_a_new_format_and_runtime_appear_everywhere(untrained_checkpoint, tmp_path, plugin_env):
     out = tmp_path / "export"
-    result = run_rtool("export", untrained_checkpoint, "--format", "onnx-copy", "--opset", "18", "--out", out,
-                       "--json", env=plugin_env)
+    result = run_rtool(
+        "export", untrained_checkpoint, "--format", "onnx-copy", "--opset", "18", "--out", out, "--json", env=plugin_env
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     entry = next(e for e in manifest["artifacts"] if e["format"] == "onnx-copy")
@@ -89,8 +90,9 @@ def test_a_new_format_and_runtime_appear_everywhere(untrained_checkpoint, tmp_pa
     assert rows[("ort-one-thread", "fp32")]["status"] == "ok"
     assert rows[("ort-one-thread", "fp32")]["agreement"] == 100.0
 
-    bench = run_rtool("bench", out, "--batch-sizes", "1", "--warmup", "1", "--iters", "3", "--json", "-",
-                      env=plugin_env)
+    bench = run_rtool(
+        "bench", out, "--batch-sizes", "1", "--warmup", "1", "--iters", "3", "--json", "-", env=plugin_env
+    )
     assert bench.returncode == 0, bench.stderr
     assert "ort-one-thread" in {r["runtime"] for r in json.loads(bench.stdout)["rows"]}
 
@@ -107,7 +109,8 @@ def test_a_name_registered_twice_is_refused():
     get_exporter("onnx")  # loads the registry
     with pytest.raises(ValueError, match="format 'onnx' is registered twice"):
         register_exporter("onnx", precisions=("fp32",), runtime="onnxruntime", files={"fp32": "x.onnx"})(
-            lambda *a, **k: None)
+            lambda *a, **k: None
+        )
 
     class Impostor(Runtime):
         name = "onnxruntime"

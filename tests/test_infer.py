@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, run_rtool
 from runtimes import open_runtime
 from toolkit.data import load_dataset
 from toolkit.errors import BadInputError, RtoolError
 from toolkit.infer import run_infer
 from toolkit.preprocess import convert_image, prepare_batch
+
+from conftest import assert_one_line_error, run_rtool
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,18 @@ def test_png_of_another_size_and_mode_is_converted_with_a_note(cpu_export_dir, d
 
 
 def test_first_16_test_images_int8_table(cpu_export_dir):
-    result = run_rtool("infer", cpu_export_dir, "--runtime", "onnxruntime", "--precision", "int8",
-                       "--dataset", "mnist5k", "--first", "16")
+    result = run_rtool(
+        "infer",
+        cpu_export_dir,
+        "--runtime",
+        "onnxruntime",
+        "--precision",
+        "int8",
+        "--dataset",
+        "mnist5k",
+        "--first",
+        "16",
+    )
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if "mnist5k test #" in line]
     assert len(rows) == 16
@@ -52,12 +63,21 @@ def test_first_16_test_images_int8_table(cpu_export_dir):
     assert f"accuracy: {correct}/16 = {correct / 16:.1%}" in result.stdout
 
 
-@pytest.mark.parametrize("runtime,precision", [("eager", "fp32"), ("torchscript", "fp32"), ("pt2", "fp32"),
-                                               ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
-                                               ("onnxruntime", "int8")])
+@pytest.mark.parametrize(
+    "runtime,precision",
+    [
+        ("eager", "fp32"),
+        ("torchscript", "fp32"),
+        ("pt2", "fp32"),
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "fp16"),
+        ("onnxruntime", "int8"),
+    ],
+)
 def test_every_runtime_predicts_the_first_test_images(cpu_export_dir, runtime, precision):
-    result = run_infer(cpu_export_dir, runtime=runtime, precision=precision, dataset="mnist5k", first=16,
-                       threads=1, device="cpu")
+    result = run_infer(
+        cpu_export_dir, runtime=runtime, precision=precision, dataset="mnist5k", first=16, threads=1, device="cpu"
+    )
     eager = run_infer(cpu_export_dir / "model.pt", dataset="mnist5k", first=16, device="cpu")
     labels = load_dataset("mnist5k").test.labels[:16].tolist()
     assert [p.actual for p in result.predictions] == [str(label) for label in labels]
@@ -69,8 +89,21 @@ def test_every_runtime_predicts_the_first_test_images(cpu_export_dir, runtime, p
 
 def test_json_and_grid(cpu_export_dir, tmp_path):
     grid = tmp_path / "grid.png"
-    result = run_rtool("infer", cpu_export_dir, "--runtime", "torchscript", "--dataset", "mnist5k", "--first", "10",
-                       "--json", "--save-grid", grid, "--device", "cpu")
+    result = run_rtool(
+        "infer",
+        cpu_export_dir,
+        "--runtime",
+        "torchscript",
+        "--dataset",
+        "mnist5k",
+        "--first",
+        "10",
+        "--json",
+        "--save-grid",
+        grid,
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["runtime"] == "torchscript" and doc["model_file"].endswith("model.ts") and doc["grid"] == str(grid)
@@ -110,21 +143,31 @@ def junk(tmp_path_factory):
 BAD_INPUTS = {
     "not-image": (["{export}/model.onnx", "{junk}/notes.png"], "notes.png is not a usable image"),
     "not-model": (["{junk}/ok.png", "{junk}/ok.png"], "no runtime opens 'ok.png'"),
-    "runtime-mismatch": (["{export}/model.onnx", "--runtime", "torchscript", "{junk}/ok.png"],
-                         "model.onnx is not a torchscript file (expected .ts); it opens with --runtime onnxruntime"),
+    "runtime-mismatch": (
+        ["{export}/model.onnx", "--runtime", "torchscript", "{junk}/ok.png"],
+        "model.onnx is not a torchscript file (expected .ts); it opens with --runtime onnxruntime",
+    ),
     "corrupt-onnx": (["{junk}/model.onnx", "{junk}/ok.png"], "model.onnx is not a loadable ONNX model"),
     "corrupt-ts": (["{junk}/model.ts", "{junk}/ok.png"], "model.ts is not a readable TorchScript file"),
     "corrupt-pt2": (["{junk}/model.pt2", "{junk}/ok.png"], "model.pt2 is not a readable torch.export file"),
-    "tensorrt": (["{export}", "--runtime", "tensorrt", "--dataset", "mnist5k", "--first", "4"],
-                 "runtime 'tensorrt' is not available here"),
-    "first-too-large": (["{export}", "--dataset", "mnist5k", "--first", "5000"],
-                        "--first 5000 is more than the 1000 test images"),
+    "tensorrt": (
+        ["{export}", "--runtime", "tensorrt", "--dataset", "mnist5k", "--first", "4"],
+        "runtime 'tensorrt' is not available here",
+    ),
+    "first-too-large": (
+        ["{export}", "--dataset", "mnist5k", "--first", "5000"],
+        "--first 5000 is more than the 1000 test images",
+    ),
     "no-images": (["{export}"], "nothing to predict"),
     "missing-model": (["{junk}/missing.onnx", "{junk}/ok.png"], "does not exist"),
-    "precision-mismatch": (["{export}/model.onnx", "--precision", "int8", "{junk}/ok.png"],
-                           "model.onnx is fp32, not int8"),
-    "missing-combination": (["{export}", "--runtime", "eager", "--precision", "fp16", "{junk}/ok.png"],
-                            "has no eager fp16 file; it holds: model.pt (eager fp32)"),
+    "precision-mismatch": (
+        ["{export}/model.onnx", "--precision", "int8", "{junk}/ok.png"],
+        "model.onnx is fp32, not int8",
+    ),
+    "missing-combination": (
+        ["{export}", "--runtime", "eager", "--precision", "fp16", "{junk}/ok.png"],
+        "has no eager fp16 file; it holds: model.pt (eager fp32)",
+    ),
 }
 CLI_CHECKED = ("not-image", "runtime-mismatch", "corrupt-onnx", "tensorrt", "first-too-large", "no-images")
 

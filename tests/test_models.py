@@ -16,8 +16,11 @@ from toolkit.models.resnet import ZeroPadShortcut
 from toolkit.models.summary import count_params
 
 CIFAR_DEPTHS = (20, 32, 44, 56, 110)
-ALL_MODELS = [f"resnet{d}" for d in (18, 34, 50, 101, 152)] + [f"resnet{d}" for d in CIFAR_DEPTHS] + \
-             [f"plain{d}" for d in CIFAR_DEPTHS]
+ALL_MODELS = (
+    [f"resnet{d}" for d in (18, 34, 50, 101, 152)]
+    + [f"resnet{d}" for d in CIFAR_DEPTHS]
+    + [f"plain{d}" for d in CIFAR_DEPTHS]
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -160,15 +163,18 @@ def test_small_models_really_run_on_grey_and_rgb():
         assert out.shape == (2, 5) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"name": "resnet19"}, "unknown model 'resnet19'"),
-    ({"name": "resnet20", "in_channels": 2}, "in_channels"),
-    ({"name": "resnet20", "num_classes": 0}, "num_classes"),
-    ({"name": "resnet20", "init": "orthogonal"}, "init"),
-    ({"name": "resnet20", "shortcut": "C"}, "shortcut"),
-    ({"name": "plain20", "shortcut": "A"}, "no shortcuts"),
-    ({"name": "resnet20", "depth_multiplier": 2}, "depth_multiplier"),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"name": "resnet19"}, "unknown model 'resnet19'"),
+        ({"name": "resnet20", "in_channels": 2}, "in_channels"),
+        ({"name": "resnet20", "num_classes": 0}, "num_classes"),
+        ({"name": "resnet20", "init": "orthogonal"}, "init"),
+        ({"name": "resnet20", "shortcut": "C"}, "shortcut"),
+        ({"name": "plain20", "shortcut": "A"}, "no shortcuts"),
+        ({"name": "resnet20", "depth_multiplier": 2}, "depth_multiplier"),
+    ],
+)
 def test_bad_model_arguments_raise_bad_input(kwargs, words):
     with pytest.raises(BadInputError, match=words):
         create_model(**kwargs)
@@ -183,7 +189,7 @@ def test_xavier_init_changes_the_weight_distribution():
     fan = 64 * 9  # fan_in == fan_out for a 64->64 3x3 conv
     bound = (6 / (2 * fan)) ** 0.5
     assert xavier.abs().max() <= bound  # uniform within the Glorot bound
-    assert abs(xavier.std().item() - bound / 3 ** 0.5) < 0.05 * bound
+    assert abs(xavier.std().item() - bound / 3**0.5) < 0.05 * bound
     assert abs(kaiming.std().item() - (2 / fan) ** 0.5) < 0.05 * (2 / fan) ** 0.5  # He normal, fan_out
     assert kaiming.abs().max() > bound  # normal tails reach past the uniform bound
     assert torch.count_nonzero(xavier_model.fc.bias) == 0

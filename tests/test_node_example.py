@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, run_rtool
 from toolkit.card import ONNX_METADATA_KEY, InputSpec
 from toolkit.preprocess import convert_image, normalize
+
+from conftest import REPO, run_rtool
 
 EXAMPLE = REPO / "examples" / "node"
 TOP_K = 3
@@ -39,8 +40,13 @@ def install_packages(npm: str) -> Path:
     try:
         for name in ("package.json", "package-lock.json"):
             shutil.copy(EXAMPLE / name, staging / name)
-        install = subprocess.run([npm, "ci", "--onnxruntime-node-install=skip", "--no-audit", "--no-fund"],
-                                 cwd=staging, capture_output=True, text=True, timeout=600)
+        install = subprocess.run(
+            [npm, "ci", "--onnxruntime-node-install=skip", "--no-audit", "--no-fund"],
+            cwd=staging,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if install.returncode != 0:
             last = (install.stderr.strip().splitlines() or ["no output"])[-1]
             pytest.skip(f"npm could not install the example's packages (no registry access?): {last}")
@@ -61,8 +67,13 @@ def node() -> tuple[str, dict[str, str]]:
 
 
 def classify(node: tuple[str, dict[str, str]], *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([node[0], str(EXAMPLE / "classify.js"), *map(str, args)], env=node[1],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [node[0], str(EXAMPLE / "classify.js"), *map(str, args)],
+        env=node[1],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def node_eval(node: tuple[str, dict[str, str]], script: str) -> bytes:
@@ -87,8 +98,18 @@ def assert_same(got: list[list[tuple[str, float]]], expected: list[list[tuple[st
 @pytest.fixture(scope="module")
 def rtool_infer(embed_export_dir, app_images) -> list[list[tuple[str, float]]]:
     """What `rtool infer` (the Python ONNX Runtime runtime) predicts for the test images."""
-    result = run_rtool("infer", embed_export_dir / "model.onnx", *app_images, "--topk", TOP_K, "--json",
-                       "--runtime", "onnxruntime", "--provider", "cpu")
+    result = run_rtool(
+        "infer",
+        embed_export_dir / "model.onnx",
+        *app_images,
+        "--topk",
+        TOP_K,
+        "--json",
+        "--runtime",
+        "onnxruntime",
+        "--provider",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     return [[(t["class"], t["probability"]) for t in p["topk"]] for p in json.loads(result.stdout)["predictions"]]
 
@@ -114,21 +135,32 @@ def test_node_reads_the_card_from_the_onnx_protobuf(node, embed_export_dir):
     for name in ("model.onnx", "model.raw-softmax.onnx"):
         path = embed_export_dir / name
         stored = {p.key: p.value for p in onnx.load(str(path)).metadata_props}[ONNX_METADATA_KEY]
-        read = node_eval(node, f"const bytes = require('fs').readFileSync({json.dumps(str(path))});\n"
-                               f"process.stdout.write(JSON.stringify(c.readCard(bytes, 'm')));")
+        read = node_eval(
+            node,
+            f"const bytes = require('fs').readFileSync({json.dumps(str(path))});\n"
+            f"process.stdout.write(JSON.stringify(c.readCard(bytes, 'm')));",
+        )
         assert json.loads(read) == json.loads(stored)
 
 
-@pytest.mark.parametrize("spec", [InputSpec(1, 28, 28, [0.1311], [0.3083]),
-                                  InputSpec(3, 24, 32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-                                  InputSpec(3, 77, 50, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        InputSpec(1, 28, 28, [0.1311], [0.3083]),
+        InputSpec(3, 24, 32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        InputSpec(3, 77, 50, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]),
+    ],
+)
 def test_node_preprocessing_is_bit_exact(node, app_images, spec):
     """Colour conversion, Pillow's bilinear resize (both pass orders) and normalisation, value for value."""
     card = {"input": spec.to_dict()}
     paths = json.dumps([str(p) for p in app_images])
-    out = node_eval(node, f"const card = {json.dumps(card)};\n"
-                          f"const t = c.toModelInput(c.preprocess({paths}, card), card);\n"
-                          f"process.stdout.write(Buffer.from(t.data.buffer));")
+    out = node_eval(
+        node,
+        f"const card = {json.dumps(card)};\n"
+        f"const t = c.toModelInput(c.preprocess({paths}, card), card);\n"
+        f"process.stdout.write(Buffer.from(t.data.buffer));",
+    )
     got = np.frombuffer(out, dtype=np.float32).reshape(len(app_images), *spec.shape)
     expected = normalize(np.stack([convert_image(Image.open(p), spec) for p in app_images]), spec)
     assert np.array_equal(got, expected)
@@ -141,9 +173,11 @@ def test_node_errors_are_one_line(node, embed_export_dir, app_images, tmp_path):
     del proto.metadata_props[:]
     onnx.save(proto, str(tmp_path / "nocard.onnx"))
     (tmp_path / "notes.txt").write_text("not a png")
-    cases = [((tmp_path / "nocard.onnx", app_images[0]), "has no rtool model card"),
-             ((tmp_path / "missing.onnx", app_images[0]), "cannot be read"),
-             ((embed_export_dir / "model.onnx", tmp_path / "notes.txt"), "this example reads PNG and JPEG files")]
+    cases = [
+        ((tmp_path / "nocard.onnx", app_images[0]), "has no rtool model card"),
+        ((tmp_path / "missing.onnx", app_images[0]), "cannot be read"),
+        ((embed_export_dir / "model.onnx", tmp_path / "notes.txt"), "this example reads PNG and JPEG files"),
+    ]
     for args, message in cases:
         result = classify(node, *args)
         assert result.returncode == 2, result.stderr
@@ -165,12 +199,17 @@ def jpegs(app_images, tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("jpegs")
     digits = [np.asarray(Image.open(p).convert("L")) for p in app_images[:5]]
     tinted = [np.stack([d, (d * 0.6).astype(np.uint8), 255 - d], axis=-1) for d in digits]  # real chroma
-    made = [("grey.jpg", Image.fromarray(digits[0], "L"), {"quality": 90}),
-            ("rgb420-84.jpg", Image.fromarray(tinted[1]).resize((84, 84)), {"quality": 75, "subsampling": 2}),
-            ("rgb422-45x31.jpg", Image.fromarray(tinted[2]).resize((45, 31)), {"quality": 90, "subsampling": 1}),
-            ("rgb444.jpg", Image.fromarray(tinted[3]), {"quality": 95, "subsampling": 0}),
-            ("progressive-57x29.jpg", Image.fromarray(tinted[4]).resize((57, 29)),
-             {"quality": 85, "subsampling": 2, "progressive": True})]
+    made = [
+        ("grey.jpg", Image.fromarray(digits[0], "L"), {"quality": 90}),
+        ("rgb420-84.jpg", Image.fromarray(tinted[1]).resize((84, 84)), {"quality": 75, "subsampling": 2}),
+        ("rgb422-45x31.jpg", Image.fromarray(tinted[2]).resize((45, 31)), {"quality": 90, "subsampling": 1}),
+        ("rgb444.jpg", Image.fromarray(tinted[3]), {"quality": 95, "subsampling": 0}),
+        (
+            "progressive-57x29.jpg",
+            Image.fromarray(tinted[4]).resize((57, 29)),
+            {"quality": 85, "subsampling": 2, "progressive": True},
+        ),
+    ]
     paths = []
     for name, image, options in made:
         image.save(folder / name, **options)
@@ -180,8 +219,10 @@ def jpegs(app_images, tmp_path_factory) -> list[Path]:
 
 @pytest.mark.parametrize("color", ["L", "RGB"])
 def test_node_decodes_jpegs_within_a_few_levels_of_pillow(node, jpegs, color):
-    script = (f"for (const p of {json.dumps([str(p) for p in jpegs])}) "
-              f"process.stdout.write(Buffer.from(c.loadImage(p, {json.dumps(color)}).data));")
+    script = (
+        f"for (const p of {json.dumps([str(p) for p in jpegs])}) "
+        f"process.stdout.write(Buffer.from(c.loadImage(p, {json.dumps(color)}).data));"
+    )
     got = node_eval(node, script)
     offset = 0
     for path in jpegs:
@@ -194,8 +235,18 @@ def test_node_decodes_jpegs_within_a_few_levels_of_pillow(node, jpegs, color):
 
 
 def test_node_predicts_on_jpegs_what_rtool_infer_predicts(node, embed_export_dir, jpegs):
-    result = run_rtool("infer", embed_export_dir / "model.onnx", *jpegs, "--topk", TOP_K, "--json",
-                       "--runtime", "onnxruntime", "--provider", "cpu")
+    result = run_rtool(
+        "infer",
+        embed_export_dir / "model.onnx",
+        *jpegs,
+        "--topk",
+        TOP_K,
+        "--json",
+        "--runtime",
+        "onnxruntime",
+        "--provider",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     expected = [[(t["class"], t["probability"]) for t in p["topk"]] for p in json.loads(result.stdout)["predictions"]]
     for model_file in ("model.onnx", "model.raw-softmax.onnx"):
@@ -214,14 +265,22 @@ def test_node_refuses_unusable_jpegs_and_giant_pictures_in_one_line(node, embed_
     (tmp_path / "cut.jpg").write_bytes(jpegs[1].read_bytes()[:200])
     Image.new("L", (9500, 9500), 128).save(tmp_path / "giant.jpg", quality=50)  # 90.25 MP, 1 MB
     rows = zlib.compress((b"\x00" + b"\x00" * (13_400 // 8 + 1)) * 13_400, 9)  # 1-bit black, 180 MP, 22 kB
-    chunk = lambda kind, data: (len(data).to_bytes(4, "big") + kind + data  # noqa: E731
-                                + zlib.crc32(kind + data).to_bytes(4, "big"))
-    (tmp_path / "giant.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", (13_400).to_bytes(4, "big") * 2
-                                                                      + bytes([1, 0, 0, 0, 0]))
-                                         + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
-    cases = [("cmyk.jpg", "is a CMYK JPEG; save it as RGB"), ("cut.jpg", "cannot read image"),
-             ("giant.jpg", "is 9500x9500 pixels, more than the 89478485 this example decodes"),
-             ("giant.png", "is 13400x13400 pixels, more than the 89478485 this example decodes")]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    (tmp_path / "giant.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", (13_400).to_bytes(4, "big") * 2 + bytes([1, 0, 0, 0, 0]))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
+    cases = [
+        ("cmyk.jpg", "is a CMYK JPEG; save it as RGB"),
+        ("cut.jpg", "cannot read image"),
+        ("giant.jpg", "is 9500x9500 pixels, more than the 89478485 this example decodes"),
+        ("giant.png", "is 13400x13400 pixels, more than the 89478485 this example decodes"),
+    ]
     for name, message in cases:
         result = classify(node, embed_export_dir / "model.onnx", tmp_path / name)
         assert result.returncode == 2, (name, result.stderr)

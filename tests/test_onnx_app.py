@@ -15,7 +15,6 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import REPO
 from exporters.onnx_common import onnx_metadata
 from runtimes import open_runtime
 from runtimes.onnx_app import Predictor, PredictorError
@@ -23,10 +22,12 @@ from toolkit.card import ONNX_METADATA_KEY, InputSpec
 from toolkit.checkpoint import make_card
 from toolkit.preprocess import convert_image, prepare_batch
 
+from conftest import REPO
+
 TOP_K = 3
 
 # Put first on PYTHONPATH: makes `import torch` / `import torchvision` fail in that interpreter.
-BLOCKER = '''
+BLOCKER = """
 import sys
 class _NoTorch:
     def find_spec(self, name, path=None, target=None):
@@ -34,7 +35,7 @@ class _NoTorch:
             raise ImportError(f"{name} is blocked: this process must run without PyTorch")
         return None
 sys.meta_path.insert(0, _NoTorch())
-'''
+"""
 
 
 def eager_top_k(checkpoint: Path, images: list[Path], k: int = TOP_K) -> list[list[tuple[str, float]]]:
@@ -69,21 +70,36 @@ def package_dirs(*modules: str) -> list[Path]:
 
 
 @pytest.mark.parametrize("model_file", ["model.onnx", "model.raw-softmax.onnx"])
-def test_module_runs_with_torch_unimportable_and_matches_eager(embed_export_dir, app_images, untrained_checkpoint,
-                                                               tmp_path, model_file):
+def test_module_runs_with_torch_unimportable_and_matches_eager(
+    embed_export_dir, app_images, untrained_checkpoint, tmp_path, model_file
+):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}"}
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True)
     assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker really works
-    result = subprocess.run([sys.executable, "-m", "runtimes.onnx_app", str(embed_export_dir / model_file),
-                             *map(str, app_images), "--top-k", str(TOP_K), "--json"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtimes.onnx_app",
+            str(embed_export_dir / model_file),
+            *map(str, app_images),
+            "--top-k",
+            str(TOP_K),
+            "--json",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert_same_predictions(from_json(result.stdout), eager_top_k(untrained_checkpoint, app_images))
 
 
-def test_one_copied_file_needs_only_onnxruntime_numpy_pillow(embed_export_dir, app_images, untrained_checkpoint,
-                                                            tmp_path):
+def test_one_copied_file_needs_only_onnxruntime_numpy_pillow(
+    embed_export_dir, app_images, untrained_checkpoint, tmp_path
+):
     """An app vendors onnx_app.py alone; Python runs isolated (-I -S): no site-packages, no rtool, no torch."""
     app = tmp_path / "app"
     packages = tmp_path / "packages"
@@ -102,21 +118,26 @@ for banned in ("torch", "torchvision", "toolkit", "runtimes", "exporters"):
         sys.exit(f"{{banned}} was importable")
     except ImportError:
         pass
-predictor = Predictor({str(embed_export_dir / 'model.onnx')!r})
+predictor = Predictor({str(embed_export_dir / "model.onnx")!r})
 print(json.dumps(predictor.predict({[str(p) for p in app_images]!r}, top_k={TOP_K})))
 assert not [m for m in sys.modules if m.split(".")[0] in ("torch", "toolkit", "runtimes", "onnx")]
 """
-    result = subprocess.run([sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     got = [[tuple(pair) for pair in image] for image in json.loads(result.stdout)]
     assert_same_predictions(got, eager_top_k(untrained_checkpoint, app_images))
 
 
 def test_every_variant_predicts_alike(embed_export_dir, inprocess_export_dir, app_images):
-    files = [embed_export_dir / "model.onnx", inprocess_export_dir / "model.raw.onnx",
-             embed_export_dir / "model.raw-softmax.onnx", embed_export_dir / "triton" / "digits" / "1" / "model.onnx",
-             inprocess_export_dir / "triton" / "resnet20" / "1" / "model.onnx"]
+    files = [
+        embed_export_dir / "model.onnx",
+        inprocess_export_dir / "model.raw.onnx",
+        embed_export_dir / "model.raw-softmax.onnx",
+        embed_export_dir / "triton" / "digits" / "1" / "model.onnx",
+        inprocess_export_dir / "triton" / "resnet20" / "1" / "model.onnx",
+    ]
     reference, *others = [Predictor(f).predict(app_images, top_k=10) for f in files]
     for got in others:
         assert_same_predictions(got, reference)
@@ -127,8 +148,13 @@ def test_preprocessing_is_rtools_own(embed_export_dir, app_images):
     """Bit for bit what toolkit.preprocess makes, for every size and colour mode of the test images."""
     predictor = Predictor(embed_export_dir / "model.onnx")
     card = predictor.card
-    spec = InputSpec(card["input"]["channels"], card["input"]["height"], card["input"]["width"],
-                     card["input"]["mean"], card["input"]["std"])
+    spec = InputSpec(
+        card["input"]["channels"],
+        card["input"]["height"],
+        card["input"]["width"],
+        card["input"]["mean"],
+        card["input"]["std"],
+    )
     expected = prepare_batch(np.stack([convert_image(Image.open(p), spec) for p in app_images]), spec)
     got = predictor.preprocess(app_images)
     assert got.dtype == np.float32 and np.array_equal(got, expected)
@@ -142,16 +168,24 @@ def rgb_model(path: Path) -> tuple[Path, InputSpec]:
     from onnx import TensorProto, helper, numpy_helper
 
     weights = numpy_helper.from_array(np.random.default_rng(1).normal(size=(3, 3)).astype(np.float32), "w")
-    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
-             helper.make_node("Flatten", ["pooled"], ["flat"]),
-             helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+    ]
     value = helper.make_tensor_value_info
-    graph = helper.make_graph(nodes, "rgb", [value("input", TensorProto.FLOAT, ["N", 3, 24, 32])],
-                              [value("logits", TensorProto.FLOAT, ["N", 3])], [weights])
+    graph = helper.make_graph(
+        nodes,
+        "rgb",
+        [value("input", TensorProto.FLOAT, ["N", 3, 24, 32])],
+        [value("logits", TensorProto.FLOAT, ["N", 3])],
+        [weights],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     spec = InputSpec(channels=3, height=24, width=32, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
-    helper.set_model_props(proto, onnx_metadata(make_card("resnet18", class_names=["cat", "dog", "fox"],
-                                                          input_spec=spec)))
+    helper.set_model_props(
+        proto, onnx_metadata(make_card("resnet18", class_names=["cat", "dog", "fox"], input_spec=spec))
+    )
     onnx.save(proto, str(path))
     return path, spec
 
@@ -209,8 +243,13 @@ def test_unusable_files_are_refused_in_one_line(embed_export_dir, tmp_path):
 
 def test_command_line_errors_are_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-m", "runtimes.onnx_app", str(tmp_path / "none.onnx"), "x.png"],
-                            env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "runtimes.onnx_app", str(tmp_path / "none.onnx"), "x.png"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     missing = tmp_path / "none.onnx"
     assert result.stderr.strip().splitlines() == [f"onnx_app: error: model file {missing} does not exist"]

@@ -19,14 +19,21 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import assert_one_line_error
 from runtimes import available
 from toolkit.card import MANIFEST_NAME
 from toolkit.errors import BadInputError
 from toolkit.parity import default_thresholds, load_thresholds, run_parity
 
-CPU_ROWS = {("torchscript", "fp32", None), ("pt2", "fp32", None), ("onnxruntime", "fp32", None),
-            ("onnxruntime", "fp16", None), ("onnxruntime", "int8", "cpu"), ("onnxruntime", "int8", "tensorrt")}
+from conftest import assert_one_line_error
+
+CPU_ROWS = {
+    ("torchscript", "fp32", None),
+    ("pt2", "fp32", None),
+    ("onnxruntime", "fp32", None),
+    ("onnxruntime", "fp16", None),
+    ("onnxruntime", "int8", "cpu"),
+    ("onnxruntime", "int8", "tensorrt"),
+}
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +50,9 @@ def trained_export(trained_checkpoint, tmp_path_factory) -> Path:
     """The trained checkpoint exported to every format and precision this machine builds."""
     from exporters.pipeline import export_model
 
-    return export_model(trained_checkpoint, "all", None, tmp_path_factory.mktemp("parity") / "export").manifest_path.parent
+    return export_model(
+        trained_checkpoint, "all", None, tmp_path_factory.mktemp("parity") / "export"
+    ).manifest_path.parent
 
 
 def test_every_available_runtime_meets_the_thresholds(trained_export):
@@ -109,8 +118,22 @@ def test_perturbed_onnx_fails_and_names_the_threshold(cpu_export_dir, tmp_path, 
     perturb_onnx_weights(export_dir / "model.onnx")
     restamp(export_dir, "model.onnx")
     out = tmp_path / "parity.json"
-    result = rtool("parity", export_dir, "--runtimes", "onnxruntime", "--precisions", "fp32", "--limit", "200",
-                   "--json", out, "--markdown", tmp_path / "parity.md", "--plot", tmp_path / "parity.png")
+    result = rtool(
+        "parity",
+        export_dir,
+        "--runtimes",
+        "onnxruntime",
+        "--precisions",
+        "fp32",
+        "--limit",
+        "200",
+        "--json",
+        out,
+        "--markdown",
+        tmp_path / "parity.md",
+        "--plot",
+        tmp_path / "parity.png",
+    )
     assert_one_line_error(result, 1, "max abs diff")
     assert "onnxruntime fp32 (model.onnx)" in result.stderr
     document = json.loads(out.read_text())
@@ -124,8 +147,18 @@ def test_perturbed_onnx_fails_and_names_the_threshold(cpu_export_dir, tmp_path, 
 
 def test_untouched_export_passes_fp32_on_the_cli(cpu_export_dir, tmp_path, rtool):
     """The same command as above on the unbroken files exits 0: the failure above came from the weights."""
-    result = rtool("parity", cpu_export_dir, "--runtimes", "onnxruntime,torchscript", "--precisions", "fp32",
-                   "--limit", "200", "--json", "-")
+    result = rtool(
+        "parity",
+        cpu_export_dir,
+        "--runtimes",
+        "onnxruntime,torchscript",
+        "--precisions",
+        "fp32",
+        "--limit",
+        "200",
+        "--json",
+        "-",
+    )
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["passed"] is True
@@ -142,8 +175,18 @@ def test_file_changed_after_export_fails_its_row(cpu_export_dir, tmp_path):
 
 
 def test_a_stricter_threshold_flag_fails_the_row(cpu_export_dir, rtool):
-    result = rtool("parity", cpu_export_dir, "--runtimes", "onnxruntime", "--precisions", "fp16", "--limit", "100",
-                   "--threshold", "fp16.max_abs_diff=0")
+    result = rtool(
+        "parity",
+        cpu_export_dir,
+        "--runtimes",
+        "onnxruntime",
+        "--precisions",
+        "fp16",
+        "--limit",
+        "100",
+        "--threshold",
+        "fp16.max_abs_diff=0",
+    )
     assert_one_line_error(result, 1, "onnxruntime fp16 (model.fp16.onnx): max abs diff")
 
 
@@ -165,15 +208,18 @@ def test_thresholds_from_json_toml_and_flags(tmp_path):
     assert from_toml["fp32"].max_abs_diff == 1e-4 and from_toml["fp16"].agreement == 97.5
 
 
-@pytest.mark.parametrize("content, flag, message", [
-    ('{"int9": {"agreement": 99}}', None, "unknown precision 'int9'"),
-    ('{"int8": {"agreemnt": 99}}', None, "unknown threshold 'agreemnt'"),
-    ('{"int8": {"agreement": "high"}}', None, "not a number"),
-    ('{"int8": 99}', None, "must map each precision"),
-    ("{not json", None, "not valid JSON"),
-    (None, "int8.agreement", "PRECISION.KEY=VALUE"),
-    (None, "int8.agreement=-1", ">= 0"),
-])
+@pytest.mark.parametrize(
+    "content, flag, message",
+    [
+        ('{"int9": {"agreement": 99}}', None, "unknown precision 'int9'"),
+        ('{"int8": {"agreemnt": 99}}', None, "unknown threshold 'agreemnt'"),
+        ('{"int8": {"agreement": "high"}}', None, "not a number"),
+        ('{"int8": 99}', None, "must map each precision"),
+        ("{not json", None, "not valid JSON"),
+        (None, "int8.agreement", "PRECISION.KEY=VALUE"),
+        (None, "int8.agreement=-1", ">= 0"),
+    ],
+)
 def test_bad_thresholds_are_refused(tmp_path, content, flag, message):
     path = None
     if content is not None:

@@ -60,7 +60,9 @@ def test_card_is_read_from_every_file(cpu_export_dir, untrained_checkpoint):
     expected = read_card(untrained_checkpoint)
     for file in ("model.pt", "model.ts", "model.pt2", "model.onnx", "model.fp16.onnx", "model.int8-cpu.onnx"):
         card = read_card(cpu_export_dir / file)
-        assert (card.model, card.class_names, card.input) == (expected.model, expected.class_names, expected.input), file
+        assert (card.model, card.class_names, card.input) == (expected.model, expected.class_names, expected.input), (
+            file
+        )
 
 
 def test_preprocessing_follows_the_card_in_the_file(cpu_export_dir, tmp_path):
@@ -90,14 +92,17 @@ def test_infer_in_batches_splits_to_the_runtime_limit(cpu_export_dir, batch, eag
     np.testing.assert_allclose(logits, eager_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("bad,message", [
-    (np.full((1, 1, 28, 28), np.nan, dtype=np.float32), "NaN/Inf"),
-    (np.full((2, 1, 28, 28), np.inf, dtype=np.float32), "NaN/Inf"),
-    (np.zeros((1, 3, 28, 28), dtype=np.float32), "takes \\(N, 1, 28, 28\\)"),
-    (np.zeros((1, 28, 28), dtype=np.float32), "batch has shape"),
-    (np.zeros((1, 1, 28, 28), dtype=np.uint8), "expected float input"),
-    ([[0.0]], "expected a numpy array"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (np.full((1, 1, 28, 28), np.nan, dtype=np.float32), "NaN/Inf"),
+        (np.full((2, 1, 28, 28), np.inf, dtype=np.float32), "NaN/Inf"),
+        (np.zeros((1, 3, 28, 28), dtype=np.float32), "takes \\(N, 1, 28, 28\\)"),
+        (np.zeros((1, 28, 28), dtype=np.float32), "batch has shape"),
+        (np.zeros((1, 1, 28, 28), dtype=np.uint8), "expected float input"),
+        ([[0.0]], "expected a numpy array"),
+    ],
+)
 def test_bad_input_arrays_are_refused(cpu_export_dir, bad, message):
     with open_runtime("onnxruntime", cpu_export_dir / "model.onnx") as rt:
         with pytest.raises(BadInputError, match=message):
@@ -110,19 +115,24 @@ def test_float64_input_is_accepted_and_empty_batch_gives_no_rows(cpu_export_dir,
         assert rt.infer(batch[:0]).shape == (0, 10)
 
 
-@pytest.mark.parametrize("runtime,file,hint", [
-    ("torchscript", "model.onnx", "--runtime onnxruntime"),
-    ("onnxruntime", "model.ts", "--runtime torchscript"),
-    ("pt2", "model.pt", "--runtime eager"),
-    ("eager", "model.pt2", "--runtime pt2"),
-])
+@pytest.mark.parametrize(
+    "runtime,file,hint",
+    [
+        ("torchscript", "model.onnx", "--runtime onnxruntime"),
+        ("onnxruntime", "model.ts", "--runtime torchscript"),
+        ("pt2", "model.pt", "--runtime eager"),
+        ("eager", "model.pt2", "--runtime pt2"),
+    ],
+)
 def test_file_of_another_runtime_is_refused(cpu_export_dir, runtime, file, hint):
     with pytest.raises(BadInputError, match=hint):
         open_runtime(runtime, cpu_export_dir / file)
 
 
-@pytest.mark.parametrize("runtime,name", [("onnxruntime", "model.onnx"), ("torchscript", "model.ts"),
-                                          ("pt2", "model.pt2"), ("eager", "model.pt")])
+@pytest.mark.parametrize(
+    "runtime,name",
+    [("onnxruntime", "model.onnx"), ("torchscript", "model.ts"), ("pt2", "model.pt2"), ("eager", "model.pt")],
+)
 def test_corrupt_model_file_is_refused(tmp_path, runtime, name):
     path = tmp_path / name
     path.write_bytes(np.random.default_rng(0).bytes(4096))
@@ -155,8 +165,9 @@ def test_providers_choose_only_what_is_usable(monkeypatch):
     assert ortr.choose_providers() == (["CPUExecutionProvider"], [])
     providers, notes = ortr.choose_providers("cuda")
     assert providers == ["CPUExecutionProvider"]
-    assert notes == ["CUDAExecutionProvider unusable here (no CUDA GPU: no NVIDIA driver found): "
-                     "using CPUExecutionProvider"]
+    assert notes == [
+        "CUDAExecutionProvider unusable here (no CUDA GPU: no NVIDIA driver found): using CPUExecutionProvider"
+    ]
     with pytest.raises(UnavailableError, match="--device cuda"):
         ortr.choose_providers(None, "cuda")
     with pytest.raises(BadInputError, match="unknown provider 'rocm'"):
@@ -192,8 +203,10 @@ def test_provider_that_fails_to_start_is_reported_without_the_log(cpu_export_dir
     monkeypatch.delenv("RTOOL_DEBUG", raising=False)
     with open_runtime("onnxruntime", cpu_export_dir / "model.onnx", provider="cuda") as rt:
         assert rt.device == "CPUExecutionProvider"
-        assert rt.notes == ["CUDAExecutionProvider failed to start (set RTOOL_DEBUG=1 for ONNX Runtime's log): "
-                            "using CPUExecutionProvider"]
+        assert rt.notes == [
+            "CUDAExecutionProvider failed to start (set RTOOL_DEBUG=1 for ONNX Runtime's log): "
+            "using CPUExecutionProvider"
+        ]
     captured = capfd.readouterr()
     assert "onnxruntime" not in captured.err, captured.err
 
@@ -257,17 +270,22 @@ STAMP = {"tensorrt_version": "10.13.0.35", "gpu_name": "NVIDIA H100 80GB HBM3", 
 
 
 def test_engine_stamp_is_read_from_settings_or_validation():
-    entry = {"settings": {"tensorrt_version": "10.13.0.35"},
-             "validation": {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0]}}
+    entry = {
+        "settings": {"tensorrt_version": "10.13.0.35"},
+        "validation": {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0]},
+    }
     assert engine_stamp(entry) == STAMP
 
 
-@pytest.mark.parametrize("here,problem", [
-    (("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0"), ""),
-    (("10.13.0.35", "NVIDIA H100 PCIe", "9.0"), ""),
-    (("11.0.0.1", "NVIDIA H100 80GB HBM3", "9.0"), "built with TensorRT 10.13.0.35 but this is TensorRT 11.0.0.1"),
-    (("10.13.0.35", "NVIDIA A100-SXM4-80GB", "8.0"), "compute capability 9.0) but this GPU is NVIDIA A100"),
-])
+@pytest.mark.parametrize(
+    "here,problem",
+    [
+        (("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0"), ""),
+        (("10.13.0.35", "NVIDIA H100 PCIe", "9.0"), ""),
+        (("11.0.0.1", "NVIDIA H100 80GB HBM3", "9.0"), "built with TensorRT 10.13.0.35 but this is TensorRT 11.0.0.1"),
+        (("10.13.0.35", "NVIDIA A100-SXM4-80GB", "8.0"), "compute capability 9.0) but this GPU is NVIDIA A100"),
+    ],
+)
 def test_mismatched_engine_is_refused_with_the_reason(here, problem):
     found = stamp_problem(STAMP, *here)
     assert (problem in found) if problem else found == ""
@@ -320,8 +338,15 @@ def test_onnx_with_embedded_preprocessing_and_softmax(untrained_checkpoint, tmp_
     example = torch.zeros((2, spec.height, spec.width, spec.channels), dtype=torch.uint8)
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated, and quick
         warnings.simplefilter("ignore")
-        torch.onnx.export(RawSoftmax(), example, str(path), dynamo=False, input_names=["input"],
-                          output_names=["probabilities"], dynamic_axes={"input": {0: "batch"}})
+        torch.onnx.export(
+            RawSoftmax(),
+            example,
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["probabilities"],
+            dynamic_axes={"input": {0: "batch"}},
+        )
     graph = onnx.load(str(path))
     stored = card.to_dict()
     stored["output"] = "probabilities"

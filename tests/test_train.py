@@ -42,8 +42,8 @@ def test_random_shift_moves_whole_images_within_the_padding():
     shifted = train.random_shift(images, 2, torch.Generator().manual_seed(0))
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
     offsets = set()
-    for original, out, pad in zip(images, shifted, padded):
-        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(pad[:, dy:dy + 9, dx:dx + 7], out)]
+    for _original, out, pad in zip(images, shifted, padded):
+        matches = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(pad[:, dy : dy + 9, dx : dx + 7], out)]
         assert len(matches) == 1
         offsets.add(matches[0])
     assert len(offsets) > 5  # images get different shifts
@@ -102,8 +102,9 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_run,
     whole = tiny_run
 
     batches = iter(range(1, 100))
-    stopped = run_training(TrainConfig(out=str(tmp_path / "parts"), epochs=2, **TINY),
-                           should_stop=lambda: next(batches) >= stop_after)
+    stopped = run_training(
+        TrainConfig(out=str(tmp_path / "parts"), epochs=2, **TINY), should_stop=lambda: next(batches) >= stop_after
+    )
     assert stopped.interrupted and stopped.resume_command.endswith("--resume")
     state = load_checkpoint(tmp_path / "parts" / "last.pt").train_state
     assert (state["epoch"], state["batch"]) == ((stop_after - 1) // 3, (stop_after - 1) % 3 + 1)
@@ -151,8 +152,10 @@ def test_cli_refuses_an_existing_run_and_a_missing_resume(tmp_path):
     assert_one_line_error(run_rtool("train", "--out", tmp_path / "new", "--resume"), 2, "nothing to resume")
 
 
-@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "-1"), ("--lr", "0"),
-                                        ("--lr", "-0.1"), ("--optimizer", "rmsprop")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [("--epochs", "0"), ("--batch-size", "-1"), ("--lr", "0"), ("--lr", "-0.1"), ("--optimizer", "rmsprop")],
+)
 def test_cli_rejects_out_of_range_flags(tmp_path, flag, value):
     assert_one_line_error(run_rtool("train", "--out", tmp_path / "run", flag, value), 2, flag)
 
@@ -174,17 +177,47 @@ def test_train_flags_are_generated_from_the_config():
 
 
 def test_cli_diverging_run_exits_1_with_one_line(tmp_path):
-    result = run_rtool("train", "--out", tmp_path / "run", "--lr", "1e30", "--train-limit", "64",
-                       "--test-limit", "32", "--batch-size", "32", "--epochs", "1")
+    result = run_rtool(
+        "train",
+        "--out",
+        tmp_path / "run",
+        "--lr",
+        "1e30",
+        "--train-limit",
+        "64",
+        "--test-limit",
+        "32",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+    )
     assert_one_line_error(result, 1, "diverged")
 
 
 def test_ctrl_c_saves_last_pt_and_resume_finishes_the_run(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--out", str(out), "--epochs", "4", "--train-limit", "320", "--test-limit", "64",
-            "--batch-size", "32"]
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    args = [
+        "train",
+        "--out",
+        str(out),
+        "--epochs",
+        "4",
+        "--train-limit",
+        "320",
+        "--test-limit",
+        "64",
+        "--batch-size",
+        "32",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "toolkit.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     deadline = time.monotonic() + 240
     while True:  # wait for the first epoch line, then press Ctrl-C
         line = proc.stdout.readline()
@@ -216,4 +249,3 @@ def test_compare_draws_several_runs(tmp_path, tiny_run):
 
     assert matplotlib.image.imread(out).shape[1] > 600
     assert_one_line_error(run_rtool("compare", tmp_path / "missing", "--out", out), 2, "metrics")
-

@@ -19,18 +19,31 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, te
 from onnx import TensorProto, helper
 
 from exporters import ExportContext, get_exporter
-from exporters.triton import TritonOptions
+from exporters.triton import TritonOptions, onnx_signature, triton_config, write_repository
 from exporters.triton import export as export_triton
-from exporters.triton import onnx_signature, triton_config, write_repository
 from runtimes.onnx_app import Predictor
 from toolkit.card import ONNX_METADATA_KEY
 from toolkit.checkpoint import load_model
 from toolkit.errors import BadInputError, UnavailableError
 
 ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(uint8)": "TYPE_UINT8", "tensor(float16)": "TYPE_FP16"}
-DATA_TYPES = ["TYPE_INVALID", "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64", "TYPE_INT8",
-              "TYPE_INT16", "TYPE_INT32", "TYPE_INT64", "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_STRING",
-              "TYPE_BF16"]
+DATA_TYPES = [
+    "TYPE_INVALID",
+    "TYPE_BOOL",
+    "TYPE_UINT8",
+    "TYPE_UINT16",
+    "TYPE_UINT32",
+    "TYPE_UINT64",
+    "TYPE_INT8",
+    "TYPE_INT16",
+    "TYPE_INT32",
+    "TYPE_INT64",
+    "TYPE_FP16",
+    "TYPE_FP32",
+    "TYPE_FP64",
+    "TYPE_STRING",
+    "TYPE_BF16",
+]
 
 
 def model_config_class() -> type:
@@ -49,24 +62,46 @@ def model_config_class() -> type:
         return m
 
     one, many = F.LABEL_OPTIONAL, F.LABEL_REPEATED
-    model_input = message("ModelInput", [("name", 1, F.TYPE_STRING, one, ""),
-                                         ("data_type", 2, F.TYPE_ENUM, one, ".inference.DataType"),
-                                         ("format", 3, F.TYPE_ENUM, one, ".inference.ModelInput.Format"),
-                                         ("dims", 4, F.TYPE_INT64, many, "")])
+    model_input = message(
+        "ModelInput",
+        [
+            ("name", 1, F.TYPE_STRING, one, ""),
+            ("data_type", 2, F.TYPE_ENUM, one, ".inference.DataType"),
+            ("format", 3, F.TYPE_ENUM, one, ".inference.ModelInput.Format"),
+            ("dims", 4, F.TYPE_INT64, many, ""),
+        ],
+    )
     input_format = model_input.enum_type.add(name="Format")
     for number, name in enumerate(["FORMAT_NONE", "FORMAT_NHWC", "FORMAT_NCHW"]):
         input_format.value.add(name=name, number=number)
-    message("ModelOutput", [("name", 1, F.TYPE_STRING, one, ""),
-                            ("data_type", 2, F.TYPE_ENUM, one, ".inference.DataType"),
-                            ("dims", 3, F.TYPE_INT64, many, ""), ("label_filename", 4, F.TYPE_STRING, one, "")])
-    message("ModelDynamicBatching", [("preferred_batch_size", 1, F.TYPE_INT32, many, ""),
-                                     ("max_queue_delay_microseconds", 2, F.TYPE_UINT64, one, "")])
-    message("ModelConfig", [("name", 1, F.TYPE_STRING, one, ""), ("platform", 2, F.TYPE_STRING, one, ""),
-                            ("max_batch_size", 4, F.TYPE_INT32, one, ""),
-                            ("input", 5, F.TYPE_MESSAGE, many, ".inference.ModelInput"),
-                            ("output", 6, F.TYPE_MESSAGE, many, ".inference.ModelOutput"),
-                            ("dynamic_batching", 11, F.TYPE_MESSAGE, one, ".inference.ModelDynamicBatching"),
-                            ("backend", 17, F.TYPE_STRING, one, "")])
+    message(
+        "ModelOutput",
+        [
+            ("name", 1, F.TYPE_STRING, one, ""),
+            ("data_type", 2, F.TYPE_ENUM, one, ".inference.DataType"),
+            ("dims", 3, F.TYPE_INT64, many, ""),
+            ("label_filename", 4, F.TYPE_STRING, one, ""),
+        ],
+    )
+    message(
+        "ModelDynamicBatching",
+        [
+            ("preferred_batch_size", 1, F.TYPE_INT32, many, ""),
+            ("max_queue_delay_microseconds", 2, F.TYPE_UINT64, one, ""),
+        ],
+    )
+    message(
+        "ModelConfig",
+        [
+            ("name", 1, F.TYPE_STRING, one, ""),
+            ("platform", 2, F.TYPE_STRING, one, ""),
+            ("max_batch_size", 4, F.TYPE_INT32, one, ""),
+            ("input", 5, F.TYPE_MESSAGE, many, ".inference.ModelInput"),
+            ("output", 6, F.TYPE_MESSAGE, many, ".inference.ModelOutput"),
+            ("dynamic_batching", 11, F.TYPE_MESSAGE, one, ".inference.ModelDynamicBatching"),
+            ("backend", 17, F.TYPE_STRING, one, ""),
+        ],
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfig"))
@@ -98,13 +133,21 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("model,source,dtype,layout",
-                         [("digits", "model.raw-softmax.onnx", "TYPE_UINT8", "FORMAT_NHWC"),
-                          ("digits_fp16", "model.fp16.onnx", "TYPE_FP32", "FORMAT_NCHW")])
+@pytest.mark.parametrize(
+    "model,source,dtype,layout",
+    [
+        ("digits", "model.raw-softmax.onnx", "TYPE_UINT8", "FORMAT_NHWC"),
+        ("digits_fp16", "model.fp16.onnx", "TYPE_FP32", "FORMAT_NCHW"),
+    ],
+)
 def test_repository_config_matches_the_model(embed_export_dir, untrained_checkpoint, model, source, dtype, layout):
     folder = embed_export_dir / "triton" / model
     assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == [
-        "1", "1/model.onnx", "config.pbtxt", "labels.txt"]
+        "1",
+        "1/model.onnx",
+        "config.pbtxt",
+        "labels.txt",
+    ]
     config = parse_config((folder / "config.pbtxt").read_text())
     assert (config.name, config.platform, config.max_batch_size) == (model, "onnxruntime_onnx", 16)
     assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 100
@@ -124,8 +167,11 @@ def test_manifest_lists_each_triton_model(embed_export_dir):
     for name, entry in entries.items():
         assert entry["runtime"] == "triton" and entry["sha256"] == sha256(embed_export_dir / name)
         settings = entry["settings"]
-        assert (settings["platform"], settings["backend"], settings["max_batch_size"]) == ("onnxruntime_onnx",
-                                                                                          "onnxruntime", 16)
+        assert (settings["platform"], settings["backend"], settings["max_batch_size"]) == (
+            "onnxruntime_onnx",
+            "onnxruntime",
+            16,
+        )
         assert settings["config"] == f"triton/{settings['model_name']}/config.pbtxt"
     assert entries["triton/digits/1/model.onnx"]["settings"]["input_dtype"] == "uint8"
 
@@ -135,8 +181,9 @@ def test_served_file_is_self_describing(embed_export_dir, app_images):
     served = embed_export_dir / "triton" / "digits" / "1" / "model.onnx"
     assert ONNX_METADATA_KEY in {p.key for p in onnx.load(str(served)).metadata_props}
     plain = Predictor(embed_export_dir / "model.onnx").predict(app_images, top_k=3)
-    assert [[c for c, _ in image] for image in Predictor(served).predict(app_images, top_k=3)] == \
-        [[c for c, _ in image] for image in plain]
+    assert [[c for c, _ in image] for image in Predictor(served).predict(app_images, top_k=3)] == [
+        [c for c, _ in image] for image in plain
+    ]
 
 
 def test_default_name_and_batch(inprocess_export_dir):
@@ -149,8 +196,15 @@ def test_default_name_and_batch(inprocess_export_dir):
 
 def test_tensorrt_plan_config_comes_from_the_engine_source_graph(embed_export_dir):
     inputs, outputs = onnx_signature(embed_export_dir / "model.fp16.onnx")
-    text = triton_config("digits_trt", "tensorrt_plan", inputs, outputs, max_batch_size=64, input_format="FORMAT_NCHW",
-                         label_filename="labels.txt")
+    text = triton_config(
+        "digits_trt",
+        "tensorrt_plan",
+        inputs,
+        outputs,
+        max_batch_size=64,
+        input_format="FORMAT_NCHW",
+        label_filename="labels.txt",
+    )
     config = parse_config(text)
     assert (config.platform, config.max_batch_size) == ("tensorrt_plan", 64)
     assert_config_matches_graph(config, embed_export_dir / "model.fp16.onnx")
@@ -169,8 +223,12 @@ def test_tensorrt_backend_says_why_it_cannot_build_here(untrained_checkpoint, tm
 
 def fixed_batch_graph(path):
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
-    graph = helper.make_graph(nodes, "fixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3, 8, 8])])
+    graph = helper.make_graph(
+        nodes,
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 3, 8, 8])],
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
     return path
 

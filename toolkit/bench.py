@@ -21,13 +21,21 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from exporters import PRECISIONS
-from runtimes import (Runtime, artifact_label, available, available_memory, get_runtime_class, list_runtimes,
-                      open_runtime, physical_cores)
+from runtimes import (
+    Runtime,
+    artifact_label,
+    available,
+    available_memory,
+    get_runtime_class,
+    list_runtimes,
+    open_runtime,
+    physical_cores,
+)
 from runtimes.cards import artifact_runs, skipped_runs
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError
-from toolkit.manifest import entry_path, read_manifest, verify_sha256
 from toolkit.flags import comma_list
+from toolkit.manifest import entry_path, read_manifest, verify_sha256
 from toolkit.parity import exported_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
@@ -72,8 +80,12 @@ class BenchReport:
 
     def row(self, runtime: str, precision: str, batch: int, target: str | None = None) -> BenchRow | None:
         for r in self.rows:
-            if r.runtime == runtime and r.precision == precision and r.batch == batch \
-                    and (target is None or r.target in (target, None)):
+            if (
+                r.runtime == runtime
+                and r.precision == precision
+                and r.batch == batch
+                and (target is None or r.target in (target, None))
+            ):
                 return r
         return None
 
@@ -91,9 +103,15 @@ class BenchReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "model": self.model, "input_shape": self.input_shape,
-                "settings": self.settings, "rows": [r.to_dict() for r in self.rows],
-                "unavailable": self.unavailable, "p50_ratios_batch1": self.ratios(1)}
+        return {
+            "source": self.source,
+            "model": self.model,
+            "input_shape": self.input_shape,
+            "settings": self.settings,
+            "rows": [r.to_dict() for r in self.rows],
+            "unavailable": self.unavailable,
+            "p50_ratios_batch1": self.ratios(1),
+        }
 
 
 def parse_batch_sizes(text: str | Iterable[int]) -> list[int]:
@@ -106,8 +124,9 @@ def parse_batch_sizes(text: str | Iterable[int]) -> list[int]:
     if not sizes or any(s < 1 for s in sizes):
         raise BadInputError(f"--batch-sizes '{text}': give positive integers like 1,8,32")
     if max(sizes) > MAX_BENCH_BATCH:
-        raise BadInputError(f"--batch-sizes: {max(sizes)} is above {MAX_BENCH_BATCH}, the largest batch an "
-                            f"rtool export takes")
+        raise BadInputError(
+            f"--batch-sizes: {max(sizes)} is above {MAX_BENCH_BATCH}, the largest batch an rtool export takes"
+        )
     return list(dict.fromkeys(sizes))
 
 
@@ -116,22 +135,35 @@ def check_batch_memory(sizes: list[int], shape: tuple[int, ...], runtimes: int) 
     need = max(sizes) * math.prod(shape) * 4 * max(1, runtimes)
     have = available_memory()
     if have and need > have // 4:
-        raise BadInputError(f"--batch-sizes {max(sizes)} needs about {need / 2**30:.1f} GiB of input for "
-                            f"{runtimes} runtimes, more than a quarter of the {have / 2**30:.1f} GiB this machine "
-                            f"has free; choose smaller batch sizes")
+        raise BadInputError(
+            f"--batch-sizes {max(sizes)} needs about {need / 2**30:.1f} GiB of input for "
+            f"{runtimes} runtimes, more than a quarter of the {have / 2**30:.1f} GiB this machine "
+            f"has free; choose smaller batch sizes"
+        )
 
 
 def percentile_row(entry: dict[str, Any], batch: int, times_s: list[float], device: str) -> BenchRow:
     ms = np.asarray(times_s) * 1000.0
     p50, p90, p99 = (float(v) for v in np.percentile(ms, [50, 90, 99]))
     mean = float(ms.mean())
-    return BenchRow(runtime=str(entry["runtime"]), precision=str(entry["precision"]), batch=batch,
-                    p50_ms=p50, p90_ms=p90, p99_ms=p99, mean_ms=mean, throughput=1000.0 * batch / mean,
-                    target=entry.get("target"), artifact=str(entry["file"]), device=device)
+    return BenchRow(
+        runtime=str(entry["runtime"]),
+        precision=str(entry["precision"]),
+        batch=batch,
+        p50_ms=p50,
+        p90_ms=p90,
+        p99_ms=p99,
+        mean_ms=mean,
+        throughput=1000.0 * batch / mean,
+        target=entry.get("target"),
+        artifact=str(entry["file"]),
+        device=device,
+    )
 
 
-def timed_rounds(runtimes: list[Runtime], batch: np.ndarray, warmup: int, iters: int,
-                 tick: Callable[[int], None] | None = None) -> list[list[float]]:
+def timed_rounds(
+    runtimes: list[Runtime], batch: np.ndarray, warmup: int, iters: int, tick: Callable[[int], None] | None = None
+) -> list[list[float]]:
     """Seconds per call for each runtime, ``iters`` timed calls each after ``warmup`` untimed ones.
 
     Runtimes take turns in blocks of BLOCK calls, the order rotating every
@@ -172,13 +204,19 @@ def cpu_description() -> dict[str, Any]:
     except OSError:
         pass
     vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
-    return {"cpu": name, "physical_cores": physical_cores(), "int8_dot_product": ", ".join(vnni) or "none found",
-            "python": platform.python_version()}
+    return {
+        "cpu": name,
+        "physical_cores": physical_cores(),
+        "int8_dot_product": ", ".join(vnni) or "none found",
+        "python": platform.python_version(),
+    }
 
 
-def select_artifacts(manifest: dict[str, Any], runtimes: list[str] | None,
-                     precisions: list[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+def select_artifacts(
+    manifest: dict[str, Any], runtimes: list[str] | None, precisions: list[str] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(manifest entries to time, one per runtime that runs them, in table order; what cannot be timed here)."""
+
     def chosen(runtime: Any, precision: Any) -> bool:
         return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
 
@@ -193,26 +231,44 @@ def select_artifacts(manifest: dict[str, Any], runtimes: list[str] | None,
             unavailable.append({"runtime": runtime, "precision": str(entry["precision"]), "reason": why})
     for runtime, skip in skipped_runs(manifest):
         if chosen(runtime, skip.get("precision")):
-            unavailable.append({"runtime": runtime, "precision": str(skip.get("precision")),
-                                "reason": f"not exported: {skip.get('reason')}"})
+            unavailable.append(
+                {
+                    "runtime": runtime,
+                    "precision": str(skip.get("precision")),
+                    "reason": f"not exported: {skip.get('reason')}",
+                }
+            )
     listed = {e["runtime"] for e in runnable} | {u["runtime"] for u in unavailable}
     for name in runtimes or list_runtimes():
         ok, why = available(name)
         if not ok and name not in listed:
-            unavailable += [{"runtime": name, "precision": p, "reason": why} for p in exported_precisions(name)
-                            if chosen(name, p)]
+            unavailable += [
+                {"runtime": name, "precision": p, "reason": why} for p in exported_precisions(name) if chosen(name, p)
+            ]
     order = list_runtimes()
-    runnable.sort(key=lambda e: (order.index(e["runtime"]) if e["runtime"] in order else len(order),
-                                 PRECISIONS.index(e["precision"]) if e["precision"] in PRECISIONS else 99,
-                                 e.get("target") or ""))
+    runnable.sort(
+        key=lambda e: (
+            order.index(e["runtime"]) if e["runtime"] in order else len(order),
+            PRECISIONS.index(e["precision"]) if e["precision"] in PRECISIONS else 99,
+            e.get("target") or "",
+        )
+    )
     return runnable, unavailable
 
 
-def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None = None,
-                     precisions: Iterable[str] | None = None, batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES,
-                     warmup: int = DEFAULT_WARMUP, iters: int = DEFAULT_ITERS, threads: int | None = None,
-                     device: str = "cpu", source: str | None = None,
-                     progress: Progress | None = None) -> BenchReport:
+def bench_export_dir(
+    export_dir: str | Path,
+    *,
+    runtimes: Iterable[str] | None = None,
+    precisions: Iterable[str] | None = None,
+    batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    threads: int | None = None,
+    device: str = "cpu",
+    source: str | None = None,
+    progress: Progress | None = None,
+) -> BenchReport:
     """Time every chosen artifact of an export folder; see the module docstring."""
     export_dir = Path(export_dir)
     if warmup < 0 or iters < 1:
@@ -221,12 +277,16 @@ def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None =
     threads = threads or physical_cores()
     manifest = read_manifest(export_dir)
     card = ModelCard.from_dict(manifest.get("card") or {})
-    runnable, unavailable = select_artifacts(manifest, comma_list(runtimes, list_runtimes(), "--runtimes") or None,
-                                             comma_list(precisions, PRECISIONS, "--precisions") or None)
+    runnable, unavailable = select_artifacts(
+        manifest,
+        comma_list(runtimes, list_runtimes(), "--runtimes") or None,
+        comma_list(precisions, PRECISIONS, "--precisions") or None,
+    )
     check_batch_memory(sizes, card.input.shape, len(runnable))
     if not runnable:
-        raise BadInputError(f"nothing to time: {export_dir} holds no runnable artifact for the chosen runtimes "
-                            f"and precisions")
+        raise BadInputError(
+            f"nothing to time: {export_dir} holds no runnable artifact for the chosen runtimes and precisions"
+        )
     rows: list[BenchRow] = []
     rng = np.random.default_rng(0)
     with ExitStack() as stack:
@@ -239,48 +299,86 @@ def bench_export_dir(export_dir: str | Path, *, runtimes: Iterable[str] | None =
             loaded.append(stack.enter_context(open_runtime(entry["runtime"], path, device, threads=threads)))
         limit = min((rt.max_batch for rt in loaded if rt.max_batch), default=None)
         if limit is not None and max(sizes) > limit:
-            raise BadInputError(f"batch {max(sizes)} exceeds an engine's limit of {limit}; choose --batch-sizes "
-                                f"up to {limit}")
+            raise BadInputError(
+                f"batch {max(sizes)} exceeds an engine's limit of {limit}; choose --batch-sizes up to {limit}"
+            )
         for size in sizes:
             batch = rng.standard_normal((size, *card.input.shape)).astype(np.float32)
             label = f"batch {size}: {len(loaded)} runtimes x {iters} timed calls"
-            tick = (lambda calls: progress(label, calls, iters)) if progress else None
+            tick = (lambda calls, label=label: progress(label, calls, iters)) if progress else None
             times = timed_rounds(loaded, batch, warmup, iters, tick)
             rows += [percentile_row(e, size, t, rt.device) for e, t, rt in zip(runnable, times, loaded)]
-    settings = {"batch_sizes": sizes, "warmup": warmup, "iters": iters, "threads": threads, "device": device,
-                "block": BLOCK, "machine": cpu_description()}
-    return BenchReport(source=source or str(export_dir), model=card.model, input_shape=list(card.input.shape),
-                       settings=settings, rows=rows, unavailable=unavailable)
+    settings = {
+        "batch_sizes": sizes,
+        "warmup": warmup,
+        "iters": iters,
+        "threads": threads,
+        "device": device,
+        "block": BLOCK,
+        "machine": cpu_description(),
+    }
+    return BenchReport(
+        source=source or str(export_dir),
+        model=card.model,
+        input_shape=list(card.input.shape),
+        settings=settings,
+        rows=rows,
+        unavailable=unavailable,
+    )
 
 
-def export_for_bench(source: str, out_dir: Path, runtimes: list[str] | None, precisions: list[str] | None,
-                     input_shape: tuple[int, ...] | None) -> Path:
+def export_for_bench(
+    source: str,
+    out_dir: Path,
+    runtimes: list[str] | None,
+    precisions: list[str] | None,
+    input_shape: tuple[int, ...] | None,
+) -> Path:
     """Export a checkpoint or a model name (with ``input_shape``) to ``out_dir`` in the formats the runtimes need."""
     from exporters.pipeline import export_model
 
     if runtimes is None:  # everything, both INT8 forms included
         export_model(source, "all", precisions, out_dir, input_shape=input_shape)
         return out_dir
-    formats = list(dict.fromkeys(fmt for runtime in runtimes for fmt in get_runtime_class(runtime).formats
-                                 if fmt != "checkpoint"))
+    formats = list(
+        dict.fromkeys(fmt for runtime in runtimes for fmt in get_runtime_class(runtime).formats if fmt != "checkpoint")
+    )
     # model.pt (eager) comes with every export; the smallest format stands in when eager alone is asked for.
     export_model(source, formats or ["torchscript"], precisions or list(PRECISIONS), out_dir, input_shape=input_shape)
     return out_dir
 
 
-def run_bench(source: str | Path, *, runtimes: Iterable[str] | None = None, precisions: Iterable[str] | None = None,
-              batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES, warmup: int = DEFAULT_WARMUP,
-              iters: int = DEFAULT_ITERS, threads: int | None = None, device: str = "cpu",
-              input_shape: tuple[int, ...] | None = None, progress: Progress | None = None,
-              say: Callable[[str], None] | None = None) -> BenchReport:
+def run_bench(
+    source: str | Path,
+    *,
+    runtimes: Iterable[str] | None = None,
+    precisions: Iterable[str] | None = None,
+    batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES,
+    warmup: int = DEFAULT_WARMUP,
+    iters: int = DEFAULT_ITERS,
+    threads: int | None = None,
+    device: str = "cpu",
+    input_shape: tuple[int, ...] | None = None,
+    progress: Progress | None = None,
+    say: Callable[[str], None] | None = None,
+) -> BenchReport:
     """Bench an export folder as is; export a checkpoint or model name to a temporary folder first."""
     runtime_names = comma_list(runtimes, list_runtimes(), "--runtimes") or None
     precision_names = comma_list(precisions, PRECISIONS, "--precisions") or None
     sizes = parse_batch_sizes(batch_sizes)
     if warmup < 0 or iters < 1:
         raise BadInputError("--warmup must be >= 0 and --iters >= 1")
-    options = dict(runtimes=runtime_names, precisions=precision_names, batch_sizes=sizes, warmup=warmup,
-                   iters=iters, threads=threads, device=device, source=str(source), progress=progress)
+    options = dict(
+        runtimes=runtime_names,
+        precisions=precision_names,
+        batch_sizes=sizes,
+        warmup=warmup,
+        iters=iters,
+        threads=threads,
+        device=device,
+        source=str(source),
+        progress=progress,
+    )
     path = Path(source)
     if path.is_dir():
         if input_shape:

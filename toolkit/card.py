@@ -60,8 +60,10 @@ def check_text(value: Any, what: str) -> str:
         return value
     bad = next((ch for ch in value if unicodedata.category(ch) in LINE_BREAKING_CATEGORIES), None)
     if bad is not None:
-        raise BadInputError(f"{what} {_shown(value)} holds U+{ord(bad):04X}, a control or line-break character; "
-                            f"it must be one line of plain text (rename it)")
+        raise BadInputError(
+            f"{what} {_shown(value)} holds U+{ord(bad):04X}, a control or line-break character; "
+            f"it must be one line of plain text (rename it)"
+        )
     return value
 
 
@@ -102,8 +104,10 @@ class InputSpec:
             raise BadInputError(f"input channels/height/width must be whole numbers, got {_shown(list(sizes))}")
         self.channels, self.height, self.width = (int(v) for v in sizes)
         if self.channels not in (1, 3) or not all(1 <= side <= MAX_INPUT_SIDE for side in (self.height, self.width)):
-            raise BadInputError(f"input {self.channels}x{self.height}x{self.width} is not 1 or 3 channels of positive "
-                                f"size with each side at most {MAX_INPUT_SIDE} pixels")
+            raise BadInputError(
+                f"input {self.channels}x{self.height}x{self.width} is not 1 or 3 channels of positive "
+                f"size with each side at most {MAX_INPUT_SIDE} pixels"
+            )
         for name in ("mean", "std"):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)) or not all(_is_finite_number(v) for v in values):
@@ -157,8 +161,10 @@ class ModelCard:
         if self.output not in OUTPUTS:
             raise BadInputError(f"output must be one of {', '.join(OUTPUTS)}, got {_shown(self.output)}")
         if not _is_int(self.format_version) or not 1 <= self.format_version <= CARD_FORMAT_VERSION:
-            raise BadInputError(f"format_version must be a whole number from 1 to {CARD_FORMAT_VERSION}, "
-                                f"got {_shown(self.format_version)}")
+            raise BadInputError(
+                f"format_version must be a whole number from 1 to {CARD_FORMAT_VERSION}, "
+                f"got {_shown(self.format_version)}"
+            )
 
     def _check_model_args(self) -> None:
         """Known names and plain values only, and the class and channel counts (when given) agree with the card."""
@@ -166,10 +172,14 @@ class ModelCard:
             raise BadInputError("model_args must be an object")
         for key, value in self.model_args.items():
             if key not in CARD_MODEL_ARGS or not isinstance(value, (str, int)):
-                raise BadInputError(f"model_args may set only {', '.join(CARD_MODEL_ARGS)} to text or whole "
-                                    f"numbers, got {_shown(key)}: {_shown(value)}")
-        for key, expected, source in (("num_classes", self.num_classes, f"class_names lists {self.num_classes}"),
-                                      ("in_channels", self.input.channels, f"the input has {self.input.channels}")):
+                raise BadInputError(
+                    f"model_args may set only {', '.join(CARD_MODEL_ARGS)} to text or whole "
+                    f"numbers, got {_shown(key)}: {_shown(value)}"
+                )
+        for key, expected, source in (
+            ("num_classes", self.num_classes, f"class_names lists {self.num_classes}"),
+            ("in_channels", self.input.channels, f"the input has {self.input.channels}"),
+        ):
             if key in self.model_args and (not _is_int(self.model_args[key]) or self.model_args[key] != expected):
                 raise BadInputError(f"model_args.{key} is {_shown(self.model_args[key])}, but {source}")
 
@@ -199,22 +209,32 @@ class ModelCard:
     def from_dict(cls, d: dict[str, Any]) -> "ModelCard":
         """The card a JSON object describes; any wrong, missing or inconsistent field is one BadInputError line."""
         if not isinstance(d, dict):
-            raise BadInputError(f"the model card is malformed (not an object: {_shown(d)}); re-export the model "
-                                f"with rtool")
+            raise BadInputError(
+                f"the model card is malformed (not an object: {_shown(d)}); re-export the model with rtool"
+            )
         version = d.get("format_version", CARD_FORMAT_VERSION)  # cards before versioning read as the current one
         if _is_int(version) and version > CARD_FORMAT_VERSION:
-            raise BadInputError(f"model card format {version} is newer than this rtool understands "
-                                f"({CARD_FORMAT_VERSION}); upgrade rtool")
+            raise BadInputError(
+                f"model card format {version} is newer than this rtool understands "
+                f"({CARD_FORMAT_VERSION}); upgrade rtool"
+            )
         try:
             i = d["input"]
             if not isinstance(i, dict):
                 raise BadInputError(f"input must be an object, got {_shown(i)}")
-            spec = InputSpec(channels=i["channels"], height=i["height"], width=i["width"], mean=i["mean"],
-                             std=i["std"])
-            card = cls(model=d["model"], model_args=d.get("model_args", {}), class_names=d["class_names"],
-                       input=spec, dataset=d.get("dataset"), training=d.get("training", {}),
-                       metrics=d.get("metrics", {}), versions=d.get("versions", {}),
-                       output=d.get("output", "logits"), format_version=version)
+            spec = InputSpec(channels=i["channels"], height=i["height"], width=i["width"], mean=i["mean"], std=i["std"])
+            card = cls(
+                model=d["model"],
+                model_args=d.get("model_args", {}),
+                class_names=d["class_names"],
+                input=spec,
+                dataset=d.get("dataset"),
+                training=d.get("training", {}),
+                metrics=d.get("metrics", {}),
+                versions=d.get("versions", {}),
+                output=d.get("output", "logits"),
+                format_version=version,
+            )
             stated = d.get("num_classes", card.num_classes)
             if not _is_int(stated) or stated != card.num_classes:
                 raise BadInputError(f"num_classes is {_shown(stated)}, but class_names lists {card.num_classes}")

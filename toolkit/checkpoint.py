@@ -36,15 +36,29 @@ class Checkpoint:
     train_state: dict[str, Any] = field(default_factory=dict)
 
 
-def make_card(model: str, *, class_names: list[str], input_spec: InputSpec, dataset: str | None = None,
-              model_args: dict[str, Any] | None = None, training: dict[str, Any] | None = None,
-              metrics: dict[str, Any] | None = None) -> ModelCard:
+def make_card(
+    model: str,
+    *,
+    class_names: list[str],
+    input_spec: InputSpec,
+    dataset: str | None = None,
+    model_args: dict[str, Any] | None = None,
+    training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> ModelCard:
     """A card for ``model`` with the channel and class counts taken from the input and classes."""
     args = dict(model_args or {})
     args.update(in_channels=input_spec.channels, num_classes=len(class_names))
-    return ModelCard(model=model, model_args=args, class_names=list(class_names), input=input_spec,
-                     dataset=dataset, training=dict(training or {}), metrics=dict(metrics or {}),
-                     versions=library_versions())
+    return ModelCard(
+        model=model,
+        model_args=args,
+        class_names=list(class_names),
+        input=input_spec,
+        dataset=dataset,
+        training=dict(training or {}),
+        metrics=dict(metrics or {}),
+        versions=library_versions(),
+    )
 
 
 def build_model(card: ModelCard) -> nn.Module:
@@ -52,8 +66,9 @@ def build_model(card: ModelCard) -> nn.Module:
     return create_model(card.model, **card.model_args)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, card: ModelCard,
-                    train_state: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: nn.Module, card: ModelCard, train_state: dict[str, Any] | None = None
+) -> Path:
     """Write atomically: a crash leaves the previous file (or none), never a partial one."""
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
@@ -85,8 +100,10 @@ def safe_torch_load(path: str | Path) -> Any:
             with zipfile.ZipFile(path) as archive:
                 check_stored_records(path, archive)
         except DAMAGED_ZIP_ERRORS as e:
-            raise BadInputError(f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
-                                f"({e.__class__.__name__}: {str(e)[:120]})") from None
+            raise BadInputError(
+                f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
+                f"({e.__class__.__name__}: {str(e)[:120]})"
+            ) from None
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols on odd files; the error says it all
             warnings.simplefilter("ignore")
@@ -98,12 +115,26 @@ def safe_torch_load(path: str | Path) -> Any:
                 f"refused to load {path}: it asks to import {code}, and unpickling it could run code. "
                 f"Only load files you trust, re-saved as plain weights (a state_dict)"
             ) from None
-        raise BadInputError(f"{path} is not a readable PyTorch checkpoint (it is corrupt, or not a weights file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
-            TypeError, OverflowError) as e:  # TypeError/OverflowError: a size or count of the wrong type or sign
+        raise BadInputError(
+            f"{path} is not a readable PyTorch checkpoint (it is corrupt, or not a weights file)"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        AttributeError,
+        KeyError,
+        IndexError,
+        TypeError,
+        OverflowError,
+    ) as e:  # TypeError/OverflowError: a size or count of the wrong type or sign
         reason = str(e).strip().split(". ")[0].splitlines()[0][:160] if str(e).strip() else "empty or cut short"
-        raise BadInputError(f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
-                            f"({e.__class__.__name__}: {reason})") from None
+        raise BadInputError(
+            f"{path} is not a readable PyTorch checkpoint; it may be truncated or corrupt "
+            f"({e.__class__.__name__}: {reason})"
+        ) from None
 
 
 def _pickled_code(path: Path, torch_message: str) -> str | None:
@@ -139,8 +170,10 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read an rtool checkpoint (card + weights + training state)."""
     payload = safe_torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise BadInputError(f"{path} is not an rtool checkpoint (no model card); for plain weights use "
-                            f"`--weights FILE` with a model name")
+        raise BadInputError(
+            f"{path} is not an rtool checkpoint (no model card); for plain weights use "
+            f"`--weights FILE` with a model name"
+        )
     version = payload.get("version")
     if not isinstance(version, int) or version < 1:
         raise BadInputError(f"{path} has no valid checkpoint version; it may be truncated or tampered with")
@@ -167,11 +200,15 @@ def check_weights(path: str | Path, state: dict[Any, Any]) -> None:
     silently drop the imaginary part of complex weights)."""
     for key, value in state.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise BadInputError(f"{path}: its weights must map names to tensors, but hold {str(key)[:60]!r}: "
-                                f"{type(value).__name__}; the file may be tampered with")
+            raise BadInputError(
+                f"{path}: its weights must map names to tensors, but hold {str(key)[:60]!r}: "
+                f"{type(value).__name__}; the file may be tampered with"
+            )
         if value.is_complex() or value.dtype == torch.bool:
-            raise BadInputError(f"{path}: weight {key[:60]!r} holds {value.dtype} values, not real numbers; "
-                                f"the file may be tampered with")
+            raise BadInputError(
+                f"{path}: weight {key[:60]!r} holds {value.dtype} values, not real numbers; "
+                f"the file may be tampered with"
+            )
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
@@ -184,8 +221,10 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelCard]:
     try:
         model.load_state_dict(ckpt.state_dict, strict=True)
     except RuntimeError as e:
-        raise BadInputError(f"{path}: weights do not match {ckpt.card.model} ({str(e).splitlines()[0][:160]}); "
-                            f"the file may be tampered with") from None
+        raise BadInputError(
+            f"{path}: weights do not match {ckpt.card.model} ({str(e).splitlines()[0][:160]}); "
+            f"the file may be tampered with"
+        ) from None
     return model.eval(), ckpt.card
 
 
@@ -206,13 +245,15 @@ def load_pretrained_weights(model: nn.Module, path: str | Path) -> list[str]:
         raise BadInputError(f"{path} is not a state_dict of tensors (a name -> weights mapping)")
     check_weights(path, state)
     if all(str(k).startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     own = model.state_dict()
     unknown = sorted(set(state) - set(own))
     missing = sorted(set(own) - set(state))
     if unknown or missing:
-        raise BadInputError(f"{path} does not fit this architecture: "
-                            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unknown)} unexpected (e.g. {unknown[:2]})")
+        raise BadInputError(
+            f"{path} does not fit this architecture: "
+            f"{len(missing)} missing keys (e.g. {missing[:2]}), {len(unknown)} unexpected (e.g. {unknown[:2]})"
+        )
     adapted = []
     for key, value in list(state.items()):
         target = own[key]
@@ -220,13 +261,19 @@ def load_pretrained_weights(model: nn.Module, path: str | Path) -> list[str]:
             continue
         if key in ("fc.weight", "fc.bias"):
             state[key] = target  # another class count: a fresh head
-        elif key == "conv1.weight" and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:] \
-                and {value.shape[1], target.shape[1]} == {1, 3}:
+        elif (
+            key == "conv1.weight"
+            and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:]
+            and {value.shape[1], target.shape[1]} == {1, 3}
+        ):
             grey_to_rgb = value.shape[1] == 1
             state[key] = value.repeat(1, 3, 1, 1) / 3 if grey_to_rgb else value.sum(dim=1, keepdim=True)
         else:
-            raise BadInputError(f"{path} does not fit this architecture: {key} has shape {list(value.shape)}, "
-                                f"the model needs {list(target.shape)}")
+            raise BadInputError(
+                f"{path} does not fit this architecture: {key} has shape {list(value.shape)}, "
+                f"the model needs {list(target.shape)}"
+            )
         adapted.append(key)
     model.load_state_dict(state, strict=True)
     return adapted

@@ -8,16 +8,13 @@ user can fix arrive here as RtoolError and leave as one line and an exit code
 from __future__ import annotations
 
 import json
-import os
-import sys
 import warnings
 
 import click
 
 from toolkit import __version__
-from toolkit.console import make_console
-from toolkit.errors import RtoolError
 from toolkit.card import MAX_CLASSES
+from toolkit.console import make_console
 from toolkit.flags import click_options, given_on_command_line, run_command
 from toolkit.train.config import LaunchConfig, TrainConfig
 
@@ -42,16 +39,22 @@ class FormatOptionsCommand(click.Command):
 
             self.formats_added = True
             self.params.extend(click_params(option_classes()))
-            rows = [f"  {e.name:<12} {','.join(e.precisions):<15} runs on {e.runtime}"
-                    f"{'' if e.in_all else ' (by name only, not in all)'}" for e in exporters()]
+            rows = [
+                f"  {e.name:<12} {','.join(e.precisions):<15} runs on {e.runtime}"
+                f"{'' if e.in_all else ' (by name only, not in all)'}"
+                for e in exporters()
+            ]
             self.epilog = (self.epilog or "") + "\n\b\nFormats:\n" + "\n".join(rows)
         return super().get_params(ctx)
 
 
 def warn_no_verify(export_dir: str) -> None:
     """--no-verify turns off a safety check: say so on every run, where a log keeps it."""
-    click.echo(f"rtool: warning: --no-verify: files in {export_dir} are NOT checked against the sha256 in its "
-               f"manifest.json; a changed or swapped file runs as is", err=True)
+    click.echo(
+        f"rtool: warning: --no-verify: files in {export_dir} are NOT checked against the sha256 in its "
+        f"manifest.json; a changed or swapped file runs as is",
+        err=True,
+    )
 
 
 def check_output_files(*flags: tuple[str, str | None]) -> None:
@@ -110,19 +113,29 @@ def models(as_json: bool) -> None:
     for col in ("name", "family", "default input", "params (M)", "GFLOPs", "description"):
         table.add_column(col, justify="right" if col in ("params (M)", "GFLOPs") else "left")
     for r in rows:
-        table.add_row(r["name"], r["family"], r["default_input"], f"{r['params'] / 1e6:.2f}",
-                      f"{r['gflops']:.3f}", r["description"])
+        table.add_row(
+            r["name"],
+            r["family"],
+            r["default_input"],
+            f"{r['params'] / 1e6:.2f}",
+            f"{r['gflops']:.3f}",
+            r["description"],
+        )
     make_console().print(table)
 
 
-@cli.command(epilog="""\b
+@cli.command(
+    epilog="""\b
 Examples:
   rtool summary resnet18 --input 1x1x224x224
   rtool summary resnet20 --input 1x3x32x32 --num-classes 100
-""")
+"""
+)
 @click.argument("model")
 @click.option("--input", "input_shape", default=None, help="Input shape NxCxHxW (default: the model's own, batch 1).")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classifier outputs (default: the model's own).")
+@click.option(
+    "--num-classes", type=click.IntRange(min=1), default=None, help="Classifier outputs (default: the model's own)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def summary(model: str, input_shape: str | None, num_classes: int | None, as_json: bool) -> None:
     """Walk MODEL layer by layer: output shape and parameters of each layer."""
@@ -144,42 +157,89 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
         table.add_row(r["name"], r["kind"], str(r["output_shape"]), f"{r['params']:,}")
     console = make_console()
     console.print(table)
-    console.print(f"total params: {result['params']:,}   GFLOPs: {result['gflops']:.3f}   output: {result['output_shape']}")
+    console.print(
+        f"total params: {result['params']:,}   GFLOPs: {result['gflops']:.3f}   output: {result['output_shape']}"
+    )
 
 
-@cli.command(epilog="""\b
+@cli.command(
+    epilog="""\b
 Examples:
   rtool infer runs/r20/best.pt digit.png
   rtool infer runs/r20/export/model.onnx a.png b.png --topk 3
   rtool infer runs/r20/export --runtime onnxruntime --precision int8 --dataset mnist5k --first 16
   rtool infer runs/r20/export --runtime torchscript --dataset mnist5k --first 32 --save-grid grid.png
   rtool infer runs/r20/export --provider cuda --threads 2 --json digit.png
-""")
+"""
+)
 @click.argument("model")
 @click.argument("images", nargs=-1)
-@click.option("--runtime", default=None, help="eager | torchscript | pt2 | onnxruntime | tensorrt "
-              "(default: from the file type; onnxruntime for an export folder).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default=None,
-              help="Pick the file of this precision from an export folder (default fp32; fp16 for tensorrt).")
-@click.option("--target", type=click.Choice(["cpu", "tensorrt"]), default=None,
-              help="Which INT8 ONNX file: tuned for the CPU (U8S8) or for TensorRT (S8S8).")
-@click.option("--provider", type=click.Choice(["auto", "tensorrt", "cuda", "cpu"], case_sensitive=False), default=None,
-              help="ONNX Runtime execution provider (default: the best usable one, TensorRT > CUDA > CPU).")
+@click.option(
+    "--runtime",
+    default=None,
+    help="eager | torchscript | pt2 | onnxruntime | tensorrt "
+    "(default: from the file type; onnxruntime for an export folder).",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default=None,
+    help="Pick the file of this precision from an export folder (default fp32; fp16 for tensorrt).",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["cpu", "tensorrt"]),
+    default=None,
+    help="Which INT8 ONNX file: tuned for the CPU (U8S8) or for TensorRT (S8S8).",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(["auto", "tensorrt", "cuda", "cpu"], case_sensitive=False),
+    default=None,
+    help="ONNX Runtime execution provider (default: the best usable one, TensorRT > CUDA > CPU).",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="Where eager/TorchScript/pt2 run.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="Where eager/TorchScript/pt2 run.",
+)
 @click.option("--dataset", default=None, help="Predict a data set's test images and compare with their labels.")
 @click.option("--first", type=click.IntRange(min=1), default=None, help="How many test images (default 16).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
 @click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-@click.option("--save-grid", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG grid of the images labelled predicted/actual (wrong ones in red).")
-@click.option("--no-verify", is_flag=True, help="Run a file from an export folder even if it no longer matches "
-              "the sha256 in its manifest.json (not recommended).")
-def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: str | None, target: str | None,
-          provider: str | None, threads: int | None, device: str, dataset: str | None, first: int | None,
-          data_dir: str | None, topk: int, as_json: bool, save_grid: str | None, no_verify: bool) -> None:
+@click.option(
+    "--save-grid",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write a PNG grid of the images labelled predicted/actual (wrong ones in red).",
+)
+@click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Run a file from an export folder even if it no longer matches "
+    "the sha256 in its manifest.json (not recommended).",
+)
+def infer(
+    model: str,
+    images: tuple[str, ...],
+    runtime: str | None,
+    precision: str | None,
+    target: str | None,
+    provider: str | None,
+    threads: int | None,
+    device: str,
+    dataset: str | None,
+    first: int | None,
+    data_dir: str | None,
+    topk: int,
+    as_json: bool,
+    save_grid: str | None,
+    no_verify: bool,
+) -> None:
     """Predict the class of IMAGES (or of a data set's first test images) with MODEL on any runtime.
 
     MODEL is a checkpoint, an exported file (.ts, .pt2, .onnx, .engine) or an
@@ -191,9 +251,21 @@ def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: s
     check_output_files(("--save-grid", save_grid))
     if no_verify:
         warn_no_verify(model)
-    result = inference.run_infer(model, list(images), runtime=runtime, precision=precision, target=target,
-                                 provider=provider, threads=threads, device=device, dataset=dataset, first=first,
-                                 topk=topk, data_dir=data_dir, verify=not no_verify)
+    result = inference.run_infer(
+        model,
+        list(images),
+        runtime=runtime,
+        precision=precision,
+        target=target,
+        provider=provider,
+        threads=threads,
+        device=device,
+        dataset=dataset,
+        first=first,
+        topk=topk,
+        data_dir=data_dir,
+        verify=not no_verify,
+    )
     for note in result.notes:
         click.echo(f"rtool: note: {note}", err=True)
     grid = inference.save_grid(result, save_grid) if save_grid else None
@@ -205,7 +277,9 @@ def infer(model: str, images: tuple[str, ...], runtime: str | None, precision: s
         click.echo(f"grid written to {grid}")
 
 
-@cli.command(cls=FormatOptionsCommand, epilog="""\b
+@cli.command(
+    cls=FormatOptionsCommand,
+    epilog="""\b
 Examples:
   rtool export runs/r20/best.pt                        ONNX FP32 into runs/r20/export/
   rtool export runs/r20/best.pt --format all           every format and precision buildable here
@@ -215,25 +289,52 @@ Examples:
   rtool export resnet18 --input-shape 3x224x224 --num-classes 1000 --weights resnet18.pth
   rtool export runs/r20/best.pt --embed-preprocessing --embed-softmax   + model.raw-softmax.onnx for apps
   rtool export runs/r20/best.pt --format triton        Triton model repository in runs/r20/export/triton/
-""")
+""",
+)
 @click.argument("source")
-@click.option("--format", "formats", default="onnx", show_default=True,
-              help="A format name, a comma list, or all (the formats are listed below).")
-@click.option("--precision", "precisions", default=None,
-              help="Comma list of fp32, fp16, int8 (default: each format's first; every one with --format all).")
-@click.option("--target", default=None,
-              help="INT8 ONNX form: cpu = uint8/int8 for ONNX Runtime (default), tensorrt = symmetric int8 "
-                   "(--format all writes both).")
+@click.option(
+    "--format",
+    "formats",
+    default="onnx",
+    show_default=True,
+    help="A format name, a comma list, or all (the formats are listed below).",
+)
+@click.option(
+    "--precision",
+    "precisions",
+    default=None,
+    help="Comma list of fp32, fp16, int8 (default: each format's first; every one with --format all).",
+)
+@click.option(
+    "--target",
+    default=None,
+    help="INT8 ONNX form: cpu = uint8/int8 for ONNX Runtime (default), tensorrt = symmetric int8 "
+    "(--format all writes both).",
+)
 @click.option("--out", default=None, help="Output folder (default: export/ beside the checkpoint).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (for calibration images).")
 @click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
-@click.option("--num-classes", type=click.IntRange(min=1, max=MAX_CLASSES), default=None,
-              help="With a model name: classifier outputs.")
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=1, max=MAX_CLASSES),
+    default=None,
+    help="With a model name: classifier outputs.",
+)
 @click.option("--weights", default=None, help="With a model name: a torchvision-style state_dict (.pth).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-def export(source: str, formats: str, precisions: str | None, target: str | None, out: str | None,
-           data_dir: str | None, input_shape: str | None, num_classes: int | None, weights: str | None,
-           as_json: bool, **option_values: object) -> None:
+def export(
+    source: str,
+    formats: str,
+    precisions: str | None,
+    target: str | None,
+    out: str | None,
+    data_dir: str | None,
+    input_shape: str | None,
+    num_classes: int | None,
+    weights: str | None,
+    as_json: bool,
+    **option_values: object,
+) -> None:
     """Export SOURCE to TorchScript, torch.export (pt2), ONNX (FP32/FP16/INT8), TensorRT engines and more.
 
     SOURCE is a checkpoint, or a model name (see `rtool models`) with
@@ -246,9 +347,19 @@ def export(source: str, formats: str, precisions: str | None, target: str | None
 
     shape = parse_shape(input_shape) if input_shape else None
     progress = None if as_json else (lambda message: click.echo(message, err=True))
-    result = export_model(source, formats, precisions, out, target=target, input_shape=shape,
-                          num_classes=num_classes, weights=weights, data_dir=data_dir, progress=progress,
-                          **option_values)
+    result = export_model(
+        source,
+        formats,
+        precisions,
+        out,
+        target=target,
+        input_shape=shape,
+        num_classes=num_classes,
+        weights=weights,
+        data_dir=data_dir,
+        progress=progress,
+        **option_values,
+    )
     for note in result.notes:
         click.echo(f"rtool: warning: {note}", err=True)
     print_export(result, as_json)
@@ -260,8 +371,18 @@ def print_export(result: object, as_json: bool) -> None:
 
     rows = summary_rows(result)
     if as_json:
-        click.echo(json.dumps({"manifest": str(result.manifest_path), "artifacts": rows, "skipped": result.skipped,
-                               "removed": result.removed, "left": result.left}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "manifest": str(result.manifest_path),
+                    "artifacts": rows,
+                    "skipped": result.skipped,
+                    "removed": result.removed,
+                    "left": result.left,
+                },
+                indent=2,
+            )
+        )
         return
     from rich.table import Table
 
@@ -269,8 +390,15 @@ def print_export(result: object, as_json: bool) -> None:
     for col in ("file", "format", "precision", "target", "size", "max abs diff", "top-1 agree"):
         table.add_column(col, justify="right" if col in ("size", "max abs diff", "top-1 agree") else "left")
     for r in rows:
-        table.add_row(r["file"], r["format"], r["precision"], r["target"] or "", r["size_text"],
-                      f"{r['max_abs_diff']:.2e}", f"{r['top1_agreement']:.1%}")
+        table.add_row(
+            r["file"],
+            r["format"],
+            r["precision"],
+            r["target"] or "",
+            r["size_text"],
+            f"{r['max_abs_diff']:.2e}",
+            f"{r['top1_agreement']:.1%}",
+        )
     console = make_console()
     console.print(table)
     for s in result.skipped:
@@ -280,7 +408,8 @@ def print_export(result: object, as_json: bool) -> None:
     console.print(f"manifest: {result.manifest_path}", markup=False, highlight=False)
 
 
-@cli.command(epilog="""\b
+@cli.command(
+    epilog="""\b
 Examples:
   rtool train                                   resnet20 on the embedded mnist5k, into runs/resnet20-mnist5k
   rtool train --epochs 20 --out runs/r20
@@ -289,7 +418,8 @@ Examples:
   rtool train --dataset cifar10 --data-dir ~/data --download --model resnet56 --epochs 60
   rtool train --nproc 2 --out runs/r20-ddp      DistributedDataParallel on 2 local processes
   torchrun --nproc-per-node 2 -m toolkit.train --out runs/r20-ddp
-""")
+"""
+)
 @click_options(TrainConfig)
 @click_options(LaunchConfig)
 @click.pass_context
@@ -305,12 +435,15 @@ def train(ctx: click.Context, nproc: int, **options: object) -> None:
     report(train_command(options, given_on_command_line(ctx, options), nproc))
 
 
-@cli.command("eval", epilog="""\b
+@cli.command(
+    "eval",
+    epilog="""\b
 Examples:
   rtool eval runs/r20/best.pt
   rtool eval runs/r20/best.pt --json --out runs/r20/eval
   rtool eval runs/r20/export/model.onnx --dataset mnist5k
-""")
+""",
+)
 @click.argument("model_file")
 @click.option("--dataset", default=None, help="Data set whose test split is scored (default: the model card's).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
@@ -321,8 +454,18 @@ Examples:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--out", default=None, help="Folder for eval.json and confusion.png (default: eval/ beside the file).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
-def evaluate(model_file: str, dataset: str | None, data_dir: str | None, download: bool, limit: int | None,
-             batch_size: int, runtime: str | None, device: str, out: str | None, as_json: bool) -> None:
+def evaluate(
+    model_file: str,
+    dataset: str | None,
+    data_dir: str | None,
+    download: bool,
+    limit: int | None,
+    batch_size: int,
+    runtime: str | None,
+    device: str,
+    out: str | None,
+    as_json: bool,
+) -> None:
     """Loss, accuracy, per-class accuracy and a confusion matrix of MODEL_FILE on a test split.
 
     MODEL_FILE is a checkpoint or any exported file a runtime opens.
@@ -333,8 +476,16 @@ def evaluate(model_file: str, dataset: str | None, data_dir: str | None, downloa
     from toolkit.fileio import check_writable_dir
 
     eval_dir = check_writable_dir(out or Path(model_file).parent / "eval")
-    result = evaluate_file(model_file, dataset, data_dir=data_dir, download=download, limit=limit,
-                           batch_size=batch_size, device=device, runtime=runtime)
+    result = evaluate_file(
+        model_file,
+        dataset,
+        data_dir=data_dir,
+        download=download,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        runtime=runtime,
+    )
     files = write_eval_outputs(result, eval_dir)
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "files": {k: str(v) for k, v in files.items()}}, indent=2))
@@ -348,14 +499,18 @@ def evaluate(model_file: str, dataset: str | None, data_dir: str | None, downloa
         table.add_row(name, f"{100 * acc:.2f}%")
     console = make_console(highlight=False)
     console.print(table)
-    console.print(f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}   "
-                  f"confusion matrix: {files['confusion']}", markup=False)
+    console.print(
+        f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}   confusion matrix: {files['confusion']}",
+        markup=False,
+    )
 
 
-@cli.command(epilog="""\b
+@cli.command(
+    epilog="""\b
 Examples:
   rtool compare runs/plain20 runs/plain56 runs/resnet20 runs/resnet56 --out degradation.png
-""")
+"""
+)
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", default="compare.png", show_default=True, help="PNG to write.")
 @click.option("--title", default="", help="Figure title.")
@@ -369,12 +524,15 @@ def compare(runs: tuple[str, ...], out: str, title: str, as_json: bool) -> None:
         click.echo(json.dumps({"figure": out, "runs": rows}, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['run']}: {r['epochs']} epochs, best test acc {100 * r['best_test_acc']:.2f}%, "
-                   f"final {100 * r['final_test_acc']:.2f}%, final train loss {r['final_train_loss']:.4f}")
+        click.echo(
+            f"{r['run']}: {r['epochs']} epochs, best test acc {100 * r['best_test_acc']:.2f}%, "
+            f"final {100 * r['final_test_acc']:.2f}%, final train loss {r['final_train_loss']:.4f}"
+        )
     click.echo(f"figure written to {out}")
 
 
-@cli.command(epilog="""\b
+@cli.command(
+    epilog="""\b
 Examples:
   rtool parity runs/r20/export
   rtool parity runs/r20/export --markdown parity.md --json parity.json --plot parity.png
@@ -384,31 +542,63 @@ Examples:
 \b
 Thresholds file (JSON, or TOML with one [precision] table each):
   {"fp32": {"agreement": 99.9, "max_abs_diff": 0.001}, "int8": {"agreement": 99.0, "accuracy_drop": 1.0}}
-""")
+"""
+)
 @click.argument("export_dir")
 @click.option("--dataset", default=None, help="Data set whose test split is used (default: the model card's).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
 @click.option("--runtimes", default=None, help="Comma list of runtimes to compare (default: every one listed).")
 @click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
 @click.option("--require", default=None, help="Comma list of runtimes that must run: unavailable counts as failed.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use N evenly spaced test images (default: all).")
-@click.option("--thresholds", "thresholds_file", type=click.Path(dir_okay=False), default=None,
-              help="JSON or TOML file of thresholds per precision.")
-@click.option("--threshold", "threshold_flags", multiple=True, metavar="PRECISION.KEY=VALUE",
-              help="Set one threshold (keys: agreement %, max_abs_diff x logit range, accuracy_drop points; "
-                   "'none' switches a check off). Repeatable; wins over the file.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
-              help="Where eager/TorchScript/pt2 run and which ONNX Runtime providers are used.")
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=None, help="Use N evenly spaced test images (default: all)."
+)
+@click.option(
+    "--thresholds",
+    "thresholds_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON or TOML file of thresholds per precision.",
+)
+@click.option(
+    "--threshold",
+    "threshold_flags",
+    multiple=True,
+    metavar="PRECISION.KEY=VALUE",
+    help="Set one threshold (keys: agreement %, max_abs_diff x logit range, accuracy_drop points; "
+    "'none' switches a check off). Repeatable; wins over the file.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where eager/TorchScript/pt2 run and which ONNX Runtime providers are used.",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
 @click.option("--plot", "plot_file", default=None, metavar="FILE", help="Write a PNG of accuracy and latency.")
-@click.option("--no-verify", is_flag=True, help="Skip checking every file against the sha256 in manifest.json "
-              "(not recommended).")
-def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes: str | None, precisions: str | None,
-           require: str | None, limit: int | None, thresholds_file: str | None, threshold_flags: tuple[str, ...],
-           device: str, threads: int | None, json_file: str | None, markdown_file: str | None,
-           plot_file: str | None, no_verify: bool) -> None:
+@click.option(
+    "--no-verify", is_flag=True, help="Skip checking every file against the sha256 in manifest.json (not recommended)."
+)
+def parity(
+    export_dir: str,
+    dataset: str | None,
+    data_dir: str | None,
+    runtimes: str | None,
+    precisions: str | None,
+    require: str | None,
+    limit: int | None,
+    thresholds_file: str | None,
+    threshold_flags: tuple[str, ...],
+    device: str,
+    threads: int | None,
+    json_file: str | None,
+    markdown_file: str | None,
+    plot_file: str | None,
+    no_verify: bool,
+) -> None:
     """Check that every runtime x precision in EXPORT_DIR predicts what the eager model predicts.
 
     The eager FP32 model (model.pt) runs the model card's test set; every other
@@ -429,10 +619,20 @@ def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes:
         verify_export(export_dir)
     console = make_console(stderr=json_file == "-", highlight=False)
     with reporting.progress_bars(True, console) as bars:
-        result = run_parity(export_dir, dataset=dataset, data_dir=data_dir, runtimes=[runtimes] if runtimes else None,
-                            precisions=[precisions] if precisions else None, require=[require] if require else None,
-                            limit=limit, thresholds=thresholds, device=device, threads=threads, progress=bars,
-                            verify=not no_verify)
+        result = run_parity(
+            export_dir,
+            dataset=dataset,
+            data_dir=data_dir,
+            runtimes=[runtimes] if runtimes else None,
+            precisions=[precisions] if precisions else None,
+            require=[require] if require else None,
+            limit=limit,
+            thresholds=thresholds,
+            device=device,
+            threads=threads,
+            progress=bars,
+            verify=not no_verify,
+        )
     reporting.print_parity(result, console)
     for path in reporting.write_parity_files(result, json_file, markdown_file, plot_file):
         console.print(f"wrote {path}")
@@ -440,13 +640,15 @@ def parity(export_dir: str, dataset: str | None, data_dir: str | None, runtimes:
         raise CheckFailedError(f"parity failed: {result.failure_summary()}")
 
 
-@cli.command(epilog="""\b
+@cli.command(
+    epilog="""\b
 Examples:
   rtool bench runs/r20/export
   rtool bench runs/r20/export --runtimes eager,onnxruntime --precisions fp32,int8 --batch-sizes 1 --iters 200
   rtool bench resnet18 --input-shape 3x224x224 --batch-sizes 1 --json bench.json
   rtool bench runs/r20/best.pt --threads 1
-""")
+"""
+)
 @click.argument("source")
 @click.option("--runtimes", default=None, help="Comma list of runtimes (default: every one available).")
 @click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
@@ -458,9 +660,19 @@ Examples:
 @click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
-def bench(source: str, runtimes: str | None, precisions: str | None, batch_sizes: str, warmup: int, iters: int,
-          threads: int | None, device: str, input_shape: str | None, json_file: str | None,
-          markdown_file: str | None) -> None:
+def bench(
+    source: str,
+    runtimes: str | None,
+    precisions: str | None,
+    batch_sizes: str,
+    warmup: int,
+    iters: int,
+    threads: int | None,
+    device: str,
+    input_shape: str | None,
+    json_file: str | None,
+    markdown_file: str | None,
+) -> None:
     """Time p50/p90/p99 latency and throughput of every runtime x precision x batch size in one run.
 
     SOURCE is an export folder, a checkpoint, or a model name with
@@ -475,30 +687,51 @@ def bench(source: str, runtimes: str | None, precisions: str | None, batch_sizes
     check_output_files(("--json", json_file), ("--markdown", markdown_file))
     console = make_console(stderr=json_file == "-", highlight=False)
     with reporting.progress_bars(True, console) as bars:
-        result = run_bench(source, runtimes=[runtimes] if runtimes else None,
-                           precisions=[precisions] if precisions else None, batch_sizes=batch_sizes,
-                           warmup=warmup, iters=iters, threads=threads, device=device, input_shape=shape,
-                           progress=bars, say=console.print)
+        result = run_bench(
+            source,
+            runtimes=[runtimes] if runtimes else None,
+            precisions=[precisions] if precisions else None,
+            batch_sizes=batch_sizes,
+            warmup=warmup,
+            iters=iters,
+            threads=threads,
+            device=device,
+            input_shape=shape,
+            progress=bars,
+            say=console.print,
+        )
     reporting.print_bench(result, console)
     for path in reporting.write_bench_files(result, json_file, markdown_file):
         console.print(f"wrote {path}")
 
 
-@cli.command(epilog="""\b
+@cli.command(
+    epilog="""\b
 Examples:
   rtool demo                       into runs/demo (a second run replaces it)
   rtool demo --out /tmp/demo
-""")
+"""
+)
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for the run, the export and the report.")
-@click.option("--overwrite", is_flag=True, help="Use --out even if it holds files no demo wrote (only the "
-              "demo's own names are replaced).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Use --out even if it holds files no demo wrote (only the demo's own names are replaced).",
+)
 @click.option("--quiet", is_flag=True, help="Step lines and tables only, no progress bars.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--train-limit", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--bench-iters", type=click.IntRange(min=1), default=30, hidden=True)
-def demo(out: str, overwrite: bool, quiet: bool, epochs: int | None, train_limit: int | None,
-         test_limit: int | None, bench_iters: int) -> None:
+def demo(
+    out: str,
+    overwrite: bool,
+    quiet: bool,
+    epochs: int | None,
+    train_limit: int | None,
+    test_limit: int | None,
+    bench_iters: int,
+) -> None:
     """Train resnet20 on the embedded mnist5k, export every format, check parity, bench, and write a report.
 
     Writes OUT/report.md with the training curves, the parity table and plot,
@@ -508,8 +741,17 @@ def demo(out: str, overwrite: bool, quiet: bool, epochs: int | None, train_limit
 
     from toolkit.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(out=Path(out), overwrite=overwrite, quiet=quiet, epochs=epochs, train_limit=train_limit,
-                        test_limit=test_limit, bench_iters=bench_iters))
+    run_demo(
+        DemoConfig(
+            out=Path(out),
+            overwrite=overwrite,
+            quiet=quiet,
+            epochs=epochs,
+            train_limit=train_limit,
+            test_limit=test_limit,
+            bench_iters=bench_iters,
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

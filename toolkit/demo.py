@@ -66,22 +66,25 @@ def claim_folder(out: Path, overwrite: bool) -> None:
         raise BadInputError(f"--out {out} is a file; give a folder")
     ours = (out / MARKER).is_file()
     if out.is_dir() and any(out.iterdir()) and not ours and not overwrite:
-        raise BadInputError(f"{out} holds files that no rtool demo wrote; choose another --out, or pass --overwrite "
-                            f"to let the demo replace its own files there ({', '.join(OWNED[:3])}, ...)")
+        raise BadInputError(
+            f"{out} holds files that no rtool demo wrote; choose another --out, or pass --overwrite "
+            f"to let the demo replace its own files there ({', '.join(OWNED[:3])}, ...)"
+        )
     ensure_writable_dir(out)
     for name in REPORT_FILES:
         target = out / name
         if target.is_dir() and not target.is_symlink():
-            raise BadInputError(f"{target} is a folder where the demo writes a file; move it away or choose "
-                                f"another --out")
+            raise BadInputError(
+                f"{target} is a folder where the demo writes a file; move it away or choose another --out"
+            )
         target.unlink(missing_ok=True)
     atomic_write_text(out / MARKER, json.dumps({"status": "running"}) + "\n")
 
 
 def prediction_grid(export_dir: Path, dataset: str, out: Path) -> tuple[Path, str]:
     """A grid of evenly spaced test images plus some mistakes, predicted by ONNX Runtime INT8 (or FP32)."""
-    from toolkit.infer import run_infer, save_grid
     from toolkit.data import load_dataset
+    from toolkit.infer import run_infer, save_grid
 
     runtime, precision = GRID_RUNTIME
     manifest = json.loads((export_dir / "manifest.json").read_text())
@@ -95,9 +98,11 @@ def prediction_grid(export_dir: Path, dataset: str, out: Path) -> tuple[Path, st
     shown = dataclasses.replace(result, predictions=[result.predictions[i] for i in keep], pixels=result.pixels[keep])
     added = len(keep) - len(spaced)
     save_grid(shown, out, selection=f"sample of {len(spaced)} evenly spaced test images + {added} mistakes")
-    caption = (f"{runtime} {precision} on {total} {dataset} test images: {result.correct}/{result.labelled} correct "
-               f"({100 * result.accuracy:.2f}%). The grid shows {len(spaced)} evenly spaced test images and "
-               f"{len(wrong)} of the mistakes (red).")
+    caption = (
+        f"{runtime} {precision} on {total} {dataset} test images: {result.correct}/{result.labelled} correct "
+        f"({100 * result.accuracy:.2f}%). The grid shows {len(spaced)} evenly spaced test images and "
+        f"{len(wrong)} of the mistakes (red)."
+    )
     return out, caption
 
 
@@ -109,12 +114,25 @@ def reproduce_commands(config: DemoConfig, out: Path) -> list[list[str]]:
     if config.train_limit is not None:
         extra += ["--train-limit", str(config.train_limit)]
     export = str(out / "export")
-    return [["rtool", "train", "--out", str(out / "train"), *extra],
-            ["rtool", "export", str(out / "train" / "best.pt"), "--format", "all", "--out", export],
-            ["rtool", "parity", export],
-            ["rtool", "bench", export, "--batch-sizes", ",".join(map(str, config.bench_batch_sizes))],
-            ["rtool", "infer", export, "--precision", "int8", "--dataset", config.dataset, "--first", "32",
-             "--save-grid", "grid.png"]]
+    return [
+        ["rtool", "train", "--out", str(out / "train"), *extra],
+        ["rtool", "export", str(out / "train" / "best.pt"), "--format", "all", "--out", export],
+        ["rtool", "parity", export],
+        ["rtool", "bench", export, "--batch-sizes", ",".join(map(str, config.bench_batch_sizes))],
+        [
+            "rtool",
+            "infer",
+            export,
+            "--precision",
+            "int8",
+            "--dataset",
+            config.dataset,
+            "--first",
+            "32",
+            "--save-grid",
+            "grid.png",
+        ],
+    ]
 
 
 def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
@@ -136,8 +154,14 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
         return time.perf_counter()
 
     began = step(1, f"training {config.model} on {config.dataset}")
-    train_options: dict[str, Any] = {"model": config.model, "dataset": config.dataset, "out": str(out / "train"),
-                                     "overwrite": True, "quiet": config.quiet, "train_limit": config.train_limit}
+    train_options: dict[str, Any] = {
+        "model": config.model,
+        "dataset": config.dataset,
+        "out": str(out / "train"),
+        "overwrite": True,
+        "quiet": config.quiet,
+        "train_limit": config.train_limit,
+    }
     if config.epochs is not None:
         train_options["epochs"] = config.epochs
     training_config = TrainConfig(**train_options)
@@ -166,8 +190,13 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
 
     began = step(4, f"benchmark at batch sizes {', '.join(map(str, config.bench_batch_sizes))}")
     with reporting.progress_bars(not config.quiet, console) as bars:
-        bench = bench_export_dir(out / "export", batch_sizes=config.bench_batch_sizes, warmup=config.bench_warmup,
-                                 iters=config.bench_iters, progress=bars)
+        bench = bench_export_dir(
+            out / "export",
+            batch_sizes=config.bench_batch_sizes,
+            warmup=config.bench_warmup,
+            iters=config.bench_iters,
+            progress=bars,
+        )
     reporting.print_bench(bench, console)
     reporting.write_json(out / "bench.json", bench.to_dict())
     reporting.write_text(out / "bench.md", reporting.bench_markdown(bench))
@@ -182,23 +211,43 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
     timings["total"] = time.perf_counter() - started
     curves = out / "train" / "curves.png"
     final = trained.final
-    training = {"model": config.model, "data set": config.dataset, "epochs": training_config.epochs,
-                "best test accuracy": f"{100 * trained.best_acc:.2f}% (epoch {trained.best_epoch})",
-                "final test accuracy": f"{100 * final.get('test_acc', 0):.2f}%",
-                "training time": f"{trained.train_seconds:.1f} s", "checkpoint": "train/best.pt"}
+    training = {
+        "model": config.model,
+        "data set": config.dataset,
+        "epochs": training_config.epochs,
+        "best test accuracy": f"{100 * trained.best_acc:.2f}% (epoch {trained.best_epoch})",
+        "final test accuracy": f"{100 * final.get('test_acc', 0):.2f}%",
+        "training time": f"{trained.train_seconds:.1f} s",
+        "checkpoint": "train/best.pt",
+    }
     manifest = json.loads(exported.manifest_path.read_text())
     text = reporting.demo_markdown(
         title=f"rtool demo: {config.model} on {config.dataset}",
-        intro=("One command trained the model, exported it to every format and precision this machine can "
-               "build, checked that every runtime predicts what the eager model predicts, and timed them. "
-               "Every figure below was measured in this run."),
-        training=training, curves="train/curves.png" if curves.is_file() else None, parity=parity,
-        parity_plot_file="parity.png", bench=bench, grid=grid.name, grid_caption=caption,
-        exports=manifest["artifacts"], timings=timings,
-        commands=reproduce_commands(config, out))
+        intro=(
+            "One command trained the model, exported it to every format and precision this machine can "
+            "build, checked that every runtime predicts what the eager model predicts, and timed them. "
+            "Every figure below was measured in this run."
+        ),
+        training=training,
+        curves="train/curves.png" if curves.is_file() else None,
+        parity=parity,
+        parity_plot_file="parity.png",
+        bench=bench,
+        grid=grid.name,
+        grid_caption=caption,
+        exports=manifest["artifacts"],
+        timings=timings,
+        commands=reproduce_commands(config, out),
+    )
     report_path = reporting.write_text(out / "report.md", text)
-    summary = {"status": "done", "passed": parity.passed, "report": "report.md", "timings": timings,
-               "best_test_accuracy": trained.best_acc, "failure": parity.failure_summary()}
+    summary = {
+        "status": "done",
+        "passed": parity.passed,
+        "report": "report.md",
+        "timings": timings,
+        "best_test_accuracy": trained.best_acc,
+        "failure": parity.failure_summary(),
+    }
     atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
     console.print(f"report: {report_path} ({timings['total']:.0f} s in all)", markup=False)
     result = DemoResult(out, report_path, parity.passed, parity.failure_summary(), timings)

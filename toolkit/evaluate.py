@@ -47,27 +47,38 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return -log_probs[np.arange(len(labels)), labels]
 
 
-def evaluate_predictor(predict: Predictor, images: Any, labels: Any, spec: InputSpec, class_names: list[str],
-                       batch_size: int = 256, dataset: str = "",
-                       progress: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate_predictor(
+    predict: Predictor,
+    images: Any,
+    labels: Any,
+    spec: InputSpec,
+    class_names: list[str],
+    batch_size: int = 256,
+    dataset: str = "",
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
     """Run ``predict`` over uint8 (N, C, H, W) ``images`` in batches and score it against ``labels``."""
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
     if images.ndim != 4 or images.dtype != np.uint8 or len(images) != len(labels):
-        raise BadInputError(f"expected uint8 (N, C, H, W) images with one label each, got {images.dtype} "
-                            f"{images.shape} and {len(labels)} labels")
+        raise BadInputError(
+            f"expected uint8 (N, C, H, W) images with one label each, got {images.dtype} "
+            f"{images.shape} and {len(labels)} labels"
+        )
     n_classes = len(class_names)
     started = time.perf_counter()
     loss_sum, predictions = 0.0, []
     for start in range(0, len(images), batch_size):
-        batch = prepare_batch(images[start:start + batch_size], spec)
+        batch = prepare_batch(images[start : start + batch_size], spec)
         logits = np.asarray(predict(batch))
         if logits.shape != (len(batch), n_classes):
-            raise BadInputError(f"the model returned logits of shape {logits.shape}, expected "
-                                f"({len(batch)}, {n_classes}); it does not fit this data set")
+            raise BadInputError(
+                f"the model returned logits of shape {logits.shape}, expected "
+                f"({len(batch)}, {n_classes}); it does not fit this data set"
+            )
         if not np.isfinite(logits).all():
             raise BadInputError("the model returned NaN/Inf logits; the model file may be broken")
-        loss_sum += float(cross_entropy(logits, labels[start:start + batch_size]).sum())
+        loss_sum += float(cross_entropy(logits, labels[start : start + batch_size]).sum())
         predictions.append(logits.argmax(axis=1))
         if progress:
             progress(len(batch))
@@ -75,19 +86,35 @@ def evaluate_predictor(predict: Predictor, images: Any, labels: Any, spec: Input
     confusion = np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes)
     confusion = confusion.reshape(n_classes, n_classes)
     per_class_total = confusion.sum(axis=1)
-    per_class = {name: float(confusion[i, i] / per_class_total[i]) if per_class_total[i] else float("nan")
-                 for i, name in enumerate(class_names)}
+    per_class = {
+        name: float(confusion[i, i] / per_class_total[i]) if per_class_total[i] else float("nan")
+        for i, name in enumerate(class_names)
+    }
     count = max(len(labels), 1)
-    return EvalResult(dataset=dataset, num_images=len(labels), loss=loss_sum / count,
-                      accuracy=float(np.trace(confusion) / count), per_class_accuracy=per_class,
-                      confusion=confusion.tolist(), class_names=list(class_names),
-                      seconds=time.perf_counter() - started)
+    return EvalResult(
+        dataset=dataset,
+        num_images=len(labels),
+        loss=loss_sum / count,
+        accuracy=float(np.trace(confusion) / count),
+        per_class_accuracy=per_class,
+        confusion=confusion.tolist(),
+        class_names=list(class_names),
+        seconds=time.perf_counter() - started,
+    )
 
 
-def evaluate_file(path: str | Path, dataset: str | None = None, *, data_dir: str | None = None,
-                  download: bool = False, limit: int | None = None, batch_size: int = 256,
-                  device: str = "auto", runtime: str | None = None,
-                  progress: Callable[[int], None] | None = None) -> EvalResult:
+def evaluate_file(
+    path: str | Path,
+    dataset: str | None = None,
+    *,
+    data_dir: str | None = None,
+    download: bool = False,
+    limit: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    runtime: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> EvalResult:
     """Evaluate a checkpoint or exported model file on a data set's test split.
 
     The runtime is chosen by the file's ending (best.pt -> eager, model.onnx ->
@@ -105,13 +132,23 @@ def evaluate_file(path: str | Path, dataset: str | None = None, *, data_dir: str
             raise BadInputError(f"{path} does not name its data set; pass --dataset")
         data = load_dataset(name, data_dir, download)
         if len(data.class_names) != card.num_classes:
-            raise BadInputError(f"data set '{name}' has {len(data.class_names)} classes but the model predicts "
-                                f"{card.num_classes}; choose a data set with the model's classes")
+            raise BadInputError(
+                f"data set '{name}' has {len(data.class_names)} classes but the model predicts "
+                f"{card.num_classes}; choose a data set with the model's classes"
+            )
         images, labels = data.test.images.numpy(), data.test.labels.numpy()
         if limit is not None:
             images, labels = images[:limit], labels[:limit]
-        return evaluate_predictor(model.infer, images, labels, card.input, card.class_names,
-                                  batch_size=batch_size, dataset=name, progress=progress)
+        return evaluate_predictor(
+            model.infer,
+            images,
+            labels,
+            card.input,
+            card.class_names,
+            batch_size=batch_size,
+            dataset=name,
+            progress=progress,
+        )
 
 
 def write_eval_outputs(result: EvalResult, out_dir: str | Path, title: str = "") -> dict[str, Path]:
@@ -121,6 +158,10 @@ def write_eval_outputs(result: EvalResult, out_dir: str | Path, title: str = "")
     out_dir = Path(out_dir)
     json_path = out_dir / "eval.json"
     atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2) + "\n")
-    png = confusion_matrix(result.confusion, result.class_names, out_dir / "confusion.png",
-                           title=title or f"{result.dataset}: accuracy {100 * result.accuracy:.2f}%")
+    png = confusion_matrix(
+        result.confusion,
+        result.class_names,
+        out_dir / "confusion.png",
+        title=title or f"{result.dataset}: accuracy {100 * result.accuracy:.2f}%",
+    )
     return {"json": json_path, "confusion": png}

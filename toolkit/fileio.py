@@ -23,8 +23,9 @@ def check_writable_dir(directory: str | Path, flag: str = "--out") -> Path:
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if existing.exists() and not existing.is_dir():
-        raise BadInputError(f"cannot create output folder {directory}: {existing} is a file, not a folder; "
-                            f"choose another {flag}")
+        raise BadInputError(
+            f"cannot create output folder {directory}: {existing} is a file, not a folder; choose another {flag}"
+        )
     if not os.access(existing, os.W_OK | os.X_OK):
         raise BadInputError(f"output folder {existing} is not writable; choose another {flag}")
     return directory

@@ -143,10 +143,12 @@ def _declaration(f: Field, kind: Any, rule: Flag) -> tuple[list[str], dict[str, 
     name = flag_name(f.name)
     if kind is bool:  # off by default: a plain flag; on by default: --x/--no-x
         declaration = f"{name}/--no-{name[2:]}" if f.default else name
-        return [declaration, f.name], dict(is_flag=True, default=f.default, show_default=bool(f.default),
-                                           help=rule.help)
-    return [name, f.name], dict(type=_click_type(kind, rule), default=f.default, show_default=f.default is not None,
-                                help=rule.help)
+        return [declaration, f.name], dict(
+            is_flag=True, default=f.default, show_default=bool(f.default), help=rule.help
+        )
+    return [name, f.name], dict(
+        type=_click_type(kind, rule), default=f.default, show_default=f.default is not None, help=rule.help
+    )
 
 
 def _option(f: Field, kind: Any, rule: Flag) -> Callable[[Command], Command]:
@@ -217,14 +219,20 @@ def run_command(command: click.Command, argv: list[str] | None = None, prog_name
     except Exception as e:  # a bug, not bad input
         if os.environ.get("RTOOL_DEBUG"):
             raise
-        click.echo(f"rtool: internal error: {e.__class__.__name__}: {one_line(str(e))} (set RTOOL_DEBUG=1 for the "
-                   f"traceback)", err=True)
+        click.echo(
+            f"rtool: internal error: {e.__class__.__name__}: {one_line(str(e))} (set RTOOL_DEBUG=1 for the traceback)",
+            err=True,
+        )
         sys.exit(3)
     sys.exit(0)
 
 
-def comma_list(value: str | typing.Iterable[str] | None, allowed: typing.Sequence[str] | None = None,
-               flag: str = "", what: str = "") -> list[str]:
+def comma_list(
+    value: str | typing.Iterable[str] | None,
+    allowed: typing.Sequence[str] | None = None,
+    flag: str = "",
+    what: str = "",
+) -> list[str]:
     """'a, b,,c' (or an iterable) -> ['a', 'b', 'c'], lower-cased; each checked against ``allowed`` when given."""
     if value is None:
         return []

@@ -77,9 +77,15 @@ class InferResult:
             "class_names": self.card.class_names,
             "notes": self.notes,
             "predictions": [
-                {"index": i, "source": p.source, "predicted": p.predicted, "probability": p.probability,
-                 "topk": [{"class": c, "probability": pr} for c, pr in p.topk],
-                 "actual": p.actual, "correct": p.correct}
+                {
+                    "index": i,
+                    "source": p.source,
+                    "predicted": p.predicted,
+                    "probability": p.probability,
+                    "topk": [{"class": c, "probability": pr} for c, pr in p.topk],
+                    "actual": p.actual,
+                    "correct": p.correct,
+                }
                 for i, p in enumerate(self.predictions)
             ],
             "correct": self.correct if self.labelled else None,
@@ -92,9 +98,14 @@ def default_precision(runtime: str) -> str:
     return "fp16" if runtime == "tensorrt" else "fp32"
 
 
-def pick_model_file(model: str | Path, runtime: str | None = None, precision: str | None = None,
-                    target: str | None = None, provider: str | None = None,
-                    verify: bool = True) -> tuple[Path, str, str | None]:
+def pick_model_file(
+    model: str | Path,
+    runtime: str | None = None,
+    precision: str | None = None,
+    target: str | None = None,
+    provider: str | None = None,
+    verify: bool = True,
+) -> tuple[Path, str, str | None]:
     """(file, runtime, precision) for MODEL: a file as given, or the folder's file for runtime x precision
     (its sha256 checked against the folder's manifest unless ``verify`` is False)."""
     path = Path(model)
@@ -114,8 +125,10 @@ def pick_model_file(model: str | Path, runtime: str | None = None, precision: st
         entry = manifest_entry(path)
         recorded = entry[1].get("precision") if entry else None
         if recorded and precision != recorded:
-            raise BadInputError(f"{path.name} is {recorded}, not {precision}; to pick a file by precision, "
-                                f"give the export folder {path.parent} instead")
+            raise BadInputError(
+                f"{path.name} is {recorded}, not {precision}; to pick a file by precision, "
+                f"give the export folder {path.parent} instead"
+            )
     return path, runtime, precision
 
 
@@ -132,7 +145,9 @@ def load_images(paths: list[str | Path], spec: InputSpec) -> tuple[np.ndarray, l
     for name in paths:
         path = Path(name)
         if not path.is_file():
-            raise BadInputError(f"image {path} {'is a folder' if path.is_dir() else 'does not exist'}; give image files")
+            raise BadInputError(
+                f"image {path} {'is a folder' if path.is_dir() else 'does not exist'}; give image files"
+            )
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")  # Pillow warns about damaged files: a note each, not a stack
@@ -149,8 +164,9 @@ def load_images(paths: list[str | Path], spec: InputSpec) -> tuple[np.ndarray, l
     return np.stack(arrays), notes
 
 
-def dataset_images(name: str, first: int, spec: InputSpec, card: ModelCard,
-                   data_dir: str | Path | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+def dataset_images(
+    name: str, first: int, spec: InputSpec, card: ModelCard, data_dir: str | Path | None = None
+) -> tuple[np.ndarray, list[str], list[str]]:
     """The first ``first`` test images of a data set in the card's shape, their class names, and notes."""
     from toolkit.data import load_dataset
 
@@ -159,14 +175,18 @@ def dataset_images(name: str, first: int, spec: InputSpec, card: ModelCard,
     if first > total:
         raise BadInputError(f"--first {first} is more than the {total} test images of {dataset.name}")
     if list(dataset.class_names) != list(card.class_names):
-        raise BadInputError(f"{dataset.name}'s classes ({', '.join(dataset.class_names[:5])}, ...) are not the "
-                            f"model's ({', '.join(card.class_names[:5])}, ...); use the data set it was trained on")
+        raise BadInputError(
+            f"{dataset.name}'s classes ({', '.join(dataset.class_names[:5])}, ...) are not the "
+            f"model's ({', '.join(card.class_names[:5])}, ...); use the data set it was trained on"
+        )
     pixels = dataset.test.images[:first].numpy()
     labels = dataset.test.labels[:first].tolist()
     notes = []
     if tuple(pixels.shape[1:]) != spec.shape:
-        notes.append(f"{dataset.name} images are {'x'.join(map(str, pixels.shape[1:]))} (CxHxW); converted to "
-                     f"{'x'.join(map(str, spec.shape))} as the model card says")
+        notes.append(
+            f"{dataset.name} images are {'x'.join(map(str, pixels.shape[1:]))} (CxHxW); converted to "
+            f"{'x'.join(map(str, spec.shape))} as the model card says"
+        )
     return pixels, [dataset.class_names[i] for i in labels], notes
 
 
@@ -179,11 +199,22 @@ def top_k(logits: np.ndarray, class_names: list[str], k: int) -> list[list[tuple
     return [[(class_names[j], float(row[j])) for j in idx] for row, idx in zip(probs, order)]
 
 
-def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runtime: str | None = None,
-              precision: str | None = None, target: str | None = None, provider: str | None = None,
-              threads: int | None = None, device: str = "auto", dataset: str | None = None,
-              first: int | None = None, topk: int = 1, data_dir: str | Path | None = None,
-              verify: bool = True) -> InferResult:
+def run_infer(
+    model: str | Path,
+    images: list[str | Path] | None = None,
+    *,
+    runtime: str | None = None,
+    precision: str | None = None,
+    target: str | None = None,
+    provider: str | None = None,
+    threads: int | None = None,
+    device: str = "auto",
+    dataset: str | None = None,
+    first: int | None = None,
+    topk: int = 1,
+    data_dir: str | Path | None = None,
+    verify: bool = True,
+) -> InferResult:
     """Predict classes for image files or a data set's first test images.
 
     ``verify=False`` skips the sha256 check of a file picked from an export folder (``--no-verify``).
@@ -218,8 +249,10 @@ def run_infer(model: str | Path, images: list[str | Path] | None = None, *, runt
         logits = infer_in_batches(rt, normalize(pixels, spec), batch_size=64)
         device_used = rt.device
     if logits.shape != (len(pixels), card.num_classes):
-        raise BadInputError(f"{model_file.name} returned logits of shape {logits.shape}, but its card lists "
-                            f"{card.num_classes} classes; re-export the model")
+        raise BadInputError(
+            f"{model_file.name} returned logits of shape {logits.shape}, but its card lists "
+            f"{card.num_classes} classes; re-export the model"
+        )
     ranked = top_k(logits, card.class_names, min(topk, card.num_classes))
     predictions = [Prediction(s, r, a) for s, r, a in zip(sources, ranked, actual)]
     return InferResult(model_file, runtime, precision, device_used, card, predictions, pixels, notes)
@@ -246,8 +279,9 @@ def save_grid(result: InferResult, out: str | Path, selection: str | None = None
         wrong.append(pred.correct is False)
     found = manifest_entry(result.model_file) if result.precision == "int8" else None
     target = found[1].get("target") if found else None
-    header = f"{result.model_file.name}: " + (artifact_label(result.runtime, result.precision, target)
-                                               if result.precision else result.runtime)
+    header = f"{result.model_file.name}: " + (
+        artifact_label(result.runtime, result.precision, target) if result.precision else result.runtime
+    )
     total, labelled = len(result.predictions), result.labelled
     if selection:
         about = f"{selection}: {result.correct}/{labelled} correct (a chosen sample, not the model's accuracy)"

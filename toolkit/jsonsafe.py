@@ -38,8 +38,9 @@ def nesting_depth_exceeds(text: str, limit: int) -> bool:
     return False
 
 
-def load_json_text(text: str | bytes | bytearray, what: str, *, max_bytes: int = MAX_JSON_BYTES,
-                   max_depth: int = MAX_JSON_DEPTH) -> Any:
+def load_json_text(
+    text: str | bytes | bytearray, what: str, *, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+) -> Any:
     """The parsed value of ``text``, or one BadInputError line that names ``what`` (e.g. "the model card").
 
     Refused: more than ``max_bytes``, nesting deeper than ``max_depth``, bytes that are not UTF-8/16/32, and
@@ -48,8 +49,9 @@ def load_json_text(text: str | bytes | bytearray, what: str, *, max_bytes: int =
     if not isinstance(text, (str, bytes, bytearray)):
         raise BadInputError(f"{what} is not JSON text (it is a {type(text).__name__})")
     if len(text) > max_bytes:  # characters for a str: never more than its UTF-8 bytes
-        raise BadInputError(f"{what} is {len(text):,} bytes of JSON (limit {max_bytes:,}); the file is corrupt or "
-                            f"hostile")
+        raise BadInputError(
+            f"{what} is {len(text):,} bytes of JSON (limit {max_bytes:,}); the file is corrupt or hostile"
+        )
     if isinstance(text, (bytes, bytearray)):
         try:
             text = bytes(text).decode(json.detect_encoding(bytes(text)))

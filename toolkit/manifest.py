@@ -35,7 +35,9 @@ def sha256_file(path: Path) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     except OSError as e:
-        raise BadInputError(f"cannot read {path} ({e.strerror or e.__class__.__name__}); check its permissions") from None
+        raise BadInputError(
+            f"cannot read {path} ({e.strerror or e.__class__.__name__}); check its permissions"
+        ) from None
     return digest.hexdigest()
 
 
@@ -68,11 +70,11 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     """The folder's ``manifest.json``, with its shape checked; BadInputError (one line) otherwise."""
     path = Path(export_dir) / MANIFEST_NAME
     if Path(export_dir).is_file():
-        raise BadInputError(f"{export_dir} is a file, not an export folder; make one with "
-                            f"`rtool export {export_dir}`")
+        raise BadInputError(f"{export_dir} is a file, not an export folder; make one with `rtool export {export_dir}`")
     if not path.is_file():
-        raise BadInputError(f"{export_dir} has no {MANIFEST_NAME}; make one with "
-                            f"`rtool export CHECKPOINT --out {export_dir}`")
+        raise BadInputError(
+            f"{export_dir} has no {MANIFEST_NAME}; make one with `rtool export CHECKPOINT --out {export_dir}`"
+        )
     manifest = _parse(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
         raise BadInputError(f"{path} lists no artifacts; export again")
@@ -116,8 +118,10 @@ def verify_sha256(path: Path, entry: dict[str, Any]) -> None:
     """Refuse a file whose bytes differ from what its manifest recorded at export."""
     expected = entry.get("sha256")
     if expected and sha256_file(path) != expected:
-        raise UnsafeFileError(f"{path.name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
-                              f"after export; re-export it rather than run it")
+        raise UnsafeFileError(
+            f"{path.name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
+            f"after export; re-export it rather than run it"
+        )
 
 
 def written_by_rtool(folder: Path, entry: dict[str, Any], patterns: Iterable[re.Pattern[str]]) -> bool:

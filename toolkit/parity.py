@@ -30,8 +30,8 @@ from runtimes import artifact_label, available, error_summary, list_runtimes, op
 from runtimes.cards import artifact_runs, skipped_runs
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError, RtoolError, UnsafeFileError
-from toolkit.manifest import entry_path, read_manifest, verify_manifest, verify_sha256
 from toolkit.flags import comma_list
+from toolkit.manifest import entry_path, read_manifest, verify_manifest, verify_sha256
 from toolkit.preprocess import prepare_batch
 
 BATCH_SIZE = 100  # images per inference call; every runtime gets the same batches
@@ -68,9 +68,11 @@ THRESHOLD_KEYS = tuple(f.name for f in fields(Thresholds))
 
 
 def default_thresholds() -> dict[str, Thresholds]:
-    return {"fp32": Thresholds(agreement=99.9, max_abs_diff=1e-3),
-            "fp16": Thresholds(agreement=99.5),
-            "int8": Thresholds(agreement=99.0, accuracy_drop=1.0)}
+    return {
+        "fp32": Thresholds(agreement=99.9, max_abs_diff=1e-3),
+        "fp16": Thresholds(agreement=99.5),
+        "int8": Thresholds(agreement=99.0, accuracy_drop=1.0),
+    }
 
 
 def _threshold_value(value: Any, where: str, high: float | None = None) -> float | None:
@@ -117,10 +119,14 @@ def load_thresholds(path: str | Path | None = None, overrides: Iterable[str] = (
                 data = json.loads(text)
         except (OSError, UnicodeDecodeError, ValueError) as e:
             kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
-            raise BadInputError(f"thresholds file {path} is not valid {kind} ({str(e).splitlines()[0][:120]})") from None
+            raise BadInputError(
+                f"thresholds file {path} is not valid {kind} ({str(e).splitlines()[0][:120]})"
+            ) from None
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-            raise BadInputError(f"thresholds file {path} must map each precision to its thresholds, e.g. "
-                                f'{{"int8": {{"agreement": 99.0, "accuracy_drop": 1.0}}}}')
+            raise BadInputError(
+                f"thresholds file {path} must map each precision to its thresholds, e.g. "
+                f'{{"int8": {{"agreement": 99.0, "accuracy_drop": 1.0}}}}'
+            )
         for precision, values in data.items():
             for key, value in values.items():
                 apply_threshold(thresholds, precision, key, value, f"thresholds file {path}")
@@ -181,9 +187,13 @@ class ParityReport:
         return "; ".join(f"{row.label} ({row.artifact or 'no file'}): {row.reason}" for row in self.failures)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"export_dir": str(self.export_dir), "reference": self.reference,
-                "thresholds": {p: asdict(t) for p, t in self.thresholds.items()},
-                "rows": [row.to_dict() for row in self.rows], "passed": self.passed}
+        return {
+            "export_dir": str(self.export_dir),
+            "reference": self.reference,
+            "thresholds": {p: asdict(t) for p, t in self.thresholds.items()},
+            "rows": [row.to_dict() for row in self.rows],
+            "passed": self.passed,
+        }
 
 
 def check_thresholds(row: ParityRow, limits: Thresholds) -> list[str]:
@@ -191,9 +201,17 @@ def check_thresholds(row: ParityRow, limits: Thresholds) -> list[str]:
     broken = []
     if limits.agreement is not None and row.agreement is not None and row.agreement < limits.agreement:
         broken.append(f"agreement {row.agreement:.2f}% < {limits.agreement:g}%")
-    if limits.max_abs_diff is not None and row.max_abs_diff_rel is not None and row.max_abs_diff_rel > limits.max_abs_diff:
+    if (
+        limits.max_abs_diff is not None
+        and row.max_abs_diff_rel is not None
+        and row.max_abs_diff_rel > limits.max_abs_diff
+    ):
         broken.append(f"max abs diff {row.max_abs_diff_rel:.3g} x logit range > {limits.max_abs_diff:g}")
-    if limits.accuracy_drop is not None and row.accuracy_delta is not None and -row.accuracy_delta > limits.accuracy_drop:
+    if (
+        limits.accuracy_drop is not None
+        and row.accuracy_delta is not None
+        and -row.accuracy_delta > limits.accuracy_drop
+    ):
         broken.append(f"accuracy drop {-row.accuracy_delta:.2f} points > {limits.accuracy_drop:g}")
     return broken
 
@@ -205,20 +223,25 @@ def verify_export(export_dir: str | Path) -> None:
     problems = verify_manifest(export_dir)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-        raise UnsafeFileError(f"{export_dir} is not what was exported: {problems[0]}{more}; re-export it "
-                              f"(or pass --no-verify to run it anyway)")
+        raise UnsafeFileError(
+            f"{export_dir} is not what was exported: {problems[0]}{more}; re-export it "
+            f"(or pass --no-verify to run it anyway)"
+        )
 
 
 def reference_entry(export_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     entries = [a for a in manifest["artifacts"] if isinstance(a, dict) and a.get("runtime") == "eager"]
     if not entries:
-        raise BadInputError(f"{export_dir} has no eager reference (model.pt) in its {MANIFEST_NAME}; "
-                            f"re-export the model with `rtool export`")
+        raise BadInputError(
+            f"{export_dir} has no eager reference (model.pt) in its {MANIFEST_NAME}; "
+            f"re-export the model with `rtool export`"
+        )
     return entries[0]
 
 
-def test_images(card: ModelCard, dataset: str | None, limit: int | None,
-                data_dir: str | Path | None = None) -> tuple[str, np.ndarray, np.ndarray]:
+def test_images(
+    card: ModelCard, dataset: str | None, limit: int | None, data_dir: str | Path | None = None
+) -> tuple[str, np.ndarray, np.ndarray]:
     """(data set name, float32 model input, labels) of the card's test set (or ``limit`` of it), preprocessed once."""
     from toolkit.data import load_dataset
 
@@ -227,13 +250,17 @@ def test_images(card: ModelCard, dataset: str | None, limit: int | None,
         raise BadInputError("the model card names no data set; choose one with --dataset")
     data = load_dataset(name, data_dir)
     if list(data.class_names) != list(card.class_names):
-        raise BadInputError(f"{data.name}'s classes ({', '.join(data.class_names[:5])}, ...) are not the model's "
-                            f"({', '.join(card.class_names[:5])}, ...); use --dataset with the data it was trained on")
+        raise BadInputError(
+            f"{data.name}'s classes ({', '.join(data.class_names[:5])}, ...) are not the model's "
+            f"({', '.join(card.class_names[:5])}, ...); use --dataset with the data it was trained on"
+        )
     total = len(data.test)
     if total < 1:
         raise BadInputError(f"{data.name} has no test images to compare on")
     # A limit takes evenly spaced images, so a test set stored class by class still gives every class.
-    index = np.arange(total) if limit is None or limit >= total else np.linspace(0, total - 1, limit).round().astype(int)
+    index = (
+        np.arange(total) if limit is None or limit >= total else np.linspace(0, total - 1, limit).round().astype(int)
+    )
     pixels = data.test.images.numpy()[index]
     return data.name, prepare_batch(pixels, card.input), data.test.labels.numpy()[index]
 
@@ -248,15 +275,22 @@ def tensorrt_provider_missing(device: str) -> str:
     return why
 
 
-def run_logits(runtime_name: str, path: Path, batch: np.ndarray, label: str, device: str,
-               options: dict[str, Any], progress: Progress | None) -> tuple[np.ndarray, float, str]:
+def run_logits(
+    runtime_name: str,
+    path: Path,
+    batch: np.ndarray,
+    label: str,
+    device: str,
+    options: dict[str, Any],
+    progress: Progress | None,
+) -> tuple[np.ndarray, float, str]:
     """(logits, mean ms per batch, device) of one artifact over ``batch``; one untimed warm-up call first."""
     with open_runtime(runtime_name, path, device, **options) as runtime:
         step = min(x for x in (BATCH_SIZE, runtime.max_batch) if x)
         runtime.infer(batch[:step])  # warm-up: first-call allocation and graph set-up are not latency
         outputs, seconds = [], 0.0
         for start in range(0, len(batch), step):
-            chunk = batch[start:start + step]
+            chunk = batch[start : start + step]
             began = time.perf_counter()
             outputs.append(runtime.infer(chunk))
             seconds += time.perf_counter() - began
@@ -266,8 +300,14 @@ def run_logits(runtime_name: str, path: Path, batch: np.ndarray, label: str, dev
         return np.concatenate(outputs), 1000 * seconds / calls, runtime.device
 
 
-def compare(row: ParityRow, logits: np.ndarray, reference: np.ndarray, labels: np.ndarray,
-            reference_accuracy: float, logit_range: float) -> None:
+def compare(
+    row: ParityRow,
+    logits: np.ndarray,
+    reference: np.ndarray,
+    labels: np.ndarray,
+    reference_accuracy: float,
+    logit_range: float,
+) -> None:
     """Fill the row's measurements from its logits and the reference's."""
     if logits.shape != reference.shape:
         raise BadInputError(f"logits of shape {logits.shape}, the eager model gives {reference.shape}")
@@ -298,13 +338,16 @@ def exported_precisions(runtime: str) -> tuple[str, ...]:
 
 def runnable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool]) -> list[tuple[ParityRow, dict]]:
     """One row per listed file (the eager reference aside) and per registered runtime that runs its format."""
-    return [(ParityRow(runtime, str(entry.get("precision")), entry["file"], entry.get("target")), entry)
-            for runtime, entry in artifact_runs(manifest)
-            if entry.get("format") != "checkpoint" and chosen(runtime, str(entry.get("precision")))]
+    return [
+        (ParityRow(runtime, str(entry.get("precision")), entry["file"], entry.get("target")), entry)
+        for runtime, entry in artifact_runs(manifest)
+        if entry.get("format") != "checkpoint" and chosen(runtime, str(entry.get("precision")))
+    ]
 
 
-def unavailable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool],
-                     covered: set[tuple[str, str]]) -> list[tuple[ParityRow, None]]:
+def unavailable_rows(
+    manifest: dict[str, Any], chosen: Callable[[str, str], bool], covered: set[tuple[str, str]]
+) -> list[tuple[ParityRow, None]]:
     """Rows for what the export skipped and for runtimes that cannot run here, each with its reason."""
     plan: list[tuple[ParityRow, None]] = []
     for runtime, skip in skipped_runs(manifest):
@@ -312,21 +355,27 @@ def unavailable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool
         if not chosen(runtime, precision) or (runtime, precision) in covered:
             continue
         reason = f"not exported: {skip.get('reason') or 'no reason given'}"
-        plan.append((ParityRow(runtime, precision, None, skip.get("target"), status="unavailable", reason=reason),
-                     None))
+        plan.append(
+            (ParityRow(runtime, precision, None, skip.get("target"), status="unavailable", reason=reason), None)
+        )
         covered.add((runtime, precision))
     for runtime in list_runtimes():  # a runtime that cannot run here and that the manifest does not mention
         ok, why = available(runtime)
         if ok or any(r == runtime for r, _ in covered):
             continue
-        plan += [(ParityRow(runtime, precision, None, status="unavailable", reason=why), None)
-                 for precision in exported_precisions(runtime) if chosen(runtime, precision)]
+        plan += [
+            (ParityRow(runtime, precision, None, status="unavailable", reason=why), None)
+            for precision in exported_precisions(runtime)
+            if chosen(runtime, precision)
+        ]
     return plan
 
 
-def planned_rows(manifest: dict[str, Any], runtimes: list[str] | None,
-                 precisions: list[str] | None) -> list[tuple[ParityRow, dict[str, Any] | None]]:
+def planned_rows(
+    manifest: dict[str, Any], runtimes: list[str] | None, precisions: list[str] | None
+) -> list[tuple[ParityRow, dict[str, Any] | None]]:
     """Rows for every listed artifact, every skipped one, and every runtime that cannot run here."""
+
     def chosen(runtime: str, precision: str) -> bool:
         return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
 
@@ -336,11 +385,21 @@ def planned_rows(manifest: dict[str, Any], runtimes: list[str] | None,
     return plan
 
 
-def run_parity(export_dir: str | Path, *, dataset: str | None = None, data_dir: str | Path | None = None,
-               runtimes: Iterable[str] | None = None, precisions: Iterable[str] | None = None,
-               require: Iterable[str] | None = None, limit: int | None = None,
-               thresholds: dict[str, Thresholds] | None = None, device: str = "cpu",
-               threads: int | None = None, progress: Progress | None = None, verify: bool = True) -> ParityReport:
+def run_parity(
+    export_dir: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | Path | None = None,
+    runtimes: Iterable[str] | None = None,
+    precisions: Iterable[str] | None = None,
+    require: Iterable[str] | None = None,
+    limit: int | None = None,
+    thresholds: dict[str, Thresholds] | None = None,
+    device: str = "cpu",
+    threads: int | None = None,
+    progress: Progress | None = None,
+    verify: bool = True,
+) -> ParityReport:
     """Compare every artifact of ``export_dir`` with its eager model; see the module docstring.
 
     Each file's sha256 is checked against the manifest before it runs (a mismatch fails the reference
@@ -364,12 +423,22 @@ def run_parity(export_dir: str | Path, *, dataset: str | None = None, data_dir: 
     plan = planned_rows(manifest, runtime_names, precision_names)
     for runtime in required:
         if not any(row.runtime == runtime for row, _ in plan):
-            plan.append((ParityRow(runtime, precision_names[0] if precision_names else "fp32", None,
-                                   status="failed", reason=f"required by --require, but {export_dir} holds no "
-                                                           f"{runtime} file"), None))
+            plan.append(
+                (
+                    ParityRow(
+                        runtime,
+                        precision_names[0] if precision_names else "fp32",
+                        None,
+                        status="failed",
+                        reason=f"required by --require, but {export_dir} holds no {runtime} file",
+                    ),
+                    None,
+                )
+            )
     if not plan:
-        raise BadInputError(f"nothing to compare: {export_dir} holds no artifact for the chosen runtimes and "
-                            f"precisions")
+        raise BadInputError(
+            f"nothing to compare: {export_dir} holds no artifact for the chosen runtimes and precisions"
+        )
     for row, entry in plan:
         if entry is None:
             if row.status == "unavailable" and row.runtime in required:
@@ -401,17 +470,32 @@ class ParityRun:
             verify_sha256(path, entry)
         return path
 
-    def measure_reference(self, manifest: dict[str, Any], card: ModelCard, dataset: str | None,
-                          limit: int | None, data_dir: str | Path | None) -> None:
+    def measure_reference(
+        self,
+        manifest: dict[str, Any],
+        card: ModelCard,
+        dataset: str | None,
+        limit: int | None,
+        data_dir: str | Path | None,
+    ) -> None:
         ref_path = self.checked_path(reference_entry(self.export_dir, manifest))
         data_name, self.batch, self.labels = test_images(card, dataset, limit, data_dir)
-        self.logits, ref_ms, ref_device = run_logits("eager", ref_path, self.batch, "eager fp32 (reference)",
-                                                     self.device, self.options, self.progress)
+        self.logits, ref_ms, ref_device = run_logits(
+            "eager", ref_path, self.batch, "eager fp32 (reference)", self.device, self.options, self.progress
+        )
         accuracy = 100.0 * float((self.logits.argmax(axis=1) == self.labels).mean())
-        self.reference = {"runtime": "eager", "precision": "fp32", "artifact": ref_path.name, "device": ref_device,
-                          "dataset": data_name, "images": int(len(self.batch)), "batch_size": BATCH_SIZE,
-                          "accuracy": accuracy, "logit_range": float(self.logits.max() - self.logits.min()) or 1.0,
-                          "latency_ms": ref_ms}
+        self.reference = {
+            "runtime": "eager",
+            "precision": "fp32",
+            "artifact": ref_path.name,
+            "device": ref_device,
+            "dataset": data_name,
+            "images": int(len(self.batch)),
+            "batch_size": BATCH_SIZE,
+            "accuracy": accuracy,
+            "logit_range": float(self.logits.max() - self.logits.min()) or 1.0,
+            "latency_ms": ref_ms,
+        }
 
     def row_options(self, row: ParityRow) -> dict[str, Any]:
         options = dict(self.options)
@@ -430,11 +514,16 @@ class ParityRun:
             row.status, row.reason = ("failed" if needed else "unavailable"), why
             return
         try:
-            logits, row.latency_ms, row.device = run_logits(row.runtime, self.checked_path(entry), self.batch,
-                                                            row.label, self.device, self.row_options(row),
-                                                            self.progress)
-            compare(row, logits, self.logits, self.labels, self.reference["accuracy"],
-                    self.reference["logit_range"])
+            logits, row.latency_ms, row.device = run_logits(
+                row.runtime,
+                self.checked_path(entry),
+                self.batch,
+                row.label,
+                self.device,
+                self.row_options(row),
+                self.progress,
+            )
+            compare(row, logits, self.logits, self.labels, self.reference["accuracy"], self.reference["logit_range"])
         except RtoolError as e:
             row.status, row.reason = "failed", str(e)
             return

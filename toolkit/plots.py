@@ -78,10 +78,8 @@ def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
         color = colors[i % len(colors)]
         epochs = [row["epoch"] for row in history]
         loss_ax.plot(epochs, [row["train_loss"] for row in history], color=color, label=name)
-        err_ax.plot(epochs, [100 * (1 - row["train_acc"]) for row in history], color=color, linestyle="--",
-                    linewidth=1)
-        err_ax.plot(epochs, [100 * (1 - row["test_acc"]) for row in history], color=color, linewidth=2,
-                    label=name)
+        err_ax.plot(epochs, [100 * (1 - row["train_acc"]) for row in history], color=color, linestyle="--", linewidth=1)
+        err_ax.plot(epochs, [100 * (1 - row["test_acc"]) for row in history], color=color, linewidth=2, label=name)
     loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss")
     err_ax.set(xlabel="epoch", ylabel="error (%)", title="error: test (solid), train (dashed)")
     for ax in (loss_ax, err_ax):
@@ -94,8 +92,9 @@ def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
 
 
 @plain_text()
-def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path,
-                     title: str = "") -> Path:
+def confusion_matrix(
+    matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: str | Path, title: str = ""
+) -> Path:
     """Counts of (true class, predicted class); the diagonal is what was right."""
     n = len(class_names)
     size = max(4.0, 0.45 * n + 2)
@@ -111,8 +110,15 @@ def confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
             for j in range(n):
                 value = matrix[i][j]
                 if value:
-                    ax.text(j, i, str(value), ha="center", va="center", fontsize=8,
-                            color="white" if value > peak / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(value),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if value > peak / 2 else "black",
+                    )
     return save_figure(fig, path)
 
 
@@ -123,7 +129,7 @@ GRID_LABEL_CHARS = 18  # longer class names are cut with "…" so neighbouring t
 def short_label(name: str, limit: int = GRID_LABEL_CHARS) -> str:
     """``name`` on one line, cut to ``limit`` characters."""
     name = " ".join(str(name).split())
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 @plain_text()
@@ -136,8 +142,7 @@ def image_grid(pixels: Any, titles: Sequence[str], wrong: Sequence[bool], title:
     count = len(titles)
     cols = min(GRID_COLUMNS, count)
     rows = -(-count // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.0 * rows + 0.5), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 2.0 * rows + 0.5), squeeze=False, layout="constrained")
     fig.get_layout_engine().set(h_pad=6 / 72, w_pad=4 / 72)
     for ax in axes.flat:
         ax.axis("off")
@@ -146,8 +151,9 @@ def image_grid(pixels: Any, titles: Sequence[str], wrong: Sequence[bool], title:
             ax.imshow(chw[0], cmap="gray", vmin=0, vmax=255)
         else:
             ax.imshow(chw.transpose(1, 2, 0))
-        ax.set_title(text, fontsize=8, color="red" if is_wrong else "black",
-                     fontweight="bold" if is_wrong else "normal", pad=4)
+        ax.set_title(
+            text, fontsize=8, color="red" if is_wrong else "black", fontweight="bold" if is_wrong else "normal", pad=4
+        )
         if is_wrong:
             ax.axis("on")
             ax.set_xticks([])

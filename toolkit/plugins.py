@@ -36,5 +36,6 @@ def import_plugins() -> None:
         try:
             importlib.import_module(name)
         except ImportError as e:
-            raise BadInputError(f"plugin module '{name}' (from {ENV_VAR} or an {ENTRY_POINT_GROUP} entry point) "
-                                f"cannot be imported: {e}") from None
+            raise BadInputError(
+                f"plugin module '{name}' (from {ENV_VAR} or an {ENTRY_POINT_GROUP} entry point) cannot be imported: {e}"
+            ) from None

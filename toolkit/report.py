@@ -20,11 +20,23 @@ from rich.markup import escape
 
 from toolkit.bench import BenchReport
 from toolkit.console import make_console
-from toolkit.fileio import atomic_path, atomic_write_text
+from toolkit.fileio import atomic_write_text
 from toolkit.parity import ParityReport, ParityRow
 
-PARITY_COLUMNS = ("runtime", "precision", "artifact", "device", "status", "accuracy", "Δ acc (pts)", "agreement",
-                  "max abs diff", "mean abs diff", "latency (ms/batch)", "reason")
+PARITY_COLUMNS = (
+    "runtime",
+    "precision",
+    "artifact",
+    "device",
+    "status",
+    "accuracy",
+    "Δ acc (pts)",
+    "agreement",
+    "max abs diff",
+    "mean abs diff",
+    "latency (ms/batch)",
+    "reason",
+)
 BENCH_COLUMNS = ("runtime", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "images/s")
 
 
@@ -47,13 +59,39 @@ def _precision_label(runtime: str, precision: str, target: str | None) -> str:
 def parity_cells(report: ParityReport) -> list[list[str]]:
     """Table rows as text: the eager reference first, then every compared row."""
     ref = report.reference
-    cells = [[ref["runtime"], ref["precision"], ref["artifact"], ref["device"], "reference", _pct(ref["accuracy"]),
-              "", "", "", "", _num(ref["latency_ms"], ".1f"), ""]]
+    cells = [
+        [
+            ref["runtime"],
+            ref["precision"],
+            ref["artifact"],
+            ref["device"],
+            "reference",
+            _pct(ref["accuracy"]),
+            "",
+            "",
+            "",
+            "",
+            _num(ref["latency_ms"], ".1f"),
+            "",
+        ]
+    ]
     for row in report.rows:
-        cells.append([row.runtime, _precision_label(row.runtime, row.precision, row.target), row.artifact or "",
-                      row.device or "", row.status, _pct(row.accuracy), _signed(row.accuracy_delta),
-                      _pct(row.agreement), _num(row.max_abs_diff), _num(row.mean_abs_diff),
-                      _num(row.latency_ms, ".1f"), row.reason])
+        cells.append(
+            [
+                row.runtime,
+                _precision_label(row.runtime, row.precision, row.target),
+                row.artifact or "",
+                row.device or "",
+                row.status,
+                _pct(row.accuracy),
+                _signed(row.accuracy_delta),
+                _pct(row.agreement),
+                _num(row.max_abs_diff),
+                _num(row.mean_abs_diff),
+                _num(row.latency_ms, ".1f"),
+                row.reason,
+            ]
+        )
     return cells
 
 
@@ -81,20 +119,32 @@ def print_parity(report: ParityReport, console: Any = None) -> None:
 
     console = console or make_console()
     ref = report.reference
-    table = Table(title=f"parity: {report.export_dir}, {ref['images']} {ref['dataset']} test images",
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    table = Table(
+        title=f"parity: {report.export_dir}, {ref['images']} {ref['dataset']} test images",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for column in ("runtime", "precision", "status", "accuracy", "Δ pts", "agree", "max Δ", "ms/batch"):
         text = column in ("runtime", "precision", "status")
         table.add_column(column, justify="left" if text else "right", no_wrap=True)
     style = {"ok": "green", "failed": "bold red", "unavailable": "yellow", "reference": "cyan"}
     rows = [None, *report.rows]
     for row, cells in zip(rows, parity_cells(report)):
-        table.add_row(cells[0], cells[1].replace(" (tensorrt)", " (trt)"), f"[{style[cells[4]]}]{cells[4]}[/]",
-                      cells[5], cells[6], cells[7], "" if row is None else _num(row.max_abs_diff, ".2g"), cells[10])
+        table.add_row(
+            cells[0],
+            cells[1].replace(" (tensorrt)", " (trt)"),
+            f"[{style[cells[4]]}]{cells[4]}[/]",
+            cells[5],
+            cells[6],
+            cells[7],
+            "" if row is None else _num(row.max_abs_diff, ".2g"),
+            cells[10],
+        )
     console.print(table)
     files = ", ".join(f"{row.artifact} on {_short_device(row.device)}" for row in report.rows if row.device)
-    console.print(f"  files: {ref['artifact']} on {ref['device']} (reference), {files}", markup=False,
-                  highlight=False)
+    console.print(f"  files: {ref['artifact']} on {ref['device']} (reference), {files}", markup=False, highlight=False)
     for reason in dict.fromkeys(f"{row.label}: {row.reason}" for row in report.rows if row.reason):
         console.print(f"  {reason}", markup=False, highlight=False)
     console.print(f"thresholds: {thresholds_line(report)}", highlight=False)
@@ -147,38 +197,55 @@ def _markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) 
 
 def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
     ref = report.reference
-    return "\n\n".join([
-        heading,
-        f"Reference: eager FP32 ({markdown_code(ref['artifact'])}) on {ref['images']} "
-        f"{markdown_code(ref['dataset'])} test images, in {batch_words(ref)}; every runtime gets the same "
-        f"preprocessed images in the same order.",
-        _markdown_table(PARITY_COLUMNS, parity_cells(report)),
-        f"Thresholds: {markdown_text(thresholds_line(report))}.",
-        f"**{markdown_text(parity_summary(report))}**",
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                heading,
+                f"Reference: eager FP32 ({markdown_code(ref['artifact'])}) on {ref['images']} "
+                f"{markdown_code(ref['dataset'])} test images, in {batch_words(ref)}; every runtime gets the same "
+                f"preprocessed images in the same order.",
+                _markdown_table(PARITY_COLUMNS, parity_cells(report)),
+                f"Thresholds: {markdown_text(thresholds_line(report))}.",
+                f"**{markdown_text(parity_summary(report))}**",
+            ]
+        )
+        + "\n"
+    )
 
 
 def bench_cells(report: BenchReport) -> list[list[str]]:
-    return [[r.runtime, _precision_label(r.runtime, r.precision, r.target), str(r.batch), f"{r.p50_ms:.2f}",
-             f"{r.p90_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.throughput:.1f}"] for r in report.rows]
+    return [
+        [
+            r.runtime,
+            _precision_label(r.runtime, r.precision, r.target),
+            str(r.batch),
+            f"{r.p50_ms:.2f}",
+            f"{r.p90_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"{r.throughput:.1f}",
+        ]
+        for r in report.rows
+    ]
 
 
 def bench_settings_line(report: BenchReport) -> str:
     s = report.settings
-    return (f"{report.model} {'x'.join(map(str, report.input_shape))}, {s['threads']} threads, {s['warmup']} warm-up "
-            f"and {s['iters']} timed calls per runtime and batch size, interleaved; device {s['device']} "
-            f"({s['machine']['cpu']}, {s['machine']['physical_cores']} physical cores, int8 dot product: "
-            f"{s['machine'].get('int8_dot_product', 'unknown')})")
+    return (
+        f"{report.model} {'x'.join(map(str, report.input_shape))}, {s['threads']} threads, {s['warmup']} warm-up "
+        f"and {s['iters']} timed calls per runtime and batch size, interleaved; device {s['device']} "
+        f"({s['machine']['cpu']}, {s['machine']['physical_cores']} physical cores, int8 dot product: "
+        f"{s['machine'].get('int8_dot_product', 'unknown')})"
+    )
 
 
 def print_bench(report: BenchReport, console: Any = None) -> None:
+    from rich import box
     from rich.table import Table
 
-    from rich import box
-
     console = console or make_console()
-    table = Table(title=f"bench: {report.source}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
-                  collapse_padding=True)
+    table = Table(
+        title=f"bench: {report.source}", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
     for column in BENCH_COLUMNS:
         table.add_column(column, justify="left" if column in ("runtime", "precision") else "right", no_wrap=True)
     for cells in bench_cells(report):
@@ -186,22 +253,30 @@ def print_bench(report: BenchReport, console: Any = None) -> None:
     console.print(table)
     console.print(bench_settings_line(report), highlight=False)
     for item in report.unavailable:
-        console.print(f"[yellow]{item['runtime']} {item['precision']} unavailable:[/] {escape(item['reason'])}",
-                      highlight=False)
+        console.print(
+            f"[yellow]{item['runtime']} {item['precision']} unavailable:[/] {escape(item['reason'])}", highlight=False
+        )
     for name, ratio in report.ratios(1).items():
         console.print(f"p50 at batch 1: {name} = {ratio:.2f}x", highlight=False)
 
 
 def bench_markdown(report: BenchReport, heading: str = "## Benchmark") -> str:
-    parts = [heading, markdown_text(bench_settings_line(report)) + ".",
-             _markdown_table(BENCH_COLUMNS, bench_cells(report))]
+    parts = [
+        heading,
+        markdown_text(bench_settings_line(report)) + ".",
+        _markdown_table(BENCH_COLUMNS, bench_cells(report)),
+    ]
     ratios = report.ratios(1)
     if ratios:
-        parts.append("p50 ratios at batch 1: " + "; ".join(f"{markdown_text(k)} = {v:.2f}x"
-                                                           for k, v in ratios.items()) + ".")
+        parts.append(
+            "p50 ratios at batch 1: " + "; ".join(f"{markdown_text(k)} = {v:.2f}x" for k, v in ratios.items()) + "."
+        )
     if report.unavailable:
-        parts.append("Not timed here: " + "; ".join(markdown_text(f"{u['runtime']} {u['precision']} ({u['reason']})")
-                                                    for u in report.unavailable) + ".")
+        parts.append(
+            "Not timed here: "
+            + "; ".join(markdown_text(f"{u['runtime']} {u['precision']} ({u['reason']})") for u in report.unavailable)
+            + "."
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -225,19 +300,25 @@ def _emit_json(target: str, document: dict[str, Any]) -> Path | None:
     return write_json(target, document)
 
 
-def write_parity_files(report: ParityReport, json_file: str | None = None, markdown_file: str | None = None,
-                       plot_file: str | None = None) -> list[Path]:
+def write_parity_files(
+    report: ParityReport, json_file: str | None = None, markdown_file: str | None = None, plot_file: str | None = None
+) -> list[Path]:
     """The requested outputs of a parity run; returns the files written."""
-    written = [_emit_json(json_file, report.to_dict()) if json_file else None,
-               write_text(markdown_file, parity_markdown(report)) if markdown_file else None,
-               parity_plot(report, plot_file) if plot_file else None]
+    written = [
+        _emit_json(json_file, report.to_dict()) if json_file else None,
+        write_text(markdown_file, parity_markdown(report)) if markdown_file else None,
+        parity_plot(report, plot_file) if plot_file else None,
+    ]
     return [p for p in written if p is not None]
 
 
-def write_bench_files(report: BenchReport, json_file: str | None = None,
-                      markdown_file: str | None = None) -> list[Path]:
-    written = [_emit_json(json_file, report.to_dict()) if json_file else None,
-               write_text(markdown_file, bench_markdown(report)) if markdown_file else None]
+def write_bench_files(
+    report: BenchReport, json_file: str | None = None, markdown_file: str | None = None
+) -> list[Path]:
+    written = [
+        _emit_json(json_file, report.to_dict()) if json_file else None,
+        write_text(markdown_file, bench_markdown(report)) if markdown_file else None,
+    ]
     return [p for p in written if p is not None]
 
 
@@ -276,12 +357,15 @@ def _failed_check(row: ParityRow, check: str) -> bool:
 
 def _check_colors(rows: list[ParityRow], check: str) -> list[str]:
     """Eager blue; then red where this check failed, orange where the row failed another check, else green."""
-    return [REFERENCE_COLOR] + [FAILED_COLOR if _failed_check(r, check) else
-                                OTHER_CHECK_COLOR if r.status == "failed" else PASSED_COLOR for r in rows]
+    return [REFERENCE_COLOR] + [
+        FAILED_COLOR if _failed_check(r, check) else OTHER_CHECK_COLOR if r.status == "failed" else PASSED_COLOR
+        for r in rows
+    ]
 
 
-def _percent_panel(ax: Any, values: list[float | None], colors: list[str], limits: list[float | None],
-                   name: str) -> None:
+def _percent_panel(
+    ax: Any, values: list[float | None], colors: list[str], limits: list[float | None], name: str
+) -> None:
     """Horizontal bars from 0 on an axis zoomed to where the values are; the axis start is in its label."""
     shown = [v for v in values + limits if v is not None]
     start = zoomed_start(shown) if shown else 0.0  # nothing measured: only the eager reference
@@ -306,14 +390,21 @@ def _failure_notes(fig: Any, report: ParityReport) -> None:
     failed = [f"{row.label}: {row.reason}" for row in report.rows if row.status == "failed"]
     if len(failed) > FAILURE_NOTES:
         failed = failed[:FAILURE_NOTES] + [f"... and {len(failed) - FAILURE_NOTES} more (see parity.md)"]
-    handles = [Patch(color=c, label=t) for c, t in ((REFERENCE_COLOR, "eager reference"),
-                                                    (PASSED_COLOR, "passed"),
-                                                    (FAILED_COLOR, "this check failed"),
-                                                    (OTHER_CHECK_COLOR, "row failed another check"))]
-    handles.append(Line2D([], [], marker="|", markersize=12, markeredgewidth=2, color="black", linestyle="",
-                          label="threshold"))
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), fontsize=8,
-               frameon=False)
+    handles = [
+        Patch(color=c, label=t)
+        for c, t in (
+            (REFERENCE_COLOR, "eager reference"),
+            (PASSED_COLOR, "passed"),
+            (FAILED_COLOR, "this check failed"),
+            (OTHER_CHECK_COLOR, "row failed another check"),
+        )
+    ]
+    handles.append(
+        Line2D([], [], marker="|", markersize=12, markeredgewidth=2, color="black", linestyle="", label="threshold")
+    )
+    fig.legend(
+        handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), fontsize=8, frameon=False
+    )
     if failed:
         fig.text(0.01, -0.1, "failed: " + "\n".join(failed), va="top", fontsize=8, color=FAILED_COLOR)
 
@@ -333,14 +424,23 @@ def parity_plot(report: ParityReport, path: str | Path) -> Path:
         limits = [report.thresholds.get(r.precision) for r in measured]
         labels = ["eager fp32"] + [r.label for r in measured]
         fig, (acc_ax, agree_ax, lat_ax) = plt.subplots(1, 3, figsize=(15, 0.45 * len(labels) + 1.8), sharey=True)
-        _percent_panel(acc_ax, [ref["accuracy"]] + [r.accuracy for r in measured],
-                       _check_colors(measured, "accuracy drop"),
-                       [None] + [None if t is None or t.accuracy_drop is None else ref["accuracy"] - t.accuracy_drop
-                                 for t in limits], "test accuracy")
+        _percent_panel(
+            acc_ax,
+            [ref["accuracy"]] + [r.accuracy for r in measured],
+            _check_colors(measured, "accuracy drop"),
+            [None]
+            + [None if t is None or t.accuracy_drop is None else ref["accuracy"] - t.accuracy_drop for t in limits],
+            "test accuracy",
+        )
         acc_ax.axvline(ref["accuracy"], color="black", linestyle="--", linewidth=1)
         acc_ax.set_title(f"accuracy on {ref['images']} {ref['dataset']} test images")
-        _percent_panel(agree_ax, [None] + [r.agreement for r in measured], _check_colors(measured, "agreement"),
-                       [None] + [None if t is None else t.agreement for t in limits], "top-1 agreement")
+        _percent_panel(
+            agree_ax,
+            [None] + [r.agreement for r in measured],
+            _check_colors(measured, "agreement"),
+            [None] + [None if t is None else t.agreement for t in limits],
+            "top-1 agreement",
+        )
         agree_ax.set_title("same top-1 class as eager")
         latency = [ref["latency_ms"]] + [r.latency_ms for r in measured]
         lat_ax.barh(range(len(labels)), latency, color=[REFERENCE_COLOR] + ["#8c8c8c"] * len(measured))
@@ -365,8 +465,14 @@ def progress_bars(enabled: bool = True, console: Any = None) -> Iterator[Callabl
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as bars:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bars:
         tasks: dict[str, Any] = {}
 
         def update(label: str, advance: int, total: int) -> None:
@@ -382,23 +488,42 @@ def _link(path: str) -> str:
     return quote(path, safe="/")
 
 
-def demo_markdown(*, title: str, intro: str, training: dict[str, Any], curves: str | None,
-                  parity: ParityReport, parity_plot_file: str | None, bench: BenchReport | None,
-                  grid: str | None, grid_caption: str, exports: list[dict[str, Any]], timings: dict[str, float],
-                  commands: list[list[str]]) -> str:
+def demo_markdown(
+    *,
+    title: str,
+    intro: str,
+    training: dict[str, Any],
+    curves: str | None,
+    parity: ParityReport,
+    parity_plot_file: str | None,
+    bench: BenchReport | None,
+    grid: str | None,
+    grid_caption: str,
+    exports: list[dict[str, Any]],
+    timings: dict[str, float],
+    commands: list[list[str]],
+) -> str:
     """The demo's report page; image paths are relative to the page.
 
     ``intro`` is rtool's own Markdown; every other text may hold user input (paths, names) and is escaped.
     ``commands`` are argument lists, quoted for a POSIX shell in the "Reproduce" block.
     """
     parts = [f"# {markdown_text(title)}", intro]
-    parts.append("## Training\n\n" + "\n".join(f"- {markdown_text(k)}: {markdown_text(v)}"
-                                                for k, v in training.items()))
+    parts.append(
+        "## Training\n\n" + "\n".join(f"- {markdown_text(k)}: {markdown_text(v)}" for k, v in training.items())
+    )
     if curves:
         parts.append(f"![training curves]({_link(curves)})")
-    rows = [[e["file"], e["format"], _precision_label(e.get("runtime", ""), e["precision"], e.get("target")),
-             e.get("runtime", ""), f"{e['size'] / 1e6:.2f} MB" if e["size"] >= 1e5 else f"{e['size'] / 1e3:.1f} kB"]
-            for e in exports]
+    rows = [
+        [
+            e["file"],
+            e["format"],
+            _precision_label(e.get("runtime", ""), e["precision"], e.get("target")),
+            e.get("runtime", ""),
+            f"{e['size'] / 1e6:.2f} MB" if e["size"] >= 1e5 else f"{e['size'] / 1e3:.1f} kB",
+        ]
+        for e in exports
+    ]
     parts.append("## Exported files\n\n" + _markdown_table(("file", "format", "precision", "runtime", "size"), rows))
     parts.append(parity_markdown(parity).rstrip())
     if parity_plot_file:

@@ -39,8 +39,12 @@ def _refuse_location(path: Path, tensor: str, location: str) -> str:
     """Why an external-data location is not a plain relative path inside the model's folder ('' if it is)."""
     if not location:
         return "an empty location"
-    if PurePosixPath(location).is_absolute() or PureWindowsPath(location).is_absolute() \
-            or PureWindowsPath(location).drive or location.startswith(("/", "\\")):
+    if (
+        PurePosixPath(location).is_absolute()
+        or PureWindowsPath(location).is_absolute()
+        or PureWindowsPath(location).drive
+        or location.startswith(("/", "\\"))
+    ):
         return f"the absolute path '{location}'"
     if ".." in PurePosixPath(location.replace("\\", "/")).parts:
         return f"'{location}', which climbs out with '..'"
@@ -56,20 +60,28 @@ def check_external_data(path: Path, tensor: Any) -> None:
     location = info.get("location", "")
     why = _refuse_location(path, tensor.name, location)
     if why:
-        raise UnsafeFileError(f"refused {path.name}: tensor '{tensor.name}' takes its data from {why}; an ONNX "
-                              f"file may only use data files inside its own folder")
+        raise UnsafeFileError(
+            f"refused {path.name}: tensor '{tensor.name}' takes its data from {why}; an ONNX "
+            f"file may only use data files inside its own folder"
+        )
     data_file = path.resolve().parent / location
     if not data_file.is_file():
-        raise BadInputError(f"{path.name}: tensor '{tensor.name}' needs the data file {location}, which is missing "
-                            f"beside it; copy it along or re-export as one file")
+        raise BadInputError(
+            f"{path.name}: tensor '{tensor.name}' needs the data file {location}, which is missing "
+            f"beside it; copy it along or re-export as one file"
+        )
     try:
         offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
     except ValueError:
-        raise BadInputError(f"{path.name}: tensor '{tensor.name}' has a malformed external-data offset/length") from None
+        raise BadInputError(
+            f"{path.name}: tensor '{tensor.name}' has a malformed external-data offset/length"
+        ) from None
     size = data_file.stat().st_size
     if offset < 0 or offset > size or (length >= 0 and offset + length > size):
-        raise BadInputError(f"{path.name}: tensor '{tensor.name}' asks for bytes beyond the end of {location} "
-                            f"({size} bytes); the files are truncated or do not belong together")
+        raise BadInputError(
+            f"{path.name}: tensor '{tensor.name}' asks for bytes beyond the end of {location} "
+            f"({size} bytes); the files are truncated or do not belong together"
+        )
 
 
 def _tensors(graph: Any, where: str = "graph") -> Iterator[tuple[Any, str]]:
@@ -98,12 +110,15 @@ def _elements(dims: Any) -> int:
 
 def _check_tensor(path: Path, tensor: Any, where: str) -> None:
     if any(int(d) < 0 for d in tensor.dims):
-        raise BadInputError(f"{path.name}: tensor '{tensor.name}' ({where}) has a negative dimension; "
-                            f"the file is corrupt")
+        raise BadInputError(
+            f"{path.name}: tensor '{tensor.name}' ({where}) has a negative dimension; the file is corrupt"
+        )
     count = _elements(tensor.dims)
     if count > MAX_TENSOR_ELEMENTS:
-        raise BadInputError(f"{path.name}: tensor '{tensor.name}' ({where}) claims {count:,} elements (limit "
-                            f"{MAX_TENSOR_ELEMENTS:,}); the file is corrupt or hostile")
+        raise BadInputError(
+            f"{path.name}: tensor '{tensor.name}' ({where}) claims {count:,} elements (limit "
+            f"{MAX_TENSOR_ELEMENTS:,}); the file is corrupt or hostile"
+        )
 
 
 def _check_value_infos(path: Path, values: Any, kind: str) -> None:
@@ -112,8 +127,10 @@ def _check_value_infos(path: Path, values: Any, kind: str) -> None:
             continue
         dims = [d.dim_value for d in value.type.tensor_type.shape.dim if d.HasField("dim_value")]
         if any(d > MAX_STATIC_DIM for d in dims) or _elements(dims) > MAX_TENSOR_ELEMENTS:
-            raise BadInputError(f"{path.name}: {kind} '{value.name}' has the absurd shape {dims} (a dimension "
-                                f"above {MAX_STATIC_DIM:,}); the file is corrupt or hostile")
+            raise BadInputError(
+                f"{path.name}: {kind} '{value.name}' has the absurd shape {dims} (a dimension "
+                f"above {MAX_STATIC_DIM:,}); the file is corrupt or hostile"
+            )
 
 
 def _check_constant_of_shape(path: Path, graph: Any) -> None:
@@ -137,8 +154,10 @@ def _check_constant_of_shape(path: Path, graph: Any) -> None:
         except (ValueError, TypeError):
             continue
         if any(d < 0 for d in shape) or _elements(shape) > MAX_TENSOR_ELEMENTS:
-            raise BadInputError(f"{path.name}: node {node.name or 'ConstantOfShape'} would build a tensor of shape "
-                                f"{shape} (limit {MAX_TENSOR_ELEMENTS:,} elements); the file is corrupt or hostile")
+            raise BadInputError(
+                f"{path.name}: node {node.name or 'ConstantOfShape'} would build a tensor of shape "
+                f"{shape} (limit {MAX_TENSOR_ELEMENTS:,} elements); the file is corrupt or hostile"
+            )
 
 
 def check_onnx_file(path: str | Path) -> Any:
@@ -192,16 +211,22 @@ def check_stored_records(path: Path, archive: zipfile.ZipFile) -> None:
         member = repr(info.filename[:80])  # a hostile name may hold newlines
         if info.compress_type != zipfile.ZIP_STORED:
             method = COMPRESSION_NAMES.get(info.compress_type, f"method {info.compress_type}")
-            raise UnsafeFileError(f"refused {path.name}: its record {member} is compressed ({method}), which "
-                                  f"torch.save never does, and it would inflate to {info.file_size:,} bytes; only "
-                                  f"load files saved by torch.save")
+            raise UnsafeFileError(
+                f"refused {path.name}: its record {member} is compressed ({method}), which "
+                f"torch.save never does, and it would inflate to {info.file_size:,} bytes; only "
+                f"load files saved by torch.save"
+            )
         if info.file_size != info.compress_size:
-            raise BadInputError(f"{path.name}: its record {member} says it holds {info.file_size:,} bytes but "
-                                f"stores {info.compress_size:,}; it is corrupt or forged")
+            raise BadInputError(
+                f"{path.name}: its record {member} says it holds {info.file_size:,} bytes but "
+                f"stores {info.compress_size:,}; it is corrupt or forged"
+            )
         claimed += info.file_size
         if info.header_offset + info.file_size > size or claimed > size:
-            raise BadInputError(f"{path.name}: its records claim {claimed:,} bytes, more than the file's {size:,} "
-                                f"({member}: {info.file_size:,}); it is truncated or forged")
+            raise BadInputError(
+                f"{path.name}: its records claim {claimed:,} bytes, more than the file's {size:,} "
+                f"({member}: {info.file_size:,}); it is truncated or forged"
+            )
 
 
 # ---------------------------------------------------------------- torch.export archives
@@ -233,14 +258,17 @@ def _pt2_root(path: Path, names: list[str]) -> str:
     """The archive's one top folder (torch.export.save writes every member under it)."""
     roots = {name.split("/", 1)[0] for name in names}
     if len(roots) != 1 or any("/" not in name for name in names):
-        raise BadInputError(f"{path.name} is not a torch.export archive (its members are not under one folder); "
-                            f"re-export it")
+        raise BadInputError(
+            f"{path.name} is not a torch.export archive (its members are not under one folder); re-export it"
+        )
     return roots.pop() + "/"
 
 
 def _refuse_pt2(path: Path, what: str) -> UnsafeFileError:
-    return UnsafeFileError(f"refused {path.name}: {what}, which torch.export.load would unpickle or run; "
-                           f"rtool opens .pt2 files of plain tensors only (re-export it with `rtool export`)")
+    return UnsafeFileError(
+        f"refused {path.name}: {what}, which torch.export.load would unpickle or run; "
+        f"rtool opens .pt2 files of plain tensors only (re-export it with `rtool export`)"
+    )
 
 
 def _check_pt2_members(path: Path, members: list[str]) -> None:
@@ -281,8 +309,10 @@ def _check_pickled_parts(path: Path, archive: zipfile.ZipFile, root: str, member
         except pickle.UnpicklingError:
             raise _refuse_pt2(path, f"its part {name} needs more than plain tensors to load") from None
         except Exception as e:  # torch raises many kinds for a broken part; each means "corrupt"
-            raise BadInputError(f"{path.name} is not a readable torch.export file ({name} is corrupt: "
-                                f"{e.__class__.__name__}); re-export it") from None
+            raise BadInputError(
+                f"{path.name} is not a readable torch.export file ({name} is corrupt: "
+                f"{e.__class__.__name__}); re-export it"
+            ) from None
 
 
 def check_pt2_archive(path: str | Path) -> None:
@@ -293,11 +323,12 @@ def check_pt2_archive(path: str | Path) -> None:
             check_stored_records(path, archive)  # torch.export.save stores every record as is
             names = [n for n in archive.namelist() if not n.endswith("/")]
             root = _pt2_root(path, names)
-            members = [n[len(root):] for n in names]
+            members = [n[len(root) :] for n in names]
             _check_pt2_members(path, members)
             for config_name in (m for m in members if m.endswith("_config.json")):
                 _check_pt2_config(path, archive, root, config_name, set(members))
             _check_pickled_parts(path, archive, root, members)
     except DAMAGED_ZIP_ERRORS as e:
-        raise BadInputError(f"{path.name} is not a readable torch.export file ({e.__class__.__name__}: "
-                            f"{str(e)[:120]}); re-export it") from None
+        raise BadInputError(
+            f"{path.name} is not a readable torch.export file ({e.__class__.__name__}: {str(e)[:120]}); re-export it"
+        ) from None

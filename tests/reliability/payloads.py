@@ -50,8 +50,13 @@ def _real_payload() -> dict:
     """What a genuine rtool checkpoint holds: format, version, card, weights, training state."""
     model = create_model("resnet20", in_channels=1, num_classes=10)
     card = make_card("resnet20", class_names=[str(d) for d in range(10)], input_spec=SPEC, dataset="mnist5k")
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "card": card.to_json(),
-            "state_dict": model.state_dict(), "train_state": {}}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "card": card.to_json(),
+        "state_dict": model.state_dict(),
+        "train_state": {},
+    }
 
 
 def _torch_save(obj: object, path: Path) -> Path:
@@ -71,8 +76,10 @@ def hostile_checkpoints(folder: Path, marker: Path) -> dict[str, Path]:
         "zip-disguised-checkpoint": _torch_save(disguised, folder / "disguised.pt"),
         "zip-disguised-state-dict": _torch_save(state, folder / "weights.pth"),
     }
-    for name, payload, protocol in (("raw-pickle-p0", ExecPayload(marker), 0),
-                                    ("raw-pickle-p5", SystemPayload(marker), 5)):
+    for name, payload, protocol in (
+        ("raw-pickle-p0", ExecPayload(marker), 0),
+        ("raw-pickle-p5", SystemPayload(marker), 5),
+    ):
         path = folder / f"{name}.pth"
         path.write_bytes(pickle.dumps({"state_dict": payload}, protocol=protocol))
         files[name] = path
@@ -104,11 +111,13 @@ def hostile_pt2(real_pt2: Path, folder: Path, marker: Path) -> dict[str, Path]:
 
 # ---------------------------------------------------------------- ONNX
 
+
 def _graph_model(nodes, initializers, x_shape=(4,), y_shape=(4,)) -> onnx.ModelProto:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, list(y_shape))
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], initializer=initializers),
-                              opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y], initializer=initializers), opset_imports=[helper.make_opsetid("", 18)]
+    )
     model.ir_version = 9
     return model
 
@@ -141,30 +150,37 @@ def absurd_onnx_models(folder: Path) -> dict[str, Path]:
     """Small ONNX files that claim absurd sizes: each would make a runtime allocate terabytes."""
     huge = TensorProto()
     huge.name, huge.data_type = "W", TensorProto.FLOAT
-    huge.dims.extend([10 ** 12])
+    huge.dims.extend([10**12])
     huge.raw_data = b"\0" * 16
     attr = TensorProto()
     attr.name, attr.data_type = "c", TensorProto.FLOAT
-    attr.dims.extend([10 ** 6, 10 ** 6])
-    shape = helper.make_tensor("s", TensorProto.INT64, [1], [2 ** 40])
+    attr.dims.extend([10**6, 10**6])
+    shape = helper.make_tensor("s", TensorProto.INT64, [1], [2**40])
     one = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
     far = TensorProto()
     far.name, far.data_type, far.data_location = "W", TensorProto.FLOAT, TensorProto.EXTERNAL
     far.dims.extend([4])
-    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(4 * 10 ** 12))):
+    for key, value in (("location", "w.bin"), ("offset", "0"), ("length", str(4 * 10**12))):
         entry = far.external_data.add()
         entry.key, entry.value = key, value
     (folder / "beyond").mkdir(parents=True, exist_ok=True)
     (folder / "beyond" / "w.bin").write_bytes(b"\0" * 16)
     models = {
-        "initializer-1e12": _graph_model([helper.make_node("Identity", ["W"], ["y"])], [huge], y_shape=[10 ** 12]),
-        "constant-1e12": _graph_model([helper.make_node("Constant", [], ["c"], value=attr),
-                                       helper.make_node("Add", ["x", "c"], ["y"])], []),
-        "input-dim-2^40": _graph_model([helper.make_node("Identity", ["x"], ["y"])], [], (2 ** 40, 1, 28, 28),
-                                       (2 ** 40, 1, 28, 28)),
-        "constant-of-shape-2^40": _graph_model([helper.make_node("ConstantOfShape", ["s"], ["big"], value=one),
-                                                helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
-                                                helper.make_node("Add", ["x", "r"], ["y"])], [shape]),
+        "initializer-1e12": _graph_model([helper.make_node("Identity", ["W"], ["y"])], [huge], y_shape=[10**12]),
+        "constant-1e12": _graph_model(
+            [helper.make_node("Constant", [], ["c"], value=attr), helper.make_node("Add", ["x", "c"], ["y"])], []
+        ),
+        "input-dim-2^40": _graph_model(
+            [helper.make_node("Identity", ["x"], ["y"])], [], (2**40, 1, 28, 28), (2**40, 1, 28, 28)
+        ),
+        "constant-of-shape-2^40": _graph_model(
+            [
+                helper.make_node("ConstantOfShape", ["s"], ["big"], value=one),
+                helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+                helper.make_node("Add", ["x", "r"], ["y"]),
+            ],
+            [shape],
+        ),
         "external-length-beyond-file": _graph_model([helper.make_node("Add", ["x", "W"], ["y"])], [far]),
     }
     paths = {}
@@ -181,7 +197,7 @@ def truncated_copies(path: Path, folder: Path, fractions=(0.0005, 0.1, 0.5, 0.99
     out = {}
     for fraction in fractions:
         cut = folder / f"cut{fraction:g}{path.suffix}"
-        cut.write_bytes(data[:max(1, int(len(data) * fraction))])
+        cut.write_bytes(data[: max(1, int(len(data) * fraction))])
         out[f"truncated-{fraction:g}"] = cut
     return out
 
@@ -192,10 +208,9 @@ def nudge_onnx_weight(path: Path) -> None:
     weight = external_weight_bytes(path)
     start = bytes(data).find(weight)
     assert start > 0
-    value = np.frombuffer(bytes(data[start:start + 4]), dtype=np.float32)
-    data[start:start + 4] = np.nextafter(value, np.float32(np.inf)).astype(np.float32).tobytes()
+    value = np.frombuffer(bytes(data[start : start + 4]), dtype=np.float32)
+    data[start : start + 4] = np.nextafter(value, np.float32(np.inf)).astype(np.float32).tobytes()
     path.write_bytes(bytes(data))
-
 
 
 ESCAPES = ("dot-dot", "absolute", "symlink")
@@ -221,11 +236,16 @@ def escaping_onnx_models(real_onnx: Path, folder: Path) -> dict[str, tuple[Path,
         kind = target.split(".")[1]
         link = model_dir / f"link-{kind}.bin"
         os.symlink((outside / target).resolve(), link)
-        locations = {"dot-dot": f"../outside/{target}", "absolute": str((outside / target).resolve()),
-                     "symlink": link.name}
+        locations = {
+            "dot-dot": f"../outside/{target}",
+            "absolute": str((outside / target).resolve()),
+            "symlink": link.name,
+        }
         for escape, location in locations.items():
-            files[f"{escape}/{kind}"] = (move_to_external(real_onnx, model_dir / f"{escape}-{kind}.onnx", location),
-                                         outside / target)
+            files[f"{escape}/{kind}"] = (
+                move_to_external(real_onnx, model_dir / f"{escape}-{kind}.onnx", location),
+                outside / target,
+            )
     return files
 
 
@@ -235,11 +255,18 @@ def computed_shape_model(real_onnx: Path, path: Path) -> Path:
     The shape is computed (2^20 * 2^20), so no static check can see it: the
     runtime must fail the allocation and say so, not hang or crash.
     """
-    s = helper.make_tensor("s", TensorProto.INT64, [1], [2 ** 20])
+    s = helper.make_tensor("s", TensorProto.INT64, [1], [2**20])
     one = helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
-    model = _graph_model([helper.make_node("Mul", ["s", "s"], ["s2"]),
-                          helper.make_node("ConstantOfShape", ["s2"], ["big"], value=one),
-                          helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
-                          helper.make_node("Add", ["x", "r"], ["y"])], [s], ("N", 1, 28, 28), ("N", 1, 28, 28))
+    model = _graph_model(
+        [
+            helper.make_node("Mul", ["s", "s"], ["s2"]),
+            helper.make_node("ConstantOfShape", ["s2"], ["big"], value=one),
+            helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+            helper.make_node("Add", ["x", "r"], ["y"]),
+        ],
+        [s],
+        ("N", 1, 28, 28),
+        ("N", 1, 28, 28),
+    )
     model.metadata_props.extend(onnx.load(str(real_onnx), load_external_data=False).metadata_props)
     return save_model(model, path)

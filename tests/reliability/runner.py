@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from conftest import run_rtool
 
 
-def run_many(commands: dict[str, tuple], timeout: float = 120, workers: int = 2) -> dict[str, subprocess.CompletedProcess]:
+def run_many(
+    commands: dict[str, tuple], timeout: float = 120, workers: int = 2
+) -> dict[str, subprocess.CompletedProcess]:
     """Run ``rtool`` with each argument tuple, ``workers`` at a time; results by the same keys."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {key: pool.submit(run_rtool, *args, timeout=timeout) for key, args in commands.items()}

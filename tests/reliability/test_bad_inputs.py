@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error
-from reliability.runner import run_many
 from runtimes import open_runtime
 from toolkit.errors import BadInputError
+
+from conftest import assert_one_line_error
+from reliability.runner import run_many
 
 
 @pytest.fixture(scope="module")
@@ -62,68 +63,122 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
         # images and data
         "image of another size and colour": (
             ("infer", onnx_file, f["rgb50x40.png"]),
-            "rgb50x40.png is 50x40 RGB; converted to 28x28 L as the model card says", 0),
+            "rgb50x40.png is 50x40 RGB; converted to 28x28 L as the model card says",
+            0,
+        ),
         "grey image of another size": (("infer", onnx_file, f["grey12x10.png"]), "converted to 28x28 L", 0),
         "not an image": (("infer", onnx_file, f["notes.png"]), "notes.png is not a usable image", 2),
         "truncated image": (("infer", onnx_file, f["cut.png"]), "cut.png is not a usable image", 2),
         "image is a folder": (("infer", onnx_file, f["empty"]), "is a folder; give image files", 2),
-        "image does not exist": (("infer", onnx_file, f["folder"] / "nope.png"),
-                                 "does not exist; give image files", 2),
-        "empty folder as model": (("infer", f["empty"], digit),
-                                  "has no manifest.json; make one with `rtool export", 2),
+        "image does not exist": (("infer", onnx_file, f["folder"] / "nope.png"), "does not exist; give image files", 2),
+        "empty folder as model": (("infer", f["empty"], digit), "has no manifest.json; make one with `rtool export", 2),
         "model does not exist": (("infer", f["folder"] / "nope.onnx", digit), "does not exist (give a checkpoint", 2),
-        "no runtime for the file": (("infer", f["notes.png"], digit),
-                                    "no runtime opens 'notes.png'; expected one of", 2),
+        "no runtime for the file": (
+            ("infer", f["notes.png"], digit),
+            "no runtime opens 'notes.png'; expected one of",
+            2,
+        ),
         "nothing to predict": (("infer", onnx_file), "nothing to predict: give image files, or --dataset", 2),
-        "empty image folder data set": (("train", "--dataset", f"imagefolder:{f['empty']}", "--out", out / "t1"),
-                                        "has no class sub-folders; lay it out as", 2),
-        "image folder does not exist": (("train", "--dataset", "imagefolder:/nonexistent/images", "--out", out / "t2"),
-                                        "does not exist; pass --dataset imagefolder:PATH", 2),
+        "empty image folder data set": (
+            ("train", "--dataset", f"imagefolder:{f['empty']}", "--out", out / "t1"),
+            "has no class sub-folders; lay it out as",
+            2,
+        ),
+        "image folder does not exist": (
+            ("train", "--dataset", "imagefolder:/nonexistent/images", "--out", out / "t2"),
+            "does not exist; pass --dataset imagefolder:PATH",
+            2,
+        ),
         # names
-        "unknown model": (("train", "--model", "resnet9000", "--out", out / "t3"),
-                          "unknown model 'resnet9000'; choose one of", 2),
-        "unknown model to export": (("export", "resnet9000", "--input-shape", "1x28x28", "--out", out / "x1"),
-                                    "unknown model 'resnet9000'; choose one of", 2),
-        "unknown data set": (("train", "--dataset", "nosuchdata", "--out", out / "t4"),
-                             "unknown data set 'nosuchdata'; choose one of", 2),
-        "unknown format": (("export", ckpt, "--format", "tflite", "--out", out / "x2"),
-                           "unknown format 'tflite'; choose one of", 2),
+        "unknown model": (
+            ("train", "--model", "resnet9000", "--out", out / "t3"),
+            "unknown model 'resnet9000'; choose one of",
+            2,
+        ),
+        "unknown model to export": (
+            ("export", "resnet9000", "--input-shape", "1x28x28", "--out", out / "x1"),
+            "unknown model 'resnet9000'; choose one of",
+            2,
+        ),
+        "unknown data set": (
+            ("train", "--dataset", "nosuchdata", "--out", out / "t4"),
+            "unknown data set 'nosuchdata'; choose one of",
+            2,
+        ),
+        "unknown format": (
+            ("export", ckpt, "--format", "tflite", "--out", out / "x2"),
+            "unknown format 'tflite'; choose one of",
+            2,
+        ),
         "unknown runtime": (("infer", onnx_file, digit, "--runtime", "tvm"), "unknown runtime 'tvm'; choose one of", 2),
         "unknown runtime to compare": (("parity", export, "--runtimes", "tvm"), "unknown 'tvm'; choose from", 2),
         "unknown provider": (("infer", onnx_file, digit, "--provider", "rocm"), "'rocm' is not one of", 2),
         # numbers out of range
         "zero epochs": (("train", "--epochs", "0", "--out", out / "t5"), "--epochs': 0 is not in the range 1<=x<=", 2),
-        "negative batch size": (("train", "--batch-size", "-1", "--out", out / "t6"),
-                                "--batch-size': -1 is not in the range", 2),
+        "negative batch size": (
+            ("train", "--batch-size", "-1", "--out", out / "t6"),
+            "--batch-size': -1 is not in the range",
+            2,
+        ),
         "zero learning rate": (("train", "--lr", "0", "--out", out / "t7"), "--lr': 0.0 is not in the range x>0", 2),
-        "more images than the data set": (("infer", onnx_file, "--dataset", "mnist5k", "--first", "100000"),
-                                          "--first 100000 is more than the 1000 test images of mnist5k", 2),
-        "zero calibration images": (("export", ckpt, "--precision", "int8", "--calib-size", "0", "--out", out / "x4"),
-                                    "--calib-size must be at least 1", 2),
+        "more images than the data set": (
+            ("infer", onnx_file, "--dataset", "mnist5k", "--first", "100000"),
+            "--first 100000 is more than the 1000 test images of mnist5k",
+            2,
+        ),
+        "zero calibration images": (
+            ("export", ckpt, "--precision", "int8", "--calib-size", "0", "--out", out / "x4"),
+            "--calib-size must be at least 1",
+            2,
+        ),
         "zero test images to score": (("eval", ckpt, "--limit", "0"), "--limit': 0 is not in the range x>=1", 2),
         "zero test images to compare": (("parity", export, "--limit", "0"), "--limit': 0 is not in the range x>=1", 2),
         "zero classes shown": (("infer", onnx_file, digit, "--topk", "0"), "--topk': 0 is not in the range x>=1", 2),
         "zero batch size to time": (("bench", ckpt, "--batch-sizes", "0"), "give positive integers like 1,8,32", 2),
         # output paths
-        "run folder under a file": (("train", "--out", f["a-file"] / "run"),
-                                    "a-file is a file, not a folder; choose another --out", 2),
-        "grid under a file": (("infer", onnx_file, digit, "--save-grid", f["a-file"] / "grid.png"),
-                              "is a file, not a folder; choose another --save-grid", 2),
-        "parity JSON under a file": (("parity", export, "--json", f["a-file"] / "p.json"),
-                                     "is a file, not a folder; choose another --json", 2),
-        "eval folder under a file": (("eval", ckpt, "--out", f["a-file"] / "eval"),
-                                     "is a file, not a folder; choose another --out", 2),
+        "run folder under a file": (
+            ("train", "--out", f["a-file"] / "run"),
+            "a-file is a file, not a folder; choose another --out",
+            2,
+        ),
+        "grid under a file": (
+            ("infer", onnx_file, digit, "--save-grid", f["a-file"] / "grid.png"),
+            "is a file, not a folder; choose another --save-grid",
+            2,
+        ),
+        "parity JSON under a file": (
+            ("parity", export, "--json", f["a-file"] / "p.json"),
+            "is a file, not a folder; choose another --json",
+            2,
+        ),
+        "eval folder under a file": (
+            ("eval", ckpt, "--out", f["a-file"] / "eval"),
+            "is a file, not a folder; choose another --out",
+            2,
+        ),
     }
     if ro is not None:
-        rows.update({
-            "read-only run folder": (("train", "--out", ro), "is not writable; choose another --out", 2),
-            "read-only export folder": (("export", ckpt, "--out", ro), "is not writable; choose another --out", 2),
-            "grid in a read-only folder": (("infer", onnx_file, digit, "--save-grid", ro / "grid.png"),
-                                           "is not writable; choose another --save-grid", 2),
-            "parity Markdown in a read-only folder": (("parity", export, "--markdown", ro / "p.md"),
-                                                      "is not writable; choose another --markdown", 2),
-            "eval into a read-only folder": (("eval", ckpt, "--out", ro), "is not writable; choose another --out", 2),
-        })
+        rows.update(
+            {
+                "read-only run folder": (("train", "--out", ro), "is not writable; choose another --out", 2),
+                "read-only export folder": (("export", ckpt, "--out", ro), "is not writable; choose another --out", 2),
+                "grid in a read-only folder": (
+                    ("infer", onnx_file, digit, "--save-grid", ro / "grid.png"),
+                    "is not writable; choose another --save-grid",
+                    2,
+                ),
+                "parity Markdown in a read-only folder": (
+                    ("parity", export, "--markdown", ro / "p.md"),
+                    "is not writable; choose another --markdown",
+                    2,
+                ),
+                "eval into a read-only folder": (
+                    ("eval", ckpt, "--out", ro),
+                    "is not writable; choose another --out",
+                    2,
+                ),
+            }
+        )
     return rows
 
 
@@ -132,13 +187,13 @@ def test_every_bad_input_gives_exit_2_and_one_line(untrained_checkpoint, cpu_exp
     rows = table(untrained_checkpoint, cpu_export_dir, digit_png, files, ro)
     results = run_many({name: args for name, (args, _, _) in rows.items()})
     failures = []
-    for name, (args, says, code) in rows.items():
+    for name, (_args, says, code) in rows.items():
         result = results[name]
         try:
             if code == 0:  # converted, and said so on one line
                 assert result.returncode == 0, result.stderr
                 lines = [line for line in result.stderr.splitlines() if line.strip()]
-                assert lines == [f"rtool: note: {lines[0][len('rtool: note: '):]}"] and says in lines[0], lines
+                assert lines == [f"rtool: note: {lines[0][len('rtool: note: ') :]}"] and says in lines[0], lines
             else:
                 assert_one_line_error(result, code, says)
         except AssertionError as e:
@@ -151,8 +206,9 @@ def test_every_bad_input_gives_exit_2_and_one_line(untrained_checkpoint, cpu_exp
         pytest.skip(f"read-only output folder rows not run: {why_not}")
 
 
-@pytest.mark.parametrize("runtime, file", [("onnxruntime", "model.onnx"), ("onnxruntime", "model.int8-cpu.onnx"),
-                                           ("eager", "model.pt")])
+@pytest.mark.parametrize(
+    "runtime, file", [("onnxruntime", "model.onnx"), ("onnxruntime", "model.int8-cpu.onnx"), ("eager", "model.pt")]
+)
 def test_runtimes_refuse_nan_inf_and_malformed_batches(cpu_export_dir, runtime, file):
     good = np.zeros((2, 1, 28, 28), dtype=np.float32)
     bad = {

@@ -27,7 +27,7 @@ def batches() -> list[np.ndarray]:
     test = load_dataset("mnist5k").test.images.numpy()
     sizes = [1, 4, 7, 16, 17, 2, 9, 12]
     starts = np.cumsum([0, *sizes[:-1]])
-    return [test[s:s + n] for s, n in zip(starts, sizes)]
+    return [test[s : s + n] for s, n in zip(starts, sizes)]
 
 
 @pytest.mark.parametrize("file", ["model.onnx", "model.int8-cpu.onnx"])

@@ -6,7 +6,6 @@ carries it (checkpoint, ONNX metadata, TorchScript or torch.export extra file), 
 from __future__ import annotations
 
 import json
-import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -15,26 +14,29 @@ import onnx
 import pytest
 import torch
 
-from conftest import MNIST_SPEC, assert_one_line_error
-from reliability.payloads import _real_payload
-from reliability.runner import run_many
 from runtimes import open_runtime
 from runtimes.cards import check_card_fits_input, read_card
 from toolkit.card import EXTRA_FILE_NAME, MAX_INPUT_SIDE, ONNX_METADATA_KEY, InputSpec, ModelCard
-from toolkit.checkpoint import load_checkpoint, make_card
+from toolkit.checkpoint import make_card
 from toolkit.errors import BadInputError
 from toolkit.jsonsafe import MAX_JSON_BYTES, MAX_JSON_DEPTH, load_json_text
+
+from conftest import MNIST_SPEC, assert_one_line_error
+from reliability.payloads import _real_payload
+from reliability.runner import run_many
 
 DEEP = 100_000
 
 
 def real_card() -> dict[str, Any]:
-    return make_card("resnet20", class_names=[str(d) for d in range(10)], input_spec=MNIST_SPEC,
-                     dataset="mnist5k").to_dict()
+    return make_card(
+        "resnet20", class_names=[str(d) for d in range(10)], input_spec=MNIST_SPEC, dataset="mnist5k"
+    ).to_dict()
 
 
 def changed(**fields: Any) -> Callable[[], str]:
     """The real card's JSON with fields replaced; ``a__b`` reaches into an object (``input__height``)."""
+
     def text() -> str:
         card = real_card()
         for dotted, value in fields.items():
@@ -44,6 +46,7 @@ def changed(**fields: Any) -> Callable[[], str]:
                 target = target[parent]
             target[key] = value
         return json.dumps(card)
+
     return text
 
 
@@ -66,8 +69,10 @@ HOSTILE_CARDS: dict[str, tuple[Callable[[], str], str]] = {
     "duplicate class name": (changed(class_names=["0"] * 10), "appears twice"),
     "class name a number": (changed(class_names=list(range(10))), "class name must be non-empty text"),
     "empty class name": (changed(class_names=[""] + [str(d) for d in range(1, 10)]), "non-empty text"),
-    "class name of 5000 characters": (changed(class_names=["x" * 5000] + [str(d) for d in range(1, 10)]),
-                                      "5,000 characters"),
+    "class name of 5000 characters": (
+        changed(class_names=["x" * 5000] + [str(d) for d in range(1, 10)]),
+        "5,000 characters",
+    ),
     "input 40000x40000": (changed(input__height=40_000, input__width=40_000), f"at most {MAX_INPUT_SIDE}"),
     "input 2 channels": (changed(input__channels=2), "1 or 3 channels"),
     "input height 0": (changed(input__height=0), "positive size"),
@@ -124,8 +129,9 @@ def test_the_limits_refuse_nothing_rtool_writes():
     """Controls: a real card, 100,000 classes, the largest sides, every real file's nesting, unicode names."""
     assert ModelCard.from_json(json.dumps(real_card())).num_classes == 10
     names = [f"класс {k} 猫 é" for k in range(100_000)]
-    big = make_card("resnet18", class_names=names, input_spec=InputSpec(3, MAX_INPUT_SIDE, MAX_INPUT_SIDE,
-                                                                        [0.5] * 3, [0.25] * 3))
+    big = make_card(
+        "resnet18", class_names=names, input_spec=InputSpec(3, MAX_INPUT_SIDE, MAX_INPUT_SIDE, [0.5] * 3, [0.25] * 3)
+    )
     assert ModelCard.from_json(big.to_json()) == big
     assert load_json_text("[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH, "x") is not None
     assert load_json_text('["[[[[", {"a": "]]]]{{{{"}]', "x", max_depth=2) == ["[[[[", {"a": "]]]]{{{{"}]
@@ -162,27 +168,38 @@ def zip_carrying(text: str, real: Path, path: Path) -> Path:
 @pytest.fixture
 def carriers(export_copy, tmp_path) -> Callable[[str, str], dict[str, Path]]:
     """Files of every kind that carries a card, in a folder without a manifest, holding ``text`` as their card."""
+
     def make(tag: str, text: str) -> dict[str, Path]:
         folder = tmp_path / tag
         folder.mkdir()
-        return {"checkpoint": checkpoint_carrying(text, folder / "model.pt"),
-                "onnx": onnx_carrying(text, export_copy / "model.onnx", folder / "model.onnx"),
-                "torchscript": zip_carrying(text, export_copy / "model.ts", folder / "model.ts"),
-                "pt2": zip_carrying(text, export_copy / "model.pt2", folder / "model.pt2")}
+        return {
+            "checkpoint": checkpoint_carrying(text, folder / "model.pt"),
+            "onnx": onnx_carrying(text, export_copy / "model.onnx", folder / "model.onnx"),
+            "torchscript": zip_carrying(text, export_copy / "model.ts", folder / "model.ts"),
+            "pt2": zip_carrying(text, export_copy / "model.pt2", folder / "model.pt2"),
+        }
+
     return make
 
 
 RUNTIME_OF = {"checkpoint": "eager", "onnx": "onnxruntime", "torchscript": "torchscript", "pt2": "pt2"}
-CARRIED = ("JSON nested 100k deep inside", "integer of 5000 digits", "num_classes 2e9",
-           "model_args.num_classes 2e9", "input 40000x40000")
+CARRIED = (
+    "JSON nested 100k deep inside",
+    "integer of 5000 digits",
+    "num_classes 2e9",
+    "model_args.num_classes 2e9",
+    "input 40000x40000",
+)
 
 
 @pytest.mark.parametrize("kind", CARRIED)
 def test_every_file_kind_refuses_a_hostile_card_it_carries(carriers, kind):
     make, words = HOSTILE_CARDS[kind]
     for carrier, path in carriers(kind.replace(" ", "-"), make()).items():
-        for opened_by, opener in (("read_card", read_card),
-                                  ("runtime", lambda p: open_runtime(RUNTIME_OF[carrier], p, "cpu"))):
+        for opened_by, opener in (
+            ("read_card", read_card),
+            ("runtime", lambda p, carrier=carrier: open_runtime(RUNTIME_OF[carrier], p, "cpu")),
+        ):
             with pytest.raises(BadInputError) as refused:
                 opener(path)
             assert words in str(refused.value) and "\n" not in str(refused.value), (carrier, opened_by)
@@ -193,7 +210,10 @@ def test_cli_refuses_hostile_cards_in_one_line(carriers, digit_png, tmp_path):
     huge = carriers("huge", HOSTILE_CARDS["input 40000x40000"][0]())
     commands = {f"infer {kind} deep": ("infer", path, digit_png) for kind, path in deep.items()}
     commands["infer checkpoint num_classes 2e9"] = (
-        "infer", checkpoint_carrying(HOSTILE_CARDS["model_args.num_classes 2e9"][0](), tmp_path / "n.pt"), digit_png)
+        "infer",
+        checkpoint_carrying(HOSTILE_CARDS["model_args.num_classes 2e9"][0](), tmp_path / "n.pt"),
+        digit_png,
+    )
     commands["infer onnx 40000x40000"] = ("infer", huge["onnx"], digit_png)
     commands["export 40000x40000"] = ("export", huge["checkpoint"], "--format", "onnx", "--out", tmp_path / "never")
     newline = checkpoint_carrying(changed(class_names=[str(d) for d in range(9)] + ["9\nfake"])(), tmp_path / "nl.pt")
@@ -206,16 +226,19 @@ def test_cli_refuses_hostile_cards_in_one_line(carriers, digit_png, tmp_path):
 # ---------------------------------------------------------------- the card against the ONNX graph
 
 
-def test_a_card_that_does_not_fit_the_graph_is_refused_before_any_image_is_sized(export_copy, tmp_path,
-                                                                                  digit_png):
+def test_a_card_that_does_not_fit_the_graph_is_refused_before_any_image_is_sized(export_copy, tmp_path, digit_png):
     """The graph takes 1x28x28; a card saying 1x8000x8000 (within the size limit) or 3x28x28 does not belong."""
-    wrong = {"8000x8000": changed(input__height=8000, input__width=8000)(),
-             "3 channels": changed(input__channels=3, input__mean=[0.1] * 3, input__std=[0.3] * 3,
-                                   model_args__in_channels=3)(),
-             "28x29": changed(input__width=29)()}
-    files = {name: onnx_carrying(text, export_copy / "model.onnx", tmp_path / f"{name}.onnx")
-             for name, text in wrong.items()}
-    for name, path in files.items():
+    wrong = {
+        "8000x8000": changed(input__height=8000, input__width=8000)(),
+        "3 channels": changed(
+            input__channels=3, input__mean=[0.1] * 3, input__std=[0.3] * 3, model_args__in_channels=3
+        )(),
+        "28x29": changed(input__width=29)(),
+    }
+    files = {
+        name: onnx_carrying(text, export_copy / "model.onnx", tmp_path / f"{name}.onnx") for name, text in wrong.items()
+    }
+    for path in files.values():
         for opener in (read_card, lambda p: open_runtime("onnxruntime", p, "cpu")):
             with pytest.raises(BadInputError, match="does not belong to this model") as refused:
                 opener(path)
@@ -229,8 +252,12 @@ def test_the_input_check_reads_both_layouts_and_free_sizes():
     where = Path("m.onnx")
     for dims, raw in ((["N", 1, 28, 28], False), ([None, 28, 28, 1], True), (["N", "C", "H", "W"], False), ([], False)):
         check_card_fits_input(card, dims, raw, where)  # fits, or says nothing to compare
-    for dims, raw in (([None, 1, 28, 28], True), (["N", 28, 28, 1], False), ([1, 28, 28], False),
-                      ([None, 1, 28, 27], False)):
+    for dims, raw in (
+        ([None, 1, 28, 28], True),
+        (["N", 28, 28, 1], False),
+        ([1, 28, 28], False),
+        ([None, 1, 28, 27], False),
+    ):
         with pytest.raises(BadInputError, match="does not belong"):
             check_card_fits_input(card, dims, raw, where)
 
@@ -243,4 +270,3 @@ def test_every_onnx_file_rtool_writes_fits_its_card(export_copy, inprocess_expor
         card = read_card(path)
         with open_runtime("onnxruntime", path, "cpu") as runtime:
             assert runtime.card == card, path
-

@@ -23,10 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, run_rtool
-from reliability.payloads import _real_payload
 from toolkit.checkpoint import load_checkpoint, safe_torch_load
 from toolkit.errors import BadInputError, RtoolError
+
+from conftest import REPO, assert_one_line_error, run_rtool
+from reliability.payloads import _real_payload
 
 BOMB_BYTES = 200 * 1024 * 1024  # inflated size of the zip bomb's one record: 200 MB of zeros
 SHARED_RECORD_BYTES = 2 * 1024 * 1024  # one stored record that 100 directory entries point at
@@ -66,8 +67,14 @@ def checkpoint_with(weights: dict[str, TensorOf]) -> bytes:
     return buffer.getvalue()
 
 
-def torch_save_shaped(path: Path, data_pkl: bytes, records: dict[str, bytes | int], *,
-                      deflated: tuple[str, ...] = (), aliases_of_first: int = 0) -> Path:
+def torch_save_shaped(
+    path: Path,
+    data_pkl: bytes,
+    records: dict[str, bytes | int],
+    *,
+    deflated: tuple[str, ...] = (),
+    aliases_of_first: int = 0,
+) -> Path:
     """A zip with torch.save's members; ``records`` maps a storage key to its bytes, or to a count of zero bytes
     streamed in 1 MB chunks (so a 200 MB record never sits in this process's memory). ``aliases_of_first`` more
     directory entries (keys 1, 2, ...) point at the first record's bytes instead of their own."""
@@ -99,30 +106,36 @@ def torch_save_shaped(path: Path, data_pkl: bytes, records: dict[str, bytes | in
 def zip_bomb(folder: Path) -> Path:
     """A real checkpoint plus one 200 MB float record stored deflated: a file of about 200 kB."""
     numel = BOMB_BYTES // 4
-    return torch_save_shaped(folder / "bomb.pt", checkpoint_with({"extra": TensorOf(Storage("0", numel), (numel,))}),
-                             {"0": BOMB_BYTES}, deflated=("0",))
+    return torch_save_shaped(
+        folder / "bomb.pt",
+        checkpoint_with({"extra": TensorOf(Storage("0", numel), (numel,))}),
+        {"0": BOMB_BYTES},
+        deflated=("0",),
+    )
 
 
 def shared_bytes_bomb(folder: Path) -> Path:
     """100 directory entries that all point at one stored 2 MB record: a 2 MB file that reads as 200 MB."""
     numel = SHARED_RECORD_BYTES // 4
     weights = {f"w{k}": TensorOf(Storage(str(k), numel), (numel,)) for k in range(SHARED_ENTRIES)}
-    return torch_save_shaped(folder / "shared.pt", checkpoint_with(weights), {"0": SHARED_RECORD_BYTES},
-                             aliases_of_first=SHARED_ENTRIES - 1)
+    return torch_save_shaped(
+        folder / "shared.pt", checkpoint_with(weights), {"0": SHARED_RECORD_BYTES}, aliases_of_first=SHARED_ENTRIES - 1
+    )
 
 
 def forged_size(folder: Path) -> Path:
     """A stored 16-byte record whose zip headers claim 3 GB (and a pickle asking for exactly that)."""
     claimed = 3_000_000_000
     path = folder / "forged.pt"
-    torch_save_shaped(path, checkpoint_with({"extra": TensorOf(Storage("0", claimed // 4), (claimed // 4,))}),
-                      {"0": bytes(16)})
+    torch_save_shaped(
+        path, checkpoint_with({"extra": TensorOf(Storage("0", claimed // 4), (claimed // 4,))}), {"0": bytes(16)}
+    )
     data = bytearray(path.read_bytes())
     name = f"{path.stem}/data/0".encode()
     local = zipfile.ZipFile(path).getinfo(name.decode()).header_offset
     struct.pack_into("<II", data, local + 18, claimed, claimed)  # local header: compressed, uncompressed size
     central = data.find(b"PK\x01\x02")
-    while data[central + 46:central + 46 + len(name)] != name:
+    while data[central + 46 : central + 46 + len(name)] != name:
         central = data.find(b"PK\x01\x02", central + 4)
     struct.pack_into("<II", data, central + 20, claimed, claimed)  # central directory: the same two sizes
     path.write_bytes(bytes(data))
@@ -160,14 +173,24 @@ def measure_load(loader: str, path: Path) -> dict:
     Linux carries it over from the parent across fork and exec, so a child of a large pytest process would
     start with the parent's peak and hide anything smaller.
     """
-    result = subprocess.run([sys.executable, "-c", MEASURE, loader, str(path)], capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURE, loader, str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("make, words, inflated", [(zip_bomb, "compressed (deflate)", BOMB_BYTES),
-                                                   (shared_bytes_bomb, "claim", SHARED_RECORD_BYTES * SHARED_ENTRIES)])
+@pytest.mark.parametrize(
+    "make, words, inflated",
+    [
+        (zip_bomb, "compressed (deflate)", BOMB_BYTES),
+        (shared_bytes_bomb, "claim", SHARED_RECORD_BYTES * SHARED_ENTRIES),
+    ],
+)
 def test_bombs_are_refused_before_anything_big_is_allocated(tmp_path, make, words, inflated):
     path = make(tmp_path)
     assert path.stat().st_size < inflated / 50  # what makes it a bomb: small on disk
@@ -177,9 +200,11 @@ def test_bombs_are_refused_before_anything_big_is_allocated(tmp_path, make, word
     assert refused["outcome"].startswith("refused") and words in refused["outcome"], refused
     assert "\n" not in refused["outcome"]
     assert refused["peak_growth_mb"] < 20 and refused["seconds"] < 2, refused
-    print(f"{path.name}: {path.stat().st_size:,} bytes; torch.load peak +{control['peak_growth_mb']:.0f} MB in "
-          f"{control['seconds']:.2f} s; rtool refused in {refused['seconds']:.3f} s, peak +"
-          f"{refused['peak_growth_mb']:.1f} MB")
+    print(
+        f"{path.name}: {path.stat().st_size:,} bytes; torch.load peak +{control['peak_growth_mb']:.0f} MB in "
+        f"{control['seconds']:.2f} s; rtool refused in {refused['seconds']:.3f} s, peak +"
+        f"{refused['peak_growth_mb']:.1f} MB"
+    )
 
 
 def test_a_record_claiming_more_than_the_file_is_refused_before_torch_reads_it(tmp_path):
@@ -193,11 +218,11 @@ def test_a_record_claiming_more_than_the_file_is_refused_before_torch_reads_it(t
 # Element counts, shapes and offsets torch cannot use: some raise TypeError/OverflowError inside torch.load.
 BAD_COUNTS = {
     "negative numel": (Storage("0", -5), (4,), 0),
-    "numel 2^70": (Storage("0", 2 ** 70), (4,), 0),
+    "numel 2^70": (Storage("0", 2**70), (4,), 0),
     "numel text": (Storage("0", "four"), (4,), 0),
     "numel float": (Storage("0", 4.0), (4,), 0),
     "negative size": (Storage("0", 4), (-4,), 0),
-    "size 2^70": (Storage("0", 4), (2 ** 70,), 0),
+    "size 2^70": (Storage("0", 4), (2**70,), 0),
     "size text": (Storage("0", 4), ("four",), 0),
     "negative offset": (Storage("0", 4), (4,), -3),
     "missing record": (Storage("9", 4), (4,), 0),
@@ -220,8 +245,9 @@ def test_the_cli_refuses_a_bomb_and_a_negative_count_in_one_line(tmp_path, digit
     negative = tmp_path / "negative.pt"
     torch_save_shaped(negative, checkpoint_with({"extra": TensorOf(Storage("0", -5), (4,))}), {"0": bytes(16)})
     assert_one_line_error(run_rtool("infer", bomb, digit_png), 2, "compressed")
-    assert_one_line_error(run_rtool("eval", negative, "--limit", "8", "--out", tmp_path / "eval"), 2,
-                          "not a readable PyTorch checkpoint")
+    assert_one_line_error(
+        run_rtool("eval", negative, "--limit", "8", "--out", tmp_path / "eval"), 2, "not a readable PyTorch checkpoint"
+    )
     assert not (tmp_path / "eval").exists()
 
 
@@ -232,11 +258,14 @@ def test_real_checkpoints_and_weights_still_load(untrained_checkpoint, tmp_path)
     assert set(safe_torch_load(tmp_path / "weights.pth")) == {"weight", "bias"}
 
 
-@pytest.mark.parametrize("kind, value, words", [
-    ("non-text key", {5: torch.zeros(1)}, "names to tensors"),
-    ("non-tensor value", {"fc.bias": "abc"}, "names to tensors"),
-    ("complex weights", {"fc.bias": torch.zeros(10, dtype=torch.complex64)}, "not real numbers"),
-])
+@pytest.mark.parametrize(
+    "kind, value, words",
+    [
+        ("non-text key", {5: torch.zeros(1)}, "names to tensors"),
+        ("non-tensor value", {"fc.bias": "abc"}, "names to tensors"),
+        ("complex weights", {"fc.bias": torch.zeros(10, dtype=torch.complex64)}, "not real numbers"),
+    ],
+)
 def test_weights_that_are_not_name_to_real_tensor_are_refused(tmp_path, kind, value, words):
     payload = _real_payload()
     payload["state_dict"].update(value)

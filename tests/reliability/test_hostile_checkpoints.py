@@ -9,13 +9,14 @@ import zipfile
 import pytest
 import torch
 
-from conftest import assert_one_line_error
-from reliability.payloads import hostile_checkpoints
-from reliability.runner import run_many
 from runtimes import open_runtime
 from toolkit.checkpoint import load_checkpoint, load_model, load_pretrained_weights, safe_torch_load
 from toolkit.errors import RtoolError, UnsafeFileError
 from toolkit.models import create_model
+
+from conftest import assert_one_line_error
+from reliability.payloads import hostile_checkpoints
+from reliability.runner import run_many
 
 LOADERS = {
     "safe_torch_load": safe_torch_load,
@@ -65,12 +66,41 @@ def test_every_cli_path_refuses_hostile_checkpoints(tmp_path, marker, export_cop
         "infer": ("infer", files["zip-toplevel"], digit_png),
         "infer raw pickle": ("infer", files["raw-pickle-p0"], digit_png),
         "parity": ("parity", export_copy, "--runtimes", "onnxruntime", "--precisions", "fp32", "--limit", "10"),
-        "parity --no-verify": ("parity", export_copy, "--runtimes", "onnxruntime", "--precisions", "fp32",
-                               "--limit", "10", "--no-verify"),
-        "export --weights zip": ("export", "resnet20", "--input-shape", "1x28x28", "--num-classes", "10",
-                                 "--weights", files["zip-disguised-state-dict"], "--out", tmp_path / "x2"),
-        "export --weights raw": ("export", "resnet20", "--input-shape", "1x28x28", "--num-classes", "10",
-                                 "--weights", files["raw-pickle-p5"], "--out", tmp_path / "x3"),
+        "parity --no-verify": (
+            "parity",
+            export_copy,
+            "--runtimes",
+            "onnxruntime",
+            "--precisions",
+            "fp32",
+            "--limit",
+            "10",
+            "--no-verify",
+        ),
+        "export --weights zip": (
+            "export",
+            "resnet20",
+            "--input-shape",
+            "1x28x28",
+            "--num-classes",
+            "10",
+            "--weights",
+            files["zip-disguised-state-dict"],
+            "--out",
+            tmp_path / "x2",
+        ),
+        "export --weights raw": (
+            "export",
+            "resnet20",
+            "--input-shape",
+            "1x28x28",
+            "--num-classes",
+            "10",
+            "--weights",
+            files["raw-pickle-p5"],
+            "--out",
+            tmp_path / "x3",
+        ),
     }
     results = run_many(commands)
     for name, result in results.items():
@@ -78,7 +108,9 @@ def test_every_cli_path_refuses_hostile_checkpoints(tmp_path, marker, export_cop
             warning, *rest = [line for line in result.stderr.splitlines() if line.strip()]
             assert warning.startswith("rtool: warning: --no-verify"), result.stderr
             result.stderr = "\n".join(rest)
-        expected = {"parity": "not what was exported", "infer raw pickle": "not a zip archive"}.get(name, "could run code")
+        expected = {"parity": "not what was exported", "infer raw pickle": "not a zip archive"}.get(
+            name, "could run code"
+        )
         assert_one_line_error(result, 2, expected)
         assert not marker.exists(), name
     assert not (tmp_path / "x1").exists() or not any((tmp_path / "x1").iterdir())

@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, assert_one_line_error, run_rtool
 from runtimes.onnx_app import Predictor, PredictorError
 from toolkit.card import InputSpec
 from toolkit.data import load_dataset
 from toolkit.errors import BadInputError
 from toolkit.preprocess import convert_image
+
+from conftest import REPO, assert_one_line_error, run_rtool
 
 BOMB_SIDE = 13_400  # 179.6 MP: above twice Pillow's limit, where Pillow raises DecompressionBombError
 GIANT_SIDE = 12_000  # 144 MP: above Pillow's limit, where Pillow only warns and decodes it anyway
@@ -36,6 +37,7 @@ SCALED_16BIT = [[0, 0, 1, 4], [117, 156, 255, 255]]  # round(v * 255 / 65535)
 
 def one_colour_png(path: Path, width: int, height: int, white: bool = False) -> Path:
     """A valid black-or-white PNG (1 bit a pixel), written a row at a time: never the whole picture in memory."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -43,8 +45,12 @@ def one_colour_png(path: Path, width: int, height: int, white: bool = False) -> 
     row = b"\x00" + (b"\xff" if white else b"\x00") * ((width + 7) // 8)  # filter byte "none", then the pixels
     idat = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -115,16 +121,25 @@ def test_a_set_too_large_for_this_machine_is_refused_before_it_is_allocated(tmp_
     refused, peak = traced_peak(lambda: load_dataset(f"imagefolder:{root}"))
     assert isinstance(refused, BadInputError), f"accepted: {refused}"
     need = (count + 1) * BIG_SIDE * BIG_SIDE
-    assert str(refused) == (f"image folder {root} would take {need / 1e9:.1f} GB in memory: {count + 1} images at "
-                            f"9000x9000 (the size of {root / 'a' / '0.png'}), more than 1/4 of this machine's "
-                            f"{memory / 1e9:.0f} GB; resize the images to the size the model should see "
-                            f"(e.g. 224x224 or smaller) and try again")
+    assert str(refused) == (
+        f"image folder {root} would take {need / 1e9:.1f} GB in memory: {count + 1} images at "
+        f"9000x9000 (the size of {root / 'a' / '0.png'}), more than 1/4 of this machine's "
+        f"{memory / 1e9:.0f} GB; resize the images to the size the model should see "
+        f"(e.g. 224x224 or smaller) and try again"
+    )
     assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB allocated before the refusal"
 
 
-@pytest.mark.parametrize("name, shown", [("cats\nDROP", "cats\\nDROP"), ("tab\there", "tab\\there"),
-                                         ("esc\x1b[31mred", "esc\\x1b[31mred"), ("line\u2028sep", "line\\u2028sep"),
-                                         ("right\u202eleft", "right\\u202eleft")])
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("cats\nDROP", "cats\\nDROP"),
+        ("tab\there", "tab\\there"),
+        ("esc\x1b[31mred", "esc\\x1b[31mred"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("right\u202eleft", "right\\u202eleft"),
+    ],
+)
 def test_class_folder_with_a_control_character_is_refused_in_one_line(tmp_path, name, shown):
     root = tmp_path / "images"
     small_png(root / name / "0.png", 10)
@@ -168,8 +183,12 @@ def test_16_bit_pngs_in_an_image_folder_are_scaled(tmp_path):
             Image.fromarray(np.ascontiguousarray(np.roll(rows, k))).save(tmp_path / cls / f"{k}.png")
     data = load_dataset(f"imagefolder:{tmp_path}")
     assert data.channels == 1 and data.image_size == (2, 4)
-    light = [image[0].tolist() for split in (data.train, data.test) for image, label in zip(split.images, split.labels)
-             if label == 1]
+    light = [
+        image[0].tolist()
+        for split in (data.train, data.test)
+        for image, label in zip(split.images, split.labels)
+        if label == 1
+    ]
     assert sorted(light) == sorted([SCALED_16BIT, np.roll(SCALED_16BIT, 1).tolist()])
 
 
@@ -200,17 +219,23 @@ def giant_jpegs(tmp_path_factory) -> dict[str, Path]:
 LIMIT_WORDS = "more than Pillow's decompression-bomb limit of 89,478,485 pixels (PIL.Image.MAX_IMAGE_PIXELS)"
 
 
-@pytest.mark.parametrize("name, words", [("96mp", f"is 12000x8000 pixels, {LIMIT_WORDS}"),
-                                         ("180mp", f"has {LIMIT_WORDS}")])
+@pytest.mark.parametrize(
+    "name, words", [("96mp", f"is 12000x8000 pixels, {LIMIT_WORDS}"), ("180mp", f"has {LIMIT_WORDS}")]
+)
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # an app's own: Pillow warns, we refuse
 def test_app_predictor_refuses_giant_jpegs_in_one_line(embed_export_dir, giant_jpegs, name, words):
     image = giant_jpegs[name]
-    result = subprocess.run([sys.executable, "-m", "runtimes.onnx_app", str(embed_export_dir / "model.onnx"),
-                             str(image)], env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "runtimes.onnx_app", str(embed_export_dir / "model.onnx"), str(image)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
-    assert result.stderr.splitlines() == [f"onnx_app: error: image {image} {words}; shrink it, or raise that "
-                                          f"limit in your app if you trust its images"]
+    assert result.stderr.splitlines() == [
+        f"onnx_app: error: image {image} {words}; shrink it, or raise that limit in your app if you trust its images"
+    ]
     with pytest.raises(PredictorError, match="decompression-bomb limit"):
         Predictor(embed_export_dir / "model.onnx").predict([image])
 
@@ -220,4 +245,3 @@ def test_app_predictor_follows_an_apps_own_pillow_limit(embed_export_dir, giant_
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000_000)
     [[(label, probability)]] = Predictor(embed_export_dir / "model.onnx").predict([giant_jpegs["96mp"]])
     assert label in [str(d) for d in range(10)] and 0 < probability <= 1
-

@@ -21,12 +21,19 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import REPO, assert_one_line_error
-from reliability.payloads import (absurd_onnx_models, computed_shape_model, escaping_onnx_models,
-                                  external_weight_bytes, move_to_external, truncated_copies)
 from runtimes import open_runtime
 from toolkit.errors import BadInputError, UnsafeFileError
 from toolkit.safety import check_onnx_file
+
+from conftest import REPO, assert_one_line_error
+from reliability.payloads import (
+    absurd_onnx_models,
+    computed_shape_model,
+    escaping_onnx_models,
+    external_weight_bytes,
+    move_to_external,
+    truncated_copies,
+)
 
 TIMEOUT = 60  # seconds: far above the second these take; a loader stuck on the pipe hits it
 MEMORY_LIMIT = 4 << 30  # address space of each CLI process: a runtime that tried to honour 10^12 elements fails fast
@@ -41,8 +48,15 @@ def run_limited(*args: object, module: str = "toolkit.cli") -> subprocess.Comple
     """``python -m MODULE ARGS`` as a user runs it, under a timeout and a memory limit."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     try:
-        return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=_limit_memory)
+        return subprocess.run(
+            [sys.executable, "-m", module, *map(str, args)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            preexec_fn=_limit_memory,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"{module} {' '.join(map(str, args))} hung for {TIMEOUT}s (did it open the pipe?)")
 
@@ -74,8 +88,10 @@ def test_the_escaping_files_are_live(escaping, cpu_export_dir, digit_png, tmp_pa
     (inside / "weights.bin").write_bytes(weights)
     legit = move_to_external(cpu_export_dir / "model.onnx", inside / "model.onnx", "weights.bin")
     batch = np.random.default_rng(0).standard_normal((4, 1, 28, 28)).astype(np.float32)
-    with open_runtime("onnxruntime", legit, "cpu") as rt, \
-            open_runtime("onnxruntime", cpu_export_dir / "model.onnx", "cpu") as reference:
+    with (
+        open_runtime("onnxruntime", legit, "cpu") as rt,
+        open_runtime("onnxruntime", cpu_export_dir / "model.onnx", "cpu") as reference,
+    ):
         assert np.array_equal(rt.infer(batch), reference.infer(batch))
 
 
@@ -105,8 +121,14 @@ def test_every_loader_refuses_escaping_external_data_without_opening_it(escaping
     (a loader that opened the pipe would hang it)."""
     paths = [str(path) for path, _ in escaping.values()]
     try:
-        result = subprocess.run([sys.executable, "-c", IN_PROCESS, *paths], cwd=REPO, capture_output=True,
-                                text=True, timeout=TIMEOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        result = subprocess.run(
+            [sys.executable, "-c", IN_PROCESS, *paths],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
     except subprocess.TimeoutExpired as e:
         done = (e.stdout or b"").decode().strip().splitlines()
         pytest.fail(f"a loader hung on a pipe outside the model's folder; finished before it: {done[-1:]}")
@@ -128,12 +150,23 @@ def test_cli_refuses_escaping_external_data(escaping, export_copy, digit_png, tm
     shutil.copy(escaping["dot-dot/fifo"][0], export_copy / "model.onnx")
     (export_copy.parent / "outside").mkdir()
     os.mkfifo(export_copy.parent / "outside" / "weights.fifo")
-    commands.update({
-        "infer folder --no-verify": ("infer", export_copy, digit_png, "--no-verify"),
-        "eval": ("eval", escaping["symlink/fifo"][0], "--limit", "8", "--out", tmp_path / "eval"),
-        "parity --no-verify": ("parity", export_copy, "--runtimes", "onnxruntime", "--precisions", "fp32",
-                               "--limit", "8", "--no-verify"),
-    })
+    commands.update(
+        {
+            "infer folder --no-verify": ("infer", export_copy, digit_png, "--no-verify"),
+            "eval": ("eval", escaping["symlink/fifo"][0], "--limit", "8", "--out", tmp_path / "eval"),
+            "parity --no-verify": (
+                "parity",
+                export_copy,
+                "--runtimes",
+                "onnxruntime",
+                "--precisions",
+                "fp32",
+                "--limit",
+                "8",
+                "--no-verify",
+            ),
+        }
+    )
     for name, result in run_all(commands).items():
         if "--no-verify" in name:
             warning, *rest = [line for line in result.stderr.splitlines() if line.strip()]
@@ -143,8 +176,10 @@ def test_cli_refuses_escaping_external_data(escaping, export_copy, digit_png, tm
         assert_one_line_error(result, 1 if name.startswith("parity") else 2, REFUSED)
         assert "refused" in result.stderr, name
     assert not (tmp_path / "eval").exists()
-    app = run_all({name: (path, digit_png) for name, (path, _) in escaping.items() if name.endswith("fifo")},
-                  module="runtimes.onnx_app")
+    app = run_all(
+        {name: (path, digit_png) for name, (path, _) in escaping.items() if name.endswith("fifo")},
+        module="runtimes.onnx_app",
+    )
     for name, result in app.items():
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (name, result.stderr)
@@ -181,8 +216,11 @@ def test_absurd_and_truncated_files_in_process(broken):
 
 def test_absurd_and_truncated_files_give_one_line_not_a_hang(broken, digit_png):
     """rtool infer and the predictor under a 4 GiB address-space limit: exit 2, one line each."""
-    expected = {"computed-shape-2^40": "failed to run this model", "external-length-beyond-file": "beyond the end",
-                "empty": "not a loadable ONNX model"}
+    expected = {
+        "computed-shape-2^40": "failed to run this model",
+        "external-length-beyond-file": "beyond the end",
+        "empty": "not a loadable ONNX model",
+    }
     results = run_all({name: ("infer", path, digit_png) for name, path in broken.items()})
     for name, result in results.items():
         why = expected.get(name, "not a loadable ONNX model" if name.startswith("truncated") else "corrupt or hostile")
@@ -190,5 +228,8 @@ def test_absurd_and_truncated_files_give_one_line_not_a_hang(broken, digit_png):
     app = run_all({name: (path, digit_png) for name, path in broken.items()}, module="runtimes.onnx_app")
     for name, result in app.items():
         lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("onnx_app: error:"), \
-            (name, result.returncode, result.stderr[-2000:])
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("onnx_app: error:"), (
+            name,
+            result.returncode,
+            result.stderr[-2000:],
+        )

@@ -20,11 +20,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_one_line_error, run_rtool
-from reliability.payloads import ExecPayload
 from runtimes import open_runtime
 from toolkit.errors import BadInputError, UnsafeFileError
 from toolkit.safety import check_pt2_archive
+
+from conftest import assert_one_line_error, run_rtool
+from reliability.payloads import ExecPayload
 
 
 class WithConstant(torch.nn.Module):
@@ -46,8 +47,15 @@ def real_pt2(tmp_path_factory) -> Path:
     return path
 
 
-def rebuild(real: Path, out: Path, *, table: str | None = None, entry: dict | None = None,
-            add: dict[str, bytes] | None = None, replace: dict[str, bytes] | None = None) -> Path:
+def rebuild(
+    real: Path,
+    out: Path,
+    *,
+    table: str | None = None,
+    entry: dict | None = None,
+    add: dict[str, bytes] | None = None,
+    replace: dict[str, bytes] | None = None,
+) -> Path:
     """A copy of ``real`` with one payload-table entry added (``table`` = weights|constants) and members added."""
     with zipfile.ZipFile(real) as src:
         members = {info.filename: src.read(info.filename) for info in src.infolist()}
@@ -68,8 +76,15 @@ def rebuild(real: Path, out: Path, *, table: str | None = None, entry: dict | No
 
 
 def tensor_meta() -> dict:
-    return {"dtype": 7, "sizes": [{"as_int": 2}], "requires_grad": False, "device": {"type": "cpu", "index": None},
-            "strides": [{"as_int": 1}], "storage_offset": {"as_int": 0}, "layout": 7}
+    return {
+        "dtype": 7,
+        "sizes": [{"as_int": 2}],
+        "requires_grad": False,
+        "device": {"type": "cpu", "index": None},
+        "strides": [{"as_int": 1}],
+        "storage_offset": {"as_int": 0},
+        "layout": 7,
+    }
 
 
 def payload_bytes(marker: Path, how: str) -> bytes:
@@ -86,20 +101,37 @@ def hostile_variants(real: Path, folder: Path, marker: Path) -> dict[str, Path]:
     entry = {"is_param": False, "tensor_meta": tensor_meta()}
     return {
         # the reported attack: a folder below opaque_obj_, use_pickle false
-        "opaque-folder": rebuild(real, folder / "a.pt2", table="constants",
-                                 entry={**entry, "path_name": "opaque_obj_x/p", "use_pickle": False},
-                                 add={"data/constants/opaque_obj_x/p": payload_bytes(marker, "pickle")}),
-        "opaque": rebuild(real, folder / "b.pt2", table="constants",
-                          entry={**entry, "path_name": "opaque_obj_0", "use_pickle": False},
-                          add={"data/constants/opaque_obj_0": payload_bytes(marker, "pickle")}),
-        "constant-use-pickle": rebuild(real, folder / "c.pt2", table="constants",
-                                       entry={**entry, "path_name": "tensor_9", "use_pickle": True},
-                                       add={"data/constants/tensor_9": payload_bytes(marker, "torch")}),
-        "weight-use-pickle": rebuild(real, folder / "d.pt2", table="weights",
-                                     entry={**entry, "path_name": "weight_9", "use_pickle": True, "is_param": True},
-                                     add={"data/weights/weight_9": payload_bytes(marker, "torch")}),
-        "sample-inputs": rebuild(real, folder / "e.pt2",
-                                 replace={"data/sample_inputs/model.pt": payload_bytes(marker, "inputs")}),
+        "opaque-folder": rebuild(
+            real,
+            folder / "a.pt2",
+            table="constants",
+            entry={**entry, "path_name": "opaque_obj_x/p", "use_pickle": False},
+            add={"data/constants/opaque_obj_x/p": payload_bytes(marker, "pickle")},
+        ),
+        "opaque": rebuild(
+            real,
+            folder / "b.pt2",
+            table="constants",
+            entry={**entry, "path_name": "opaque_obj_0", "use_pickle": False},
+            add={"data/constants/opaque_obj_0": payload_bytes(marker, "pickle")},
+        ),
+        "constant-use-pickle": rebuild(
+            real,
+            folder / "c.pt2",
+            table="constants",
+            entry={**entry, "path_name": "tensor_9", "use_pickle": True},
+            add={"data/constants/tensor_9": payload_bytes(marker, "torch")},
+        ),
+        "weight-use-pickle": rebuild(
+            real,
+            folder / "d.pt2",
+            table="weights",
+            entry={**entry, "path_name": "weight_9", "use_pickle": True, "is_param": True},
+            add={"data/weights/weight_9": payload_bytes(marker, "torch")},
+        ),
+        "sample-inputs": rebuild(
+            real, folder / "e.pt2", replace={"data/sample_inputs/model.pt": payload_bytes(marker, "inputs")}
+        ),
     }
 
 
@@ -111,8 +143,9 @@ REFUSED_BY_NAME = {
 }
 
 
-@pytest.mark.parametrize("kind", ["opaque-folder", "opaque", "constant-use-pickle", "weight-use-pickle",
-                                  "sample-inputs"])
+@pytest.mark.parametrize(
+    "kind", ["opaque-folder", "opaque", "constant-use-pickle", "weight-use-pickle", "sample-inputs"]
+)
 def test_torch_runs_the_payload_and_rtool_refuses_it(kind, real_pt2, tmp_path, marker):
     path = hostile_variants(real_pt2, tmp_path / "files", marker)[kind]
     with pytest.raises(UnsafeFileError, match=r"refused .*\.pt2: .*torch\.export\.load would unpickle"):
@@ -130,15 +163,27 @@ def test_torch_runs_the_payload_and_rtool_refuses_it(kind, real_pt2, tmp_path, m
 @pytest.mark.parametrize("kind", sorted(REFUSED_BY_NAME))
 def test_other_unpickled_names_are_refused(kind, real_pt2, tmp_path, marker):
     table, path_name, member = REFUSED_BY_NAME[kind]
-    path = rebuild(real_pt2, tmp_path / "x.pt2", table=table,
-                   entry={"path_name": path_name, "use_pickle": False, "is_param": False, "tensor_meta": tensor_meta()},
-                   add={member: payload_bytes(marker, "pickle")} if member else None)
+    path = rebuild(
+        real_pt2,
+        tmp_path / "x.pt2",
+        table=table,
+        entry={"path_name": path_name, "use_pickle": False, "is_param": False, "tensor_meta": tensor_meta()},
+        add={member: payload_bytes(marker, "pickle")} if member else None,
+    )
     with pytest.raises(UnsafeFileError, match="torch.export.load would unpickle"):
         check_pt2_archive(path)
 
 
-@pytest.mark.parametrize("member", ["data/aotinductor/model/model.so", "data/weights/model.pt",
-                                    "data/constants/model.pt", "data/executorch/model.pte", "evil.pkl"])
+@pytest.mark.parametrize(
+    "member",
+    [
+        "data/aotinductor/model/model.so",
+        "data/weights/model.pt",
+        "data/constants/model.pt",
+        "data/executorch/model.pte",
+        "evil.pkl",
+    ],
+)
 def test_parts_outside_the_allowlist_are_refused(member, real_pt2, tmp_path):
     path = rebuild(real_pt2, tmp_path / "x.pt2", add={member: b"\x7fELF"})
     with pytest.raises(UnsafeFileError, match=f"it holds the part '{member}'"):
@@ -188,22 +233,46 @@ class UnpicklerSpy:
 
 
 PATH_NAMES = st.one_of(
-    st.sampled_from(["tensor_0", "tensor_7", "weight_0", "weight_3", "opaque_obj_0", "custom_obj_0", "tensor_",
-                     "opaque_obj_x/p", "tensor_0/x", "../weights/weight_0", "tensor_00"]),
-    st.builds(lambda prefix, rest: prefix + rest,
-              st.sampled_from(["tensor_", "weight_", "opaque_obj_", "custom_obj_", ""]),
-              st.text(alphabet="0123456789_/.ab", max_size=6)),
+    st.sampled_from(
+        [
+            "tensor_0",
+            "tensor_7",
+            "weight_0",
+            "weight_3",
+            "opaque_obj_0",
+            "custom_obj_0",
+            "tensor_",
+            "opaque_obj_x/p",
+            "tensor_0/x",
+            "../weights/weight_0",
+            "tensor_00",
+        ]
+    ),
+    st.builds(
+        lambda prefix, rest: prefix + rest,
+        st.sampled_from(["tensor_", "weight_", "opaque_obj_", "custom_obj_", ""]),
+        st.text(alphabet="0123456789_/.ab", max_size=6),
+    ),
 )
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(table=st.sampled_from(["weights", "constants"]), path_name=PATH_NAMES,
-       use_pickle=st.sampled_from([False, True, None, 0, "false"]), with_member=st.booleans())
-def test_what_rtool_accepts_torch_loads_without_unpickling(table, path_name, use_pickle, with_member, real_pt2,
-                                                          tmp_path, monkeypatch):
+@given(
+    table=st.sampled_from(["weights", "constants"]),
+    path_name=PATH_NAMES,
+    use_pickle=st.sampled_from([False, True, None, 0, "false"]),
+    with_member=st.booleans(),
+)
+def test_what_rtool_accepts_torch_loads_without_unpickling(
+    table, path_name, use_pickle, with_member, real_pt2, tmp_path, monkeypatch
+):
     marker = tmp_path / "ran"
-    entry = {"path_name": path_name, "use_pickle": use_pickle, "is_param": table == "weights",
-             "tensor_meta": tensor_meta()}
+    entry = {
+        "path_name": path_name,
+        "use_pickle": use_pickle,
+        "is_param": table == "weights",
+        "tensor_meta": tensor_meta(),
+    }
     add = {f"data/{table}/{path_name}": payload_bytes(marker, "pickle")} if with_member and path_name else None
     path = rebuild(real_pt2, tmp_path / "p.pt2", table=table, entry=entry, add=add)
     try:

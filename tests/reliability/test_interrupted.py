@@ -28,14 +28,29 @@ import onnx
 import pytest
 from PIL import Image
 
-from conftest import REPO
-from toolkit.manifest import verify_manifest
 from toolkit.checkpoint import load_checkpoint
+from toolkit.manifest import verify_manifest
 from toolkit.safety import check_onnx_file
 
+from conftest import REPO
+
 EPOCHS = 3
-TRAIN = ("train", "--model", "resnet20", "--dataset", "mnist5k", "--epochs", str(EPOCHS), "--train-limit", "64",
-         "--test-limit", "32", "--batch-size", "16", "--quiet")
+TRAIN = (
+    "train",
+    "--model",
+    "resnet20",
+    "--dataset",
+    "mnist5k",
+    "--epochs",
+    str(EPOCHS),
+    "--train-limit",
+    "64",
+    "--test-limit",
+    "32",
+    "--batch-size",
+    "16",
+    "--quiet",
+)
 RUN_FILES = {"best.pt", "last.pt", "metrics.csv", "metrics.jsonl", "curves.png"}
 EXPORT_FILES = {"model.pt", "model.onnx", "manifest.json"}
 TEMP = re.compile(r"^\.(?P<final>.+)\.[A-Za-z0-9_]+\.tmp$")  # toolkit.fileio.atomic_path's temporary files
@@ -67,6 +82,7 @@ def replaced(name: str) -> Trigger:
         if "start" not in first:
             first["start"] = now
         return now is not None and now != first["start"]
+
     return fire
 
 
@@ -81,14 +97,18 @@ def writing(final: str) -> Trigger:
             if match and match["final"] == final:
                 return True
         return landed(folder, elapsed)
+
     return fire
 
 
 def staged(name: str) -> Trigger:
     """True once the export's staging folder holds ``name`` (or, for "", once the folder exists)."""
+
     def fire(folder: Path, elapsed: float) -> bool:
-        return any(STAGING.match(p.parent.name if name else p.name) and (not name or p.name == name)
-                   for p in _walk(folder))
+        return any(
+            STAGING.match(p.parent.name if name else p.name) and (not name or p.name == name) for p in _walk(folder)
+        )
+
     return fire
 
 
@@ -117,8 +137,13 @@ def run_and_kill(args: tuple, folder: Path, trigger: Trigger | None, name: str) 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     before = {p.name for p in _walk(folder) if TEMP.match(p.name)}
     with open(folder.parent / f"{folder.name}.stderr", "w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", *map(str, args)], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "toolkit.cli", *map(str, args)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         start = time.monotonic()
         while True:
             elapsed = time.monotonic() - start
@@ -180,22 +205,29 @@ def epochs_done(run: Path) -> tuple[int, list[int]]:
 def report(label: str, outcomes: list[Outcome]) -> str:
     kills = [o for o in outcomes if o.killed]
     mid = [o for o in kills if o.mid_write]
-    lines = [f"{label}: {len(kills)} kill points ({len(mid)} left a temporary file mid-write), "
-             f"{len(outcomes) - len(kills)} run(s) to completion"]
-    lines += [f"  {o.trigger:<28} {'killed' if o.killed else 'finished'} at {o.seconds:5.2f}s"
-              f"{'  left ' + ', '.join(o.mid_write) if o.mid_write else ''}" for o in outcomes]
+    lines = [
+        f"{label}: {len(kills)} kill points ({len(mid)} left a temporary file mid-write), "
+        f"{len(outcomes) - len(kills)} run(s) to completion"
+    ]
+    lines += [
+        f"  {o.trigger:<28} {'killed' if o.killed else 'finished'} at {o.seconds:5.2f}s"
+        f"{'  left ' + ', '.join(o.mid_write) if o.mid_write else ''}"
+        for o in outcomes
+    ]
     return "\n".join(lines)
 
 
 def train_chain(run: Path) -> list[Outcome]:
     """One training run killed again and again, each time resumed from its last.pt (or started afresh)."""
     rng = random.Random(SEED)
-    plan = [("random delay", after(rng.uniform(0.5, 3.0))),
-            ("writing best.pt", writing("best.pt")),
-            ("just after last.pt lands", replaced("last.pt")),
-            ("writing last.pt", writing("last.pt")),
-            ("writing metrics.jsonl", writing("metrics.jsonl")),
-            ("writing curves.png", writing("curves.png"))]
+    plan = [
+        ("random delay", after(rng.uniform(0.5, 3.0))),
+        ("writing best.pt", writing("best.pt")),
+        ("just after last.pt lands", replaced("last.pt")),
+        ("writing last.pt", writing("last.pt")),
+        ("writing metrics.jsonl", writing("metrics.jsonl")),
+        ("writing curves.png", writing("curves.png")),
+    ]
     outcomes: list[Outcome] = []
     for name, trigger in [*plan, ("to the end", None)]:
         resume = (run / "last.pt").exists()
@@ -212,10 +244,12 @@ def train_chain(run: Path) -> list[Outcome]:
 def export_chain(out: Path, checkpoint: Path) -> list[Outcome]:
     """One export into one folder killed again and again, then run to the end."""
     rng = random.Random(SEED + 1)
-    plan = [("random delay", after(rng.uniform(0.5, 3.0))),
-            ("staging folder made", staged("")),
-            ("model.onnx staged", staged("model.onnx")),
-            ("writing manifest.json", writing("manifest.json"))]  # the files are in place, the manifest not yet
+    plan = [
+        ("random delay", after(rng.uniform(0.5, 3.0))),
+        ("staging folder made", staged("")),
+        ("model.onnx staged", staged("model.onnx")),
+        ("writing manifest.json", writing("manifest.json")),
+    ]  # the files are in place, the manifest not yet
     outcomes: list[Outcome] = []
     for name, trigger in [*plan, ("to the end", None)]:
         outcomes.append(run_and_kill(("export", checkpoint, "--format", "onnx", "--out", out), out, trigger, name))
@@ -228,8 +262,10 @@ def chains(tmp_path_factory, untrained_checkpoint) -> dict[str, Future]:
     """Both chains at once (one thread each, one CPU thread per process): the suite's two cores stay busy."""
     folder = tmp_path_factory.mktemp("interrupted")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {"train": pool.submit(train_chain, folder / "run"),
-                   "export": pool.submit(export_chain, folder / "export", untrained_checkpoint)}
+        futures = {
+            "train": pool.submit(train_chain, folder / "run"),
+            "export": pool.submit(export_chain, folder / "export", untrained_checkpoint),
+        }
         wait(futures.values())
     return {**futures, "folder": folder}
 

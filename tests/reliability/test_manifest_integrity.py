@@ -13,11 +13,12 @@ from pathlib import Path
 
 import onnx
 
+from runtimes import open_runtime
+from toolkit.card import MANIFEST_NAME
+
 from conftest import assert_one_line_error
 from reliability.payloads import nudge_onnx_weight
 from reliability.runner import run_many
-from runtimes import open_runtime
-from toolkit.card import MANIFEST_NAME
 
 PARITY = ("--runtimes", "onnxruntime", "--precisions", "fp32", "--limit", "16")
 WARNING = "rtool: warning: --no-verify"
@@ -99,10 +100,12 @@ def test_parity_and_infer_refuse_changed_files(export_copy, tmp_path, digit_png)
 
 def test_no_verify_runs_anyway_with_a_loud_warning(export_copy, tmp_path, digit_png):
     folder = variants(export_copy, tmp_path, only=("flipped model.onnx",))["flipped model.onnx"]
-    results = run_many({
-        "parity": ("parity", folder, *PARITY, "--no-verify", "--json", tmp_path / "parity.json"),
-        "infer": ("infer", folder, digit_png, "--no-verify", "--json"),
-    })
+    results = run_many(
+        {
+            "parity": ("parity", folder, *PARITY, "--no-verify", "--json", tmp_path / "parity.json"),
+            "infer": ("infer", folder, digit_png, "--no-verify", "--json"),
+        }
+    )
     for name, result in results.items():
         assert result.returncode == 0, (name, result.stderr)
         lines = [line for line in result.stderr.splitlines() if line.strip()]

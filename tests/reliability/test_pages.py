@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
+from test_report import REFERENCE, bench_report, parity_report
 
 from exporters.onnx_embed import embedding_requested, variant_filename
-from test_report import REFERENCE, bench_report, parity_report
 from toolkit import report
 from toolkit.errors import BadInputError
 
@@ -53,9 +53,19 @@ def test_demo_page_quotes_reproduce_commands_and_escapes_user_text(tmp_path):
     out = f"runs/my demo$(touch {marker})`touch {marker}` ; touch {marker} ```"
     commands = [["rtool", "train", "--out", f"{out}/train"], ["rtool", "parity", f"{out}/export"]]
     text = report.demo_markdown(
-        title=f"rtool demo: resnet20 on {HOSTILE}", intro="intro", training={"data set": HOSTILE}, curves=None,
-        parity=parity_report(), parity_plot_file="parity.png", bench=None, grid="predictions.png",
-        grid_caption=HOSTILE, exports=[], timings={"total": 1.0}, commands=commands)
+        title=f"rtool demo: resnet20 on {HOSTILE}",
+        intro="intro",
+        training={"data set": HOSTILE},
+        curves=None,
+        parity=parity_report(),
+        parity_plot_file="parity.png",
+        bench=None,
+        grid="predictions.png",
+        grid_caption=HOSTILE,
+        exports=[],
+        timings={"total": 1.0},
+        commands=commands,
+    )
     html = rendered(text)
     assert "<a " not in html and "<em>" not in html and "<img src=x" not in html
     assert html.count("<h1>") == 1 and html.count("<li>") == 2  # the training item and the time item
@@ -64,8 +74,9 @@ def test_demo_page_quotes_reproduce_commands_and_escapes_user_text(tmp_path):
     lines = blocks[0].content.splitlines()
     assert [shlex.split(line) for line in lines] == commands
     for line, argv in zip(lines, commands):  # a real shell gets the same arguments and runs nothing else
-        shown = subprocess.run(["sh", "-c", "printf '%s\\0' " + line.removeprefix("rtool ")],
-                               capture_output=True, text=True, check=True).stdout
+        shown = subprocess.run(
+            ["sh", "-c", "printf '%s\\0' " + line.removeprefix("rtool ")], capture_output=True, text=True, check=True
+        ).stdout
         assert shown.split("\0")[:-1] == argv[1:]
     assert not marker.exists()
 
@@ -104,9 +115,20 @@ def test_demo_reproduce_commands_survive_an_out_folder_with_spaces_and_quotes():
 
     out = Path("runs/it's my demo")
     commands = reproduce_commands(DemoConfig(out=out, epochs=2), out)
-    text = report.demo_markdown(title="t", intro="i", training={}, curves=None, parity=parity_report(),
-                                parity_plot_file=None, bench=None, grid=None, grid_caption="", exports=[],
-                                timings={}, commands=commands)
+    text = report.demo_markdown(
+        title="t",
+        intro="i",
+        training={},
+        curves=None,
+        parity=parity_report(),
+        parity_plot_file=None,
+        bench=None,
+        grid=None,
+        grid_caption="",
+        exports=[],
+        timings={},
+        commands=commands,
+    )
     block = next(t for t in MarkdownIt("commonmark").parse(text) if t.type == "fence")
     parsed = [shlex.split(line) for line in block.content.splitlines()]
     assert parsed == commands

@@ -22,14 +22,15 @@ from matplotlib.colors import to_hex
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 from PIL import Image
-
-from conftest import run_rtool
 from test_report import REFERENCE, parity_report
+
 from toolkit import plots, report
 from toolkit.card import InputSpec, ModelCard
 from toolkit.evaluate import EvalResult, write_eval_outputs
 from toolkit.infer import InferResult, Prediction, run_infer, save_grid
 from toolkit.parity import check_thresholds
+
+from conftest import run_rtool
 
 TEX = "$\\frac{a}{$"  # unbalanced mathtext: matplotlib raised ValueError on it
 MATH = "$x^2$"  # balanced: drawn as a superscript unless labels are plain text
@@ -65,17 +66,19 @@ def assert_png(path: Path) -> None:
 
 
 def history(epochs: int) -> list[dict]:
-    return [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 0.5 + e / 10,
-             "test_acc": 0.45 + e / 10} for e in range(1, epochs + 1)]
+    return [
+        {"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e, "train_acc": 0.5 + e / 10, "test_acc": 0.45 + e / 10}
+        for e in range(1, epochs + 1)
+    ]
 
 
 def grid_of(names: list[str]) -> InferResult:
     """Four 8x8 images whose predictions and labels are ``names`` (each one wrong)."""
     card = ModelCard("resnet20", {}, names, InputSpec(1, 8, 8, [0.5], [0.5]))
-    predictions = [Prediction(f"#{i}", [(names[(i + 1) % len(names)], 0.7)], names[i % len(names)])
-                   for i in range(4)]
-    return InferResult(Path("model.onnx"), "onnxruntime", "fp32", "CPU", card, predictions,
-                       np.zeros((4, 1, 8, 8), dtype=np.uint8))
+    predictions = [Prediction(f"#{i}", [(names[(i + 1) % len(names)], 0.7)], names[i % len(names)]) for i in range(4)]
+    return InferResult(
+        Path("model.onnx"), "onnxruntime", "fp32", "CPU", card, predictions, np.zeros((4, 1, 8, 8), dtype=np.uint8)
+    )
 
 
 DRAWINGS = {
@@ -84,9 +87,11 @@ DRAWINGS = {
     "compare": lambda out: plots.compare_runs({TEX: history(3), MATH: history(2)}, out, title=TEX),
     "grid": lambda out: save_grid(grid_of([TEX, MATH]), out),
     "parity": lambda out: report.parity_plot(
-        dataclasses.replace(parity_report(failed=True), reference={**parity_report().reference, "dataset": TEX}), out),
-    "eval": lambda out: write_eval_outputs(EvalResult(TEX, 6, 0.5, 0.8, {TEX: 0.75, MATH: 1.0}, [[3, 1], [0, 2]],
-                                                      [TEX, MATH], 0.1), out.parent)["confusion"],
+        dataclasses.replace(parity_report(failed=True), reference={**parity_report().reference, "dataset": TEX}), out
+    ),
+    "eval": lambda out: write_eval_outputs(
+        EvalResult(TEX, 6, 0.5, 0.8, {TEX: 0.75, MATH: 1.0}, [[3, 1], [0, 2]], [TEX, MATH], 0.1), out.parent
+    )["confusion"],
 }
 
 
@@ -133,8 +138,9 @@ def suptitle(fig) -> str:
 
 
 def test_demo_style_grid_names_the_sample_and_the_int8_target(cpu_export_dir, drawn, tmp_path):
-    result = run_infer(cpu_export_dir, runtime="onnxruntime", precision="int8", target="cpu", dataset="mnist5k",
-                       first=39, device="cpu")
+    result = run_infer(
+        cpu_export_dir, runtime="onnxruntime", precision="int8", target="cpu", dataset="mnist5k", first=39, device="cpu"
+    )
     path = save_grid(result, tmp_path / "grid.png", selection="sample of 32 evenly spaced test images + 7 mistakes")
     assert_png(path)
     title = suptitle(drawn[-1])
@@ -145,8 +151,15 @@ def test_demo_style_grid_names_the_sample_and_the_int8_target(cpu_export_dir, dr
 
 
 def test_infer_grid_says_which_images_it_shows(cpu_export_dir, drawn, tmp_path):
-    result = run_infer(cpu_export_dir, runtime="onnxruntime", precision="int8", target="tensorrt",
-                       dataset="mnist5k", first=120, device="cpu")
+    result = run_infer(
+        cpu_export_dir,
+        runtime="onnxruntime",
+        precision="int8",
+        target="tensorrt",
+        dataset="mnist5k",
+        first=120,
+        device="cpu",
+    )
     save_grid(result, tmp_path / "grid.png")
     title = suptitle(drawn[-1])
     assert "onnxruntime int8 (tensorrt)" in title
@@ -156,8 +169,9 @@ def test_infer_grid_says_which_images_it_shows(cpu_export_dir, drawn, tmp_path):
 
 def test_grid_titles_keep_clear_of_the_framed_image_above(cpu_export_dir, drawn, tmp_path):
     """An untrained model gets most of 39 images wrong: rows of red frames under two-line bold red titles."""
-    result = run_infer(cpu_export_dir, runtime="onnxruntime", precision="fp32", dataset="mnist5k", first=39,
-                       device="cpu")
+    result = run_infer(
+        cpu_export_dir, runtime="onnxruntime", precision="fp32", dataset="mnist5k", first=39, device="cpu"
+    )
     assert sum(p.correct is False for p in result.predictions) >= 10
     save_grid(result, tmp_path / "grid.png")
     fig = drawn[-1]
@@ -184,7 +198,7 @@ def test_long_class_names_are_cut_so_neighbouring_titles_do_not_touch(drawn, tmp
     renderer = fig.canvas.get_renderer()
     boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
     assert all(len(line) <= plots.GRID_LABEL_CHARS + 5 for ax in fig.axes for line in ax.get_title().splitlines())
-    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
 
 
 # ---------------------------------------------------------------- parity.png
@@ -231,8 +245,14 @@ def test_parity_plot_marks_a_failed_accuracy_drop_on_the_accuracy_bar(drawn, tmp
     assert bars(panel(fig, "same top-1 class as eager"))[1][1] == report.OTHER_CHECK_COLOR
 
 
-@pytest.mark.parametrize("images, words", [(60, "one batch of 60 images"), (1000, "per batch of 100 images (ms)"),
-                                           (250, "per batch of 100 images (ms); the last held 50")])
+@pytest.mark.parametrize(
+    "images, words",
+    [
+        (60, "one batch of 60 images"),
+        (1000, "per batch of 100 images (ms)"),
+        (250, "per batch of 100 images (ms); the last held 50"),
+    ],
+)
 def test_parity_plot_latency_axis_names_the_real_batch(images, words, drawn, tmp_path):
     parity = parity_report()
     parity.reference = {**REFERENCE, "images": images}
@@ -262,8 +282,17 @@ def test_a_broken_row_puts_the_accuracy_axis_back_to_zero(drawn, tmp_path):
     assert ax.get_xlim()[0] == 0 and "axis starts" not in ax.get_xlabel()
 
 
-@pytest.mark.parametrize("values, start", [([99.6, 99.9], 99.0), ([98.7, 99.1], 97.0), ([85.0, 99.0], 70.0),
-                                           ([100.0], 99.5), ([49.9, 99.0], 0.0), ([60.0], 20.0)])
+@pytest.mark.parametrize(
+    "values, start",
+    [
+        ([99.6, 99.9], 99.0),
+        ([98.7, 99.1], 97.0),
+        ([85.0, 99.0], 70.0),
+        ([100.0], 99.5),
+        ([49.9, 99.0], 0.0),
+        ([60.0], 20.0),
+    ],
+)
 def test_zoomed_start(values, start):
     assert report.zoomed_start(values) == start
     assert report.zoomed_start(values) < min(values) or start == 0

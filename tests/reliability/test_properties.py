@@ -46,9 +46,13 @@ def images(draw) -> Image.Image:
 def specs(draw) -> InputSpec:
     channels = draw(st.sampled_from([1, 3]))
     unit = st.floats(0.0, 1.0, allow_nan=False)
-    return InputSpec(channels=channels, height=draw(st.integers(1, 40)), width=draw(st.integers(1, 40)),
-                     mean=[draw(unit) for _ in range(channels)],
-                     std=[draw(st.floats(0.05, 1.0)) for _ in range(channels)])
+    return InputSpec(
+        channels=channels,
+        height=draw(st.integers(1, 40)),
+        width=draw(st.integers(1, 40)),
+        mean=[draw(unit) for _ in range(channels)],
+        std=[draw(st.floats(0.05, 1.0)) for _ in range(channels)],
+    )
 
 
 @FAST
@@ -65,8 +69,12 @@ def test_any_image_becomes_the_cards_input_and_back(image, spec):
 @given(spec=specs(), data=st.data())
 def test_any_pixel_array_conforms(spec, data):
     """conform_pixels: any (N, 1 or 3, H, W) uint8 batch -> the card's shape; already conforming -> untouched."""
-    shape = (data.draw(st.integers(1, 3)), data.draw(st.sampled_from([1, 3])),
-             data.draw(st.integers(1, 40)), data.draw(st.integers(1, 40)))
+    shape = (
+        data.draw(st.integers(1, 3)),
+        data.draw(st.sampled_from([1, 3])),
+        data.draw(st.integers(1, 40)),
+        data.draw(st.integers(1, 40)),
+    )
     pixels = data.draw(arrays(np.uint8, shape))
     out = conform_pixels(pixels, spec)
     assert out.shape == (shape[0], *spec.shape) and out.dtype == np.uint8
@@ -75,6 +83,7 @@ def test_any_pixel_array_conforms(spec, data):
 
 
 # ---------------------------------------------------------------- command line
+
 
 def run_main(args: list[str]) -> tuple[int, str, str]:
     """The real entry point in-process: (exit code, stdout, stderr); anything but SystemExit propagates."""
@@ -88,11 +97,32 @@ def run_main(args: list[str]) -> tuple[int, str, str]:
 
 
 values = st.one_of(
-    st.integers(-10 ** 12, 10 ** 12).map(str),
+    st.integers(-(10**12), 10**12).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(str),
     st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12),
-    st.sampled_from(["0", "-1", "1", "3", "1e3", "nan", "inf", " 3", "0x10", "\u0663", "all", "fp32", "int8",
-                     "onnx", "fp16,int8", "onnx,tensorrt", "--help", "-", ""]),
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1",
+            "3",
+            "1e3",
+            "nan",
+            "inf",
+            " 3",
+            "0x10",
+            "\u0663",
+            "all",
+            "fp32",
+            "int8",
+            "onnx",
+            "fp16,int8",
+            "onnx,tensorrt",
+            "--help",
+            "-",
+            "",
+        ]
+    ),
 )
 
 
@@ -121,31 +151,70 @@ def test_train_flags(tmp_path_factory, epochs, batch_size, lr):
 
 
 @FAST
-@given(first=valid_or("1", "16", "1000000"), precision=valid_or("fp32", "fp16", "int8"), topk=valid_or("1", "5"),
-       runtime=valid_or("onnxruntime", "eager", "tensorrt"))
+@given(
+    first=valid_or("1", "16", "1000000"),
+    precision=valid_or("fp32", "fp16", "int8"),
+    topk=valid_or("1", "5"),
+    runtime=valid_or("onnxruntime", "eager", "tensorrt"),
+)
 def test_infer_flags(first, precision, topk, runtime):
-    assert_rejected(["infer", "/nonexistent/model.onnx", "--dataset", "mnist5k", "--first", first,
-                     "--precision", precision, "--topk", topk, "--runtime", runtime])
+    assert_rejected(
+        [
+            "infer",
+            "/nonexistent/model.onnx",
+            "--dataset",
+            "mnist5k",
+            "--first",
+            first,
+            "--precision",
+            precision,
+            "--topk",
+            topk,
+            "--runtime",
+            runtime,
+        ]
+    )
 
 
 @FAST
-@given(formats=valid_or("onnx", "all", "torchscript,pt2", "tensorrt"), precision=valid_or("fp32", "fp16,int8"),
-       calib=valid_or("1", "256"), batch_range=valid_or("1:8:64", "4:4:4"))
+@given(
+    formats=valid_or("onnx", "all", "torchscript,pt2", "tensorrt"),
+    precision=valid_or("fp32", "fp16,int8"),
+    calib=valid_or("1", "256"),
+    batch_range=valid_or("1:8:64", "4:4:4"),
+)
 def test_export_flags(formats, precision, calib, batch_range):
-    assert_rejected(["export", "/nonexistent/best.pt", "--format", formats, "--precision", precision,
-                     "--calib-size", calib, "--batch-range", batch_range])
+    assert_rejected(
+        [
+            "export",
+            "/nonexistent/best.pt",
+            "--format",
+            formats,
+            "--precision",
+            precision,
+            "--calib-size",
+            calib,
+            "--batch-range",
+            batch_range,
+        ]
+    )
 
 
 @FAST
-@given(limit=valid_or("1", "500"), precisions=valid_or("fp32", "int8,fp16"),
-       threshold=valid_or("int8.agreement=99.5", "fp32.max_abs_diff=none", "fp16.accuracy_drop=0.5"))
+@given(
+    limit=valid_or("1", "500"),
+    precisions=valid_or("fp32", "int8,fp16"),
+    threshold=valid_or("int8.agreement=99.5", "fp32.max_abs_diff=none", "fp16.accuracy_drop=0.5"),
+)
 def test_parity_flags(limit, precisions, threshold):
-    assert_rejected(["parity", "/nonexistent/export", "--limit", limit, "--precisions", precisions,
-                     "--threshold", threshold])
+    assert_rejected(
+        ["parity", "/nonexistent/export", "--limit", limit, "--precisions", precisions, "--threshold", threshold]
+    )
 
 
-@pytest.mark.parametrize("command", ["train", "export", "infer", "eval", "parity", "bench", "summary", "models",
-                                     "compare", "demo"])
+@pytest.mark.parametrize(
+    "command", ["train", "export", "infer", "eval", "parity", "bench", "summary", "models", "compare", "demo"]
+)
 def test_help_of_every_command(command):
     code, out, err = run_main([command, "--help"])
     assert code == 0 and out.startswith("Usage: rtool ") and not err, (command, code, err)
@@ -164,10 +233,10 @@ def damaged(data: bytes, rng: np.random.Generator, kind: int) -> bytes:
         for _ in range(int(rng.integers(1, 16))):
             out[int(rng.integers(len(out)))] = int(rng.integers(256))
     elif kind == 1:
-        out = out[:int(rng.integers(1, len(out)))]
+        out = out[: int(rng.integers(1, len(out)))]
     else:
         start = int(rng.integers(len(out)))
-        out[start:start + 64] = rng.bytes(64)
+        out[start : start + 64] = rng.bytes(64)
     return bytes(out)
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
 from toolkit.cli import main
 from toolkit.train import TrainConfig, run_training
 from toolkit.train.distributed import usable_cpus
+
+from conftest import REPO
 
 TINY = ("--train-limit", "64", "--test-limit", "32", "--epochs", "1", "--batch-size", "32", "--quiet")
 CORES = usable_cpus()
@@ -46,10 +47,14 @@ FLAG_ROWS = {
     "seed negative": (("--seed", "-1"), "'--seed': -1 is not in the range 0<=x<=4294967295"),
     "epochs huge": (("--epochs", str(10**20)), f"'--epochs': {10**20} is not in the range 1<=x<=100000"),
     "batch size huge": (("--batch-size", str(10**20)), f"'--batch-size': {10**20} is not in the range 1<=x<=65536"),
-    "shift 100000": (("--shift", "100000"), "--shift 100000 is more than half the smaller side of the 28x28 "
-                                            "images; use --shift 14 or less"),
-    "nproc over the cores": (("--nproc", str(CORES + 1)), f"--nproc {CORES + 1} is more than the {CORES} CPU "
-                                                          f"core(s) this machine gives rtool; use --nproc {CORES}"),
+    "shift 100000": (
+        ("--shift", "100000"),
+        "--shift 100000 is more than half the smaller side of the 28x28 images; use --shift 14 or less",
+    ),
+    "nproc over the cores": (
+        ("--nproc", str(CORES + 1)),
+        f"--nproc {CORES + 1} is more than the {CORES} CPU core(s) this machine gives rtool; use --nproc {CORES}",
+    ),
 }
 
 
@@ -81,8 +86,9 @@ def test_bad_training_numbers_are_refused_before_any_work(name, tmp_path):
 
 
 def tiny_run(folder: Path, **settings) -> Path:
-    run_training(TrainConfig(out=str(folder), epochs=1, train_limit=64, test_limit=32, batch_size=32, quiet=True,
-                             **settings))
+    run_training(
+        TrainConfig(out=str(folder), epochs=1, train_limit=64, test_limit=32, batch_size=32, quiet=True, **settings)
+    )
     return folder
 
 
@@ -90,8 +96,11 @@ def tiny_run(folder: Path, **settings) -> Path:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Three finished one-epoch runs: resnet20 (the run to resume), plain20, and resnet20 with another seed."""
     folder = tmp_path_factory.mktemp("runs")
-    return {"resnet20": tiny_run(folder / "resnet20"), "plain20": tiny_run(folder / "plain20", model="plain20"),
-            "seed1": tiny_run(folder / "seed1", seed=1)}
+    return {
+        "resnet20": tiny_run(folder / "resnet20"),
+        "plain20": tiny_run(folder / "plain20", model="plain20"),
+        "seed1": tiny_run(folder / "seed1", seed=1),
+    }
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -147,10 +156,31 @@ def test_a_killed_worker_leaves_no_torch_error_file(tmp_path):
     temp = tmp_path / "tmp"
     temp.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "toolkit.cli", "train", "--nproc", "2", "--epochs", "50",
-                             "--train-limit", "64", "--test-limit", "32", "--batch-size", "16", "--out",
-                             str(tmp_path / "run")], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "toolkit.cli",
+            "train",
+            "--nproc",
+            "2",
+            "--epochs",
+            "50",
+            "--train-limit",
+            "64",
+            "--test-limit",
+            "32",
+            "--batch-size",
+            "16",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         first = proc.stdout.readline()  # "epoch   1/50 ...": both workers are training
         assert first.startswith("epoch"), (first, proc.stderr.read() if proc.poll() is not None else "")
@@ -164,8 +194,11 @@ def test_a_killed_worker_leaves_no_torch_error_file(tmp_path):
     deadline = time.monotonic() + 60
     while any(Path(f"/proc/{w}").exists() for w in workers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    lines = [line for line in stderr.splitlines() if line.strip() and "leaked semaphore" not in line
-             and "warnings.warn(" not in line]
+    lines = [
+        line
+        for line in stderr.splitlines()
+        if line.strip() and "leaked semaphore" not in line and "warnings.warn(" not in line
+    ]
     assert not list(temp.glob("pytorch-errorfile-*")), sorted(p.name for p in temp.iterdir())
     assert proc.returncode == 1 and len(lines) == 1 and "a training process died" in lines[0], stderr
     assert "Traceback" not in stderr

@@ -36,8 +36,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
             raise BadInputError("imagefolder needs a path: --dataset imagefolder:PATH")
         return load_image_folder(Path(arg))
     if key not in REGISTRY:
-        raise BadInputError(f"unknown data set '{name}'; choose one of: {', '.join(sorted(REGISTRY))}, "
-                            f"imagefolder:PATH")
+        raise BadInputError(
+            f"unknown data set '{name}'; choose one of: {', '.join(sorted(REGISTRY))}, imagefolder:PATH"
+        )
     loader, _ = REGISTRY[key]
     return loader(Path(data_dir) if data_dir else None, download)
 

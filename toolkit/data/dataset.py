@@ -29,8 +29,10 @@ class Split:
     @classmethod
     def of(cls, images: np.ndarray, labels: np.ndarray | list[int]) -> Split:
         """A split from NumPy arrays (any integer labels), as the tensors above."""
-        return cls(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
-                   torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
+            torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+        )
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Dataset:
         images = self.train.images.numpy()
         counts = np.zeros((self.channels, 256), dtype=np.int64)
         for start in range(0, len(images), STATS_CHUNK):
-            chunk = images[start:start + STATS_CHUNK]
+            chunk = images[start : start + STATS_CHUNK]
             for c in range(self.channels):
                 counts[c] += np.bincount(chunk[:, c].ravel(), minlength=256)
         levels = np.arange(256, dtype=np.float64) / 255.0
@@ -66,8 +68,13 @@ class Dataset:
         variance = (counts * (levels[None, :] - mean[:, None]) ** 2).sum(axis=1) / np.maximum(total - 1, 1)
         std = np.maximum(np.sqrt(variance), 1e-3)
         h, w = self.image_size
-        return InputSpec(channels=self.channels, height=h, width=w,
-                         mean=[round(float(m), 4) for m in mean], std=[round(float(s), 4) for s in std])
+        return InputSpec(
+            channels=self.channels,
+            height=h,
+            width=w,
+            mean=[round(float(m), 4) for m in mean],
+            std=[round(float(s), 4) for s in std],
+        )
 
 
 Loader = Callable[[Path | None, bool], Dataset]
@@ -78,6 +85,7 @@ def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
     def wrap(fn: Loader) -> Loader:
         REGISTRY[name] = (fn, description)
         return fn
+
     return wrap
 
 

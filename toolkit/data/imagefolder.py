@@ -42,17 +42,24 @@ def check_class_name(folder: Path) -> str:
     """The class name a folder gives, refused when it holds a character that would break a line or hide."""
     bad = [c for c in folder.name if unicodedata.category(c) in FORBIDDEN_CATEGORIES and c not in ALLOWED_FORMAT_MARKS]
     if bad:
-        raise BadInputError(f"class folder {shown(folder)} has a control character or undecodable byte in its "
-                            f"name ({shown(''.join(dict.fromkeys(bad)))}); class names go into labels and "
-                            f"reports: rename the folder with printable characters only")
+        raise BadInputError(
+            f"class folder {shown(folder)} has a control character or undecodable byte in its "
+            f"name ({shown(''.join(dict.fromkeys(bad)))}); class names go into labels and "
+            f"reports: rename the folder with printable characters only"
+        )
     return folder.name
 
 
 def _too_large(path: Path, size: tuple[int, int] | None) -> BadInputError:
-    what = f"is {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels)" if size else \
-        "is larger than Pillow decodes safely (a possible decompression bomb)"
-    return BadInputError(f"{shown(path)} {what}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels rtool reads "
-                         f"from one image; shrink it (every image is resized to one size anyway) or remove it")
+    what = (
+        f"is {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels)"
+        if size
+        else "is larger than Pillow decodes safely (a possible decompression bomb)"
+    )
+    return BadInputError(
+        f"{shown(path)} {what}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels rtool reads "
+        f"from one image; shrink it (every image is resized to one size anyway) or remove it"
+    )
 
 
 def _unreadable(path: Path, error: Exception) -> BadInputError:
@@ -97,24 +104,29 @@ def check_fits_in_memory(root: Path, count: int, spec: InputSpec, sized_by: str)
     need = count * spec.channels * spec.height * spec.width
     memory = physical_memory()
     if memory is not None and need > memory // MEMORY_SHARE:
-        raise BadInputError(f"image folder {shown(root)} would take {need / 1e9:.1f} GB in memory: {count} images "
-                            f"at {spec.width}x{spec.height} ({sized_by}), more than 1/{MEMORY_SHARE} of this "
-                            f"machine's {memory / 1e9:.0f} GB; resize the images to the size the model should "
-                            f"see (e.g. 224x224 or smaller) and try again")
+        raise BadInputError(
+            f"image folder {shown(root)} would take {need / 1e9:.1f} GB in memory: {count} images "
+            f"at {spec.width}x{spec.height} ({sized_by}), more than 1/{MEMORY_SHARE} of this "
+            f"machine's {memory / 1e9:.0f} GB; resize the images to the size the model should "
+            f"see (e.g. 224x224 or smaller) and try again"
+        )
 
 
 def _layout(root: Path) -> tuple[list[Path], bool]:
     """The folders that hold class folders ([root] or [train, test|val]); whether the split is the user's."""
     if not root.is_dir():
-        raise BadInputError(f"image folder {shown(root)} does not exist; pass --dataset imagefolder:PATH with one "
-                            f"sub-folder per class")
+        raise BadInputError(
+            f"image folder {shown(root)} does not exist; pass --dataset imagefolder:PATH with one sub-folder per class"
+        )
     train = root / "train"
     test = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if train.is_dir() and test is not None:
         return [train, test], True
     if train.is_dir() and any(p.is_dir() for p in train.iterdir()):
-        raise BadInputError(f"image folder {shown(root)} has train/ but no test/ or val/; add one, "
-                            f"or lay the images out as {shown(root)}/CLASS/image.png for a fixed 80/20 split")
+        raise BadInputError(
+            f"image folder {shown(root)} has train/ but no test/ or val/; add one, "
+            f"or lay the images out as {shown(root)}/CLASS/image.png for a fixed 80/20 split"
+        )
     return [root], False
 
 
@@ -124,16 +136,27 @@ def _files(root: Path) -> tuple[list[str], list[list[tuple[Path, int]]], bool]:
     class_root = split_dirs[0]
     classes = sorted(check_class_name(p) for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise BadInputError(f"image folder {shown(class_root)} has no class sub-folders; lay it out as "
-                            f"{shown(class_root)}/CLASS/image.png")
-    groups = [[(f, i) for i, c in enumerate(classes) if (base / c).is_dir() for f in sorted((base / c).glob("*"))
-               if f.suffix.lower() in IMAGE_SUFFIXES] for base in split_dirs]
+        raise BadInputError(
+            f"image folder {shown(class_root)} has no class sub-folders; lay it out as "
+            f"{shown(class_root)}/CLASS/image.png"
+        )
+    groups = [
+        [
+            (f, i)
+            for i, c in enumerate(classes)
+            if (base / c).is_dir()
+            for f in sorted((base / c).glob("*"))
+            if f.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        for base in split_dirs
+    ]
     if not any(groups):
         raise BadInputError(f"image folder {shown(root)} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     if not all(groups):
         empty = split_dirs[1] if groups[0] else split_dirs[0]
-        raise BadInputError(f"{shown(empty)} holds no images of the classes {shown(', '.join(classes))} "
-                            f"(from {shown(class_root)})")
+        raise BadInputError(
+            f"{shown(empty)} holds no images of the classes {shown(', '.join(classes))} (from {shown(class_root)})"
+        )
     return classes, groups, has_splits
 
 
@@ -159,8 +182,9 @@ def load_image_folder(root: Path, size: int | None = None) -> Dataset:
             first_size = first_size or image.size
     grey = modes <= GREY_MODES
     w, h = (size, size) if size else first_size
-    spec = InputSpec(channels=1 if grey else 3, height=h, width=w, mean=[0.0] * (1 if grey else 3),
-                     std=[1.0] * (1 if grey else 3))
+    spec = InputSpec(
+        channels=1 if grey else 3, height=h, width=w, mean=[0.0] * (1 if grey else 3), std=[1.0] * (1 if grey else 3)
+    )
     check_fits_in_memory(root, len(files), spec, "the size asked for" if size else f"the size of {shown(files[0])}")
     if has_splits:
         (xtr, ytr), (xte, yte) = _read(groups[0], spec), _read(groups[1], spec)

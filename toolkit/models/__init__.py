@@ -29,30 +29,63 @@ class ModelEntry:
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def _register(name: str, family: str, builder: Callable[..., nn.Module],
-              default_input: tuple[int, int, int], default_classes: int, description: str) -> None:
+def _register(
+    name: str,
+    family: str,
+    builder: Callable[..., nn.Module],
+    default_input: tuple[int, int, int],
+    default_classes: int,
+    description: str,
+) -> None:
     _REGISTRY[name] = ModelEntry(name, family, builder, default_input, default_classes, description)
 
 
-_IMAGENET = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]),
-             50: (Bottleneck, [3, 4, 6, 3]), 101: (Bottleneck, [3, 4, 23, 3]),
-             152: (Bottleneck, [3, 8, 36, 3])}
+_IMAGENET = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
 for _depth, (_block, _layers) in _IMAGENET.items():
+
     def _imagenet_builder(block=_block, layers=_layers, shortcut: str = "B", **kw: Any) -> nn.Module:
         return ResNet(block, layers, [64, 128, 256, 512], stem="imagenet", shortcut=shortcut, **kw)
-    _register(f"resnet{_depth}", "imagenet-resnet", _imagenet_builder, (3, 224, 224), 1000,
-              f"ResNet-{_depth}, {_block.__name__}, torchvision-compatible state_dict")
+
+    _register(
+        f"resnet{_depth}",
+        "imagenet-resnet",
+        _imagenet_builder,
+        (3, 224, 224),
+        1000,
+        f"ResNet-{_depth}, {_block.__name__}, torchvision-compatible state_dict",
+    )
 
 for _depth in (20, 32, 44, 56, 110):
     _n = (_depth - 2) // 6
+
     def _cifar_builder(n=_n, shortcut: str = "A", **kw: Any) -> nn.Module:
         return ResNet(BasicBlock, [n, n, n], [16, 32, 64], stem="cifar", shortcut=shortcut, **kw)
+
     def _plain_builder(n=_n, **kw: Any) -> nn.Module:
         return ResNet(BasicBlock, [n, n, n], [16, 32, 64], stem="cifar", shortcut="none", **kw)
-    _register(f"resnet{_depth}", "cifar-resnet", _cifar_builder, (3, 32, 32), 10,
-              f"CIFAR ResNet-{_depth} (3x{_n} basic blocks, option A shortcuts)")
-    _register(f"plain{_depth}", "cifar-plain", _plain_builder, (3, 32, 32), 10,
-              f"CIFAR plain-{_depth} (ResNet-{_depth} without shortcuts)")
+
+    _register(
+        f"resnet{_depth}",
+        "cifar-resnet",
+        _cifar_builder,
+        (3, 32, 32),
+        10,
+        f"CIFAR ResNet-{_depth} (3x{_n} basic blocks, option A shortcuts)",
+    )
+    _register(
+        f"plain{_depth}",
+        "cifar-plain",
+        _plain_builder,
+        (3, 32, 32),
+        10,
+        f"CIFAR plain-{_depth} (ResNet-{_depth} without shortcuts)",
+    )
 
 
 def list_models() -> list[str]:
@@ -65,11 +98,14 @@ def get_entry(name: str) -> ModelEntry:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise BadInputError(f"unknown model '{name}'; choose one of: {', '.join(list_models())} (see `rtool models`)") from None
+        raise BadInputError(
+            f"unknown model '{name}'; choose one of: {', '.join(list_models())} (see `rtool models`)"
+        ) from None
 
 
-def create_model(name: str, *, in_channels: int | None = None, num_classes: int | None = None,
-                 init: str = "kaiming", **kwargs: Any) -> nn.Module:
+def create_model(
+    name: str, *, in_channels: int | None = None, num_classes: int | None = None, init: str = "kaiming", **kwargs: Any
+) -> nn.Module:
     """Build a registered model; channels and classes default to the model's design."""
     entry = get_entry(name)
     in_channels = entry.default_input[0] if in_channels is None else in_channels
@@ -83,8 +119,9 @@ def create_model(name: str, *, in_channels: int | None = None, num_classes: int 
     if entry.family == "cifar-plain" and "shortcut" in kwargs:
         raise BadInputError(f"{name} has no shortcuts by design; for shortcut option A or B use resnet{name[5:]}")
     if kwargs.get("shortcut", "A") not in ("A", "B"):
-        raise BadInputError(f"unknown shortcut option '{kwargs['shortcut']}'; choose A (zero-padding identity) "
-                            f"or B (1x1 projection)")
+        raise BadInputError(
+            f"unknown shortcut option '{kwargs['shortcut']}'; choose A (zero-padding identity) or B (1x1 projection)"
+        )
     try:
         model = entry.builder(in_channels=in_channels, num_classes=num_classes, **kwargs)
     except TypeError as e:  # an argument this architecture does not take
@@ -94,4 +131,13 @@ def create_model(name: str, *, in_channels: int | None = None, num_classes: int 
     return model
 
 
-__all__ = ["BasicBlock", "Bottleneck", "ResNet", "ModelEntry", "create_model", "get_entry", "list_models", "init_weights"]
+__all__ = [
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "ModelEntry",
+    "create_model",
+    "get_entry",
+    "list_models",
+    "init_weights",
+]

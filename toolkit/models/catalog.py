@@ -23,14 +23,22 @@ def model_table() -> list[dict[str, Any]]:
         with torch.device("meta"):
             model = create_model(name)
         c, h, w = entry.default_input
-        rows.append({"name": name, "family": entry.family, "default_input": f"{c}x{h}x{w}",
-                     "params": count_params(model), "gflops": count_macs(model, (1, c, h, w)) / 1e9,
-                     "description": entry.description})
+        rows.append(
+            {
+                "name": name,
+                "family": entry.family,
+                "default_input": f"{c}x{h}x{w}",
+                "params": count_params(model),
+                "gflops": count_macs(model, (1, c, h, w)) / 1e9,
+                "description": entry.description,
+            }
+        )
     return rows
 
 
-def model_summary(name: str, input_shape: tuple[int, ...] | None = None,
-                  num_classes: int | None = None) -> dict[str, Any]:
+def model_summary(
+    name: str, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None
+) -> dict[str, Any]:
     entry = get_entry(name)
     shape = tuple(input_shape or (1, *entry.default_input))
     if len(shape) != 4 or min(shape) < 1:
@@ -40,7 +48,9 @@ def model_summary(name: str, input_shape: tuple[int, ...] | None = None,
     try:
         rows = summarize(model, shape)
     except RuntimeError as e:
-        raise BadInputError(f"input {'x'.join(map(str, shape))} does not fit {name}: {str(e).splitlines()[0]}") from None
+        raise BadInputError(
+            f"input {'x'.join(map(str, shape))} does not fit {name}: {str(e).splitlines()[0]}"
+        ) from None
     block_kinds = ("BasicBlock", "Bottleneck")
     return {
         "model": name,

@@ -57,8 +57,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, residual: bool = True) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, residual: bool = True
+    ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -81,8 +82,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None, residual: bool = True) -> None:
+    def __init__(
+        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None, residual: bool = True
+    ) -> None:
         super().__init__()
         width = planes
         self.conv1 = conv1x1(inplanes, width)
@@ -114,9 +116,17 @@ class ResNet(nn.Module):
     ``stem="cifar"``: one 3x3 convolution (ResNet-20..110 on 32x32 inputs).
     """
 
-    def __init__(self, block: Block, layers: list[int], widths: list[int], *,
-                 stem: Literal["imagenet", "cifar"] = "imagenet", shortcut: Shortcut = "B",
-                 in_channels: int = 3, num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        block: Block,
+        layers: list[int],
+        widths: list[int],
+        *,
+        stem: Literal["imagenet", "cifar"] = "imagenet",
+        shortcut: Shortcut = "B",
+        in_channels: int = 3,
+        num_classes: int = 1000,
+    ) -> None:
         super().__init__()
         if in_channels < 1 or num_classes < 1:
             raise ValueError("in_channels and num_classes must be positive")

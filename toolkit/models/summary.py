@@ -45,9 +45,15 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
             return
         leaf = not list(module.children())
         own_params = sum(p.numel() for p in module.parameters(recurse=leaf))
-        rows.append(LayerRow(names[module], type(module).__name__, list(output.shape),
-                             own_params if leaf else sum(p.numel() for p in module.parameters()),
-                             _macs(module, output)))
+        rows.append(
+            LayerRow(
+                names[module],
+                type(module).__name__,
+                list(output.shape),
+                own_params if leaf else sum(p.numel() for p in module.parameters()),
+                _macs(module, output),
+            )
+        )
 
     for name, module in model.named_modules():
         depth = name.count(".")

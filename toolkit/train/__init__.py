@@ -23,12 +23,28 @@ import importlib
 from typing import Any
 
 _HOMES = {
-    "config": ("TrainConfig", "LaunchConfig", "default_run_dir", "OPTIMIZERS", "SCHEDULES", "AMP_MODES",
-               "DEFAULT_LR", "DEFAULT_WEIGHT_DECAY", "RUNTIME_FIELDS"),
+    "config": (
+        "TrainConfig",
+        "LaunchConfig",
+        "default_run_dir",
+        "OPTIMIZERS",
+        "SCHEDULES",
+        "AMP_MODES",
+        "DEFAULT_LR",
+        "DEFAULT_WEIGHT_DECAY",
+        "RUNTIME_FIELDS",
+    ),
     "distributed": ("Distributed", "resolve_device", "init_distributed", "launch_processes"),
     "batching": ("limit_split", "epoch_order", "batch_generator", "random_shift", "normalize", "model_input"),
-    "loop": ("EpochStats", "Trainer", "TrainingDiverged", "build_optimizer", "build_scheduler", "train_one_epoch",
-             "evaluate"),
+    "loop": (
+        "EpochStats",
+        "Trainer",
+        "TrainingDiverged",
+        "build_optimizer",
+        "build_scheduler",
+        "train_one_epoch",
+        "evaluate",
+    ),
     "rundir": ("RUN_FILES", "check_run_dir", "resume_config", "write_metrics", "read_metrics", "compare_runs"),
     "run": ("TrainResult", "run_training"),
     "command": ("train_command", "summarize"),

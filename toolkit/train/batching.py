@@ -51,7 +51,7 @@ def epoch_order(n: int, epoch: int, seed: int, dist_info: Distributed) -> torch.
     order = torch.randperm(n, generator=g)
     if dist_info.active:
         total = math.ceil(n / dist_info.world_size) * dist_info.world_size
-        order = torch.cat([order, order[: total - n]])[dist_info.rank::dist_info.world_size]
+        order = torch.cat([order, order[: total - n]])[dist_info.rank :: dist_info.world_size]
     return order
 
 
@@ -68,8 +68,10 @@ def check_shift(shift: int, spec: InputSpec) -> None:
     """Refuse a shift that would move whole images out of view (and ask for padding larger than memory)."""
     most = min(spec.height, spec.width) // 2
     if shift > most:
-        raise BadInputError(f"--shift {shift} is more than half the smaller side of the {spec.height}x{spec.width} "
-                            f"images; use --shift {most} or less")
+        raise BadInputError(
+            f"--shift {shift} is more than half the smaller side of the {spec.height}x{spec.width} "
+            f"images; use --shift {most} or less"
+        )
 
 
 def random_shift(pixels: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -102,8 +104,9 @@ def model_input(pixels: torch.Tensor, spec: InputSpec, channels_last: bool) -> t
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def training_batch(split: Split, idx: torch.Tensor, spec: InputSpec, config: TrainConfig, epoch: int, batch: int,
-                   rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(
+    split: Split, idx: torch.Tensor, spec: InputSpec, config: TrainConfig, epoch: int, batch: int, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The model input and labels of one training batch: shifted as (seed, epoch, batch, rank) decides."""
     shifts = batch_generator(config.seed, epoch, batch, rank)
     x = model_input(random_shift(split.images[idx], config.shift, shifts), spec, config.channels_last)

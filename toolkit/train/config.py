@@ -37,26 +37,31 @@ class TrainConfig:
     """Everything that defines a training run (saved in the card and in last.pt)."""
 
     model: str = setting("resnet20", "Any name from `rtool models`.")
-    dataset: str = setting("mnist5k", "mnist5k (embedded), mnist, kmnist, fashionmnist, cifar10, svhn, stl10 or "
-                                      "imagefolder:PATH.")
+    dataset: str = setting(
+        "mnist5k", "mnist5k (embedded), mnist, kmnist, fashionmnist, cifar10, svhn, stl10 or imagefolder:PATH."
+    )
     data_dir: str | None = setting(None, "Folder of a downloaded data set (torchvision ones).")
     download: bool = setting(False, "Download the data set into --data-dir if it is missing.")
     out: str | None = setting(None, "Run folder (default: runs/MODEL-DATASET).")
     epochs: int = setting(12, "Passes over the training images.", low=1, high=MAX_EPOCHS)
     # Per process; benchmarks/train_recipes.py: more updates beat batch 128 on mnist5k.
     batch_size: int = setting(32, "Per process.", low=1, high=MAX_BATCH_SIZE)
-    lr: float | None = setting(None, f"Peak learning rate (default: {_per_optimizer(DEFAULT_LR)}).",
-                               low=0, low_open=True)
+    lr: float | None = setting(
+        None, f"Peak learning rate (default: {_per_optimizer(DEFAULT_LR)}).", low=0, low_open=True
+    )
     momentum: float = setting(0.9, "SGD momentum (Nesterov).", low=0, high=1)
     weight_decay: float | None = setting(None, f"Default: {_per_optimizer(DEFAULT_WEIGHT_DECAY)}.", low=0)
-    label_smoothing: float = setting(0.0, "Share of each label spread over the other classes.", low=0, high=1,
-                                     high_open=True)
+    label_smoothing: float = setting(
+        0.0, "Share of each label spread over the other classes.", low=0, high=1, high_open=True
+    )
     optimizer: str = setting("sgd", "Optimizer.", choices=OPTIMIZERS)
-    schedule: str = setting("onecycle", "Stepped per batch; step divides the lr by 10 at 50% and 75% of training.",
-                            choices=SCHEDULES)
+    schedule: str = setting(
+        "onecycle", "Stepped per batch; step divides the lr by 10 at 50% and 75% of training.", choices=SCHEDULES
+    )
     init: str = setting("kaiming", "Weight initialisation.", choices=INITS)
-    shift: int = setting(2, "Random-shift augmentation in pixels (0: off; at most half the image's smaller side).",
-                         low=0)
+    shift: int = setting(
+        2, "Random-shift augmentation in pixels (0: off; at most half the image's smaller side).", low=0
+    )
     seed: int = setting(0, "Seed of the weights, the sample order and the augmentation.", low=0, high=MAX_SEED)
     device: str = setting("auto", "Where to train (auto: cuda if usable, else cpu).", choices=DEVICES)
     amp: str = setting("none", "Mixed precision (fp16 needs cuda).", choices=AMP_MODES)
@@ -86,8 +91,9 @@ class TrainConfig:
 class LaunchConfig:
     """How many local processes train; not part of the run's settings (last.pt records its world size)."""
 
-    nproc: int = setting(1, "Train with DistributedDataParallel on this many local processes (at most one per "
-                            "CPU core here).", low=1)
+    nproc: int = setting(
+        1, "Train with DistributedDataParallel on this many local processes (at most one per CPU core here).", low=1
+    )
 
 
 def default_run_dir(model: str, dataset: str) -> str:

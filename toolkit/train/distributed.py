@@ -65,8 +65,9 @@ def init_distributed(config: TrainConfig) -> Distributed:
         return Distributed(device=device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend="nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+    )
     return Distributed(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device)
 
 
@@ -97,11 +98,15 @@ def check_nproc(nproc: int, device: str) -> None:
         raise BadInputError("--nproc starts its own processes; under torchrun leave it out")
     cores = usable_cpus()
     if nproc > cores:
-        raise BadInputError(f"--nproc {nproc} is more than the {cores} CPU core(s) this machine gives rtool; "
-                            f"use --nproc {cores} or fewer")
+        raise BadInputError(
+            f"--nproc {nproc} is more than the {cores} CPU core(s) this machine gives rtool; "
+            f"use --nproc {cores} or fewer"
+        )
     if device != "cpu" and torch.cuda.is_available() and nproc > torch.cuda.device_count():
-        raise BadInputError(f"--nproc {nproc} is more than the {torch.cuda.device_count()} GPU(s) here (one process "
-                            f"per GPU); use fewer, or --device cpu")
+        raise BadInputError(
+            f"--nproc {nproc} is more than the {torch.cuda.device_count()} GPU(s) here (one process "
+            f"per GPU); use fewer, or --device cpu"
+        )
 
 
 def launch_processes(train: Callable[[TrainConfig], Any], config: TrainConfig, nproc: int) -> Any:
@@ -123,8 +128,9 @@ def launch_processes(train: Callable[[TrainConfig], Any], config: TrainConfig, n
     level = spawn_log.level
     spawn_log.setLevel(logging.ERROR)  # "Terminating process ... via signal SIGTERM": our one line says it
     try:
-        procs = mp.start_processes(_worker, args=(nproc, port, train, config, results), nprocs=nproc,
-                                   join=False, start_method="spawn")
+        procs = mp.start_processes(
+            _worker, args=(nproc, port, train, config, results), nprocs=nproc, join=False, start_method="spawn"
+        )
         done = False
         while not done:
             try:
@@ -156,13 +162,20 @@ def _rank0_result(outcomes: list[tuple], died: Exception | None) -> Any:
     raise CheckFailedError("the training processes ended without a result; see the messages above")
 
 
-def _worker(rank: int, world_size: int, port: int, train: Callable[[TrainConfig], Any], config: TrainConfig,
-            results: Any) -> None:
+def _worker(
+    rank: int, world_size: int, port: int, train: Callable[[TrainConfig], Any], config: TrainConfig, results: Any
+) -> None:
     """One spawned rank. No exception reaches torch's wrapper: it would pickle the traceback into a
     ``pytorch-errorfile-*.pickle`` in the temporary folder, which torch never removes (its parent reads only
     the first failed process's file, and none once it is killed)."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     code = 0
     try:
         outcome: tuple = ("ok", train(config))

@@ -109,25 +109,32 @@ class Trainer:
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+        )
     return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
-                    total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per batch. onecycle: warm up 25% then anneal; cosine: decay to 0; step: /10 at 50% and 75%."""
     if config.schedule == "onecycle":
         if total_steps < 2:  # no room for a cycle: one step at the peak rate
             return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
         # OneCycleLR needs more than one step in its warm-up phase (tiny runs have few steps).
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total_steps,
-                                                   pct_start=max(0.25, 1.5 / total_steps),
-                                                   cycle_momentum=config.optimizer == "sgd")
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.lr,
+            total_steps=total_steps,
+            pct_start=max(0.25, 1.5 / total_steps),
+            cycle_momentum=config.optimizer == "sgd",
+        )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[total_steps // 2, total_steps * 3 // 4],
-                                                gamma=0.1)
+    return torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=[total_steps // 2, total_steps * 3 // 4], gamma=0.1
+    )
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
@@ -136,8 +143,14 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def train_one_epoch(trainer: Trainer, epoch: int, first: int, stats: EpochStats, stop: Callable[[], bool],
-                    advance: Callable[[int, str], None]) -> int | None:
+def train_one_epoch(
+    trainer: Trainer,
+    epoch: int,
+    first: int,
+    stats: EpochStats,
+    stop: Callable[[], bool],
+    advance: Callable[[int, str], None],
+) -> int | None:
     """Train on this rank's batches of ``epoch`` from batch ``first``, adding to ``stats``.
 
     Returns None when the epoch is done, or the next batch when a stop was requested (every rank stops
@@ -146,14 +159,15 @@ def train_one_epoch(trainer: Trainer, epoch: int, first: int, stats: EpochStats,
     config, dist_info = trainer.config, trainer.dist_info
     order = epoch_order(len(trainer.train_split), epoch, config.seed, dist_info)
     for batch in range(first, trainer.steps_per_epoch):
-        idx = order[batch * config.batch_size:(batch + 1) * config.batch_size].to(dist_info.device)
+        idx = order[batch * config.batch_size : (batch + 1) * config.batch_size].to(dist_info.device)
         x, y = training_batch(trainer.train_split, idx, trainer.spec, config, epoch, batch, dist_info.rank)
         loss_value, correct = trainer.step(x, y)
         nonfinite, stop_now = any_rank(torch.tensor([not math.isfinite(loss_value), stop()]), dist_info)
         if nonfinite:
             raise TrainingDiverged(
                 f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, batch {batch + 1} "
-                f"(lr {config.lr:g}); lower --lr or raise --batch-size. Kept: {kept_checkpoints(trainer.run_dir)}")
+                f"(lr {config.lr:g}); lower --lr or raise --batch-size. Kept: {kept_checkpoints(trainer.run_dir)}"
+            )
         stats.add(loss_value * len(idx), correct, len(idx))
         advance(1, stats.text())
         if stop_now:
@@ -162,14 +176,15 @@ def train_one_epoch(trainer: Trainer, epoch: int, first: int, stats: EpochStats,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, spec: InputSpec, dist_info: Distributed, config: TrainConfig,
-             batch_size: int = 500) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, split: Split, spec: InputSpec, dist_info: Distributed, config: TrainConfig, batch_size: int = 500
+) -> tuple[float, float]:
     """(mean loss, accuracy) on ``split``; under DDP each rank takes a shard and the sums are reduced."""
     model.eval()
     indices = torch.arange(dist_info.rank, len(split), dist_info.world_size)
     sums = torch.zeros(3, dtype=torch.float64, device=dist_info.device)  # loss sum, correct, count
     for start in range(0, len(indices), batch_size):
-        idx = indices[start:start + batch_size]
+        idx = indices[start : start + batch_size]
         x = model_input(split.images[idx].to(dist_info.device, non_blocking=True), spec, config.channels_last)
         y = split.labels[idx].to(dist_info.device, non_blocking=True)
         with autocast(dist_info.device, config.amp):
@@ -231,9 +246,15 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        with RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=self.console,
-                          transient=True) as bar:
+        with RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        ) as bar:
             task = bar.add_task(title, total=total, completed=done, stats="")
             yield lambda advance, text: bar.update(task, advance=advance, stats=text)
 

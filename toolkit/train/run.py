@@ -76,15 +76,16 @@ def run_training(config: TrainConfig, should_stop: Callable[[], bool] | None = N
     try:
         result = _train(config, run_dir, dist_info, should_stop)
         if dist_info.active:  # rank 0 still writes after the last collective: tear gloo down together, or a
-            dist.barrier()    # rank that leaves first can abort in gloo's threads ("terminate called ...")
+            dist.barrier()  # rank that leaves first can abort in gloo's threads ("terminate called ...")
         return result
     finally:
         if dist_info.active:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
-           should_stop: Callable[[], bool] | None) -> TrainResult:
+def _train(
+    config: TrainConfig, run_dir: Path, dist_info: Distributed, should_stop: Callable[[], bool] | None
+) -> TrainResult:
     prepare_run_dir(config, run_dir, dist_info)
     progress = Progress(enabled=dist_info.is_main and not config.quiet)
     trainer = build_trainer(config, run_dir, dist_info)
@@ -101,7 +102,8 @@ def _train(config: TrainConfig, run_dir: Path, dist_info: Distributed,
     if dist_info.active:
         device = dist_info.device
         trainer.net = nn.parallel.DistributedDataParallel(
-            trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
+            trainer.model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     trainer.net.train()
     interrupted = train_epochs(trainer, start, progress, should_stop)
     if dist_info.is_main:
@@ -131,18 +133,28 @@ def build_trainer(config: TrainConfig, run_dir: Path, dist_info: Distributed) ->
     train_split = on_device(limit_split(data.train, config.train_limit), device)
     test_split = on_device(limit_split(data.test, config.test_limit), device)
     torch.manual_seed(config.seed)
-    model = create_model(config.model, in_channels=spec.channels, num_classes=len(data.class_names),
-                         init=config.init).to(device)
+    model = create_model(
+        config.model, in_channels=spec.channels, num_classes=len(data.class_names), init=config.init
+    ).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     steps_per_epoch = math.ceil(math.ceil(len(train_split) / dist_info.world_size) / config.batch_size)
     optimizer = build_optimizer(model, config)
-    return Trainer(config=config, run_dir=run_dir, dist_info=dist_info, spec=spec, class_names=data.class_names,
-                   train_split=train_split, test_split=test_split, model=model, optimizer=optimizer,
-                   scheduler=build_scheduler(optimizer, config, steps_per_epoch * config.epochs),
-                   scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
-                   loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-                   steps_per_epoch=steps_per_epoch)
+    return Trainer(
+        config=config,
+        run_dir=run_dir,
+        dist_info=dist_info,
+        spec=spec,
+        class_names=data.class_names,
+        train_split=train_split,
+        test_split=test_split,
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, config, steps_per_epoch * config.epochs),
+        scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        steps_per_epoch=steps_per_epoch,
+    )
 
 
 def restore(trainer: Trainer) -> Start:
@@ -151,8 +163,9 @@ def restore(trainer: Trainer) -> Start:
     last = load_checkpoint(run_dir / "last.pt")
     state = last.train_state
     if state.get("world_size", 1) != dist_info.world_size:
-        raise BadInputError(f"{run_dir} was trained with {state.get('world_size', 1)} process(es); "
-                            f"resume it with the same number")
+        raise BadInputError(
+            f"{run_dir} was trained with {state.get('world_size', 1)} process(es); resume it with the same number"
+        )
     check_resumable(run_dir, last, trainer.config)
     trainer.model.load_state_dict(last.state_dict)
     trainer.optimizer.load_state_dict(state["optimizer"])
@@ -167,8 +180,7 @@ def restore(trainer: Trainer) -> Start:
     return Start(int(state["epoch"]), int(state["batch"]), EpochStats.from_state(state["partial"], dist_info))
 
 
-def train_epochs(trainer: Trainer, start: Start, progress: Progress,
-                 should_stop: Callable[[], bool] | None) -> bool:
+def train_epochs(trainer: Trainer, start: Start, progress: Progress, should_stop: Callable[[], bool] | None) -> bool:
     """Train from ``start`` to the last epoch; True when stopped early (last.pt then says where)."""
     config = trainer.config
     stats = start.stats
@@ -195,30 +207,45 @@ def finish_epoch(trainer: Trainer, epoch: int, stats: EpochStats, started: float
     epoch_sums = stats.summed(dist_info)
     test_loss, test_acc = evaluate(trainer.model, trainer.test_split, trainer.spec, dist_info, config)
     seconds = time.perf_counter() - started
-    row = {"epoch": epoch + 1, "train_loss": round(epoch_sums.loss_sum / epoch_sums.seen, 6),
-           "train_acc": round(epoch_sums.correct / epoch_sums.seen, 6), "test_loss": round(test_loss, 6),
-           "test_acc": round(test_acc, 6), "lr": trainer.optimizer.param_groups[0]["lr"],
-           "images_per_s": round(epoch_sums.seen / train_seconds, 1), "train_seconds": round(train_seconds, 3),
-           "seconds": round(seconds, 3)}
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": round(epoch_sums.loss_sum / epoch_sums.seen, 6),
+        "train_acc": round(epoch_sums.correct / epoch_sums.seen, 6),
+        "test_loss": round(test_loss, 6),
+        "test_acc": round(test_acc, 6),
+        "lr": trainer.optimizer.param_groups[0]["lr"],
+        "images_per_s": round(epoch_sums.seen / train_seconds, 1),
+        "train_seconds": round(train_seconds, 3),
+        "seconds": round(seconds, 3),
+    }
     trainer.history.append(row)
     if test_acc > trainer.best_acc:
         trainer.best_acc, trainer.best_epoch = test_acc, epoch + 1
         if dist_info.is_main:
-            save_checkpoint(trainer.run_dir / "best.pt", trainer.model,
-                            card_of(trainer, {**row, "best_acc": trainer.best_acc}))
+            save_checkpoint(
+                trainer.run_dir / "best.pt", trainer.model, card_of(trainer, {**row, "best_acc": trainer.best_acc})
+            )
     save_last(trainer, epoch + 1, 0, stats)
     if dist_info.is_main:
         write_metrics(trainer.run_dir, trainer.history)
-    progress.line(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} "
-                  f"acc {100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  "
-                  f"{row['images_per_s']:.0f} img/s  {seconds:.1f}s")
+    progress.line(
+        f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {100 * row['train_acc']:.2f}%  test loss {test_loss:.4f} acc {100 * test_acc:.2f}%  "
+        f"{row['images_per_s']:.0f} img/s  {seconds:.1f}s"
+    )
 
 
 def card_of(trainer: Trainer, metrics: dict[str, Any]) -> ModelCard:
     """The card of this run with its latest metrics."""
     config = trainer.config
-    return make_card(config.model, class_names=trainer.class_names, input_spec=trainer.spec, dataset=config.dataset,
-                     training={**config.settings(), "world_size": trainer.dist_info.world_size}, metrics=metrics)
+    return make_card(
+        config.model,
+        class_names=trainer.class_names,
+        input_spec=trainer.spec,
+        dataset=config.dataset,
+        training={**config.settings(), "world_size": trainer.dist_info.world_size},
+        metrics=metrics,
+    )
 
 
 def save_last(trainer: Trainer, epoch: int, batch: int, stats: EpochStats) -> None:
@@ -228,21 +255,41 @@ def save_last(trainer: Trainer, epoch: int, batch: int, stats: EpochStats) -> No
     if dist_info.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state_all()
     unfinished = stats.summed(dist_info).to_state() if batch else EpochStats().to_state()
-    state = {"epoch": epoch, "batch": batch, "partial": unfinished, "history": trainer.history,
-             "best_acc": trainer.best_acc, "best_epoch": trainer.best_epoch,
-             "optimizer": trainer.optimizer.state_dict(), "scheduler": trainer.scheduler.state_dict(),
-             "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else {},
-             "rng": rng, "config": trainer.config.to_dict(), "world_size": dist_info.world_size}
+    state = {
+        "epoch": epoch,
+        "batch": batch,
+        "partial": unfinished,
+        "history": trainer.history,
+        "best_acc": trainer.best_acc,
+        "best_epoch": trainer.best_epoch,
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict() if trainer.scaler.is_enabled() else {},
+        "rng": rng,
+        "config": trainer.config.to_dict(),
+        "world_size": dist_info.world_size,
+    }
     if dist_info.is_main:
-        save_checkpoint(trainer.run_dir / "last.pt", trainer.model,
-                        card_of(trainer, trainer.history[-1] if trainer.history else {}), state)
+        save_checkpoint(
+            trainer.run_dir / "last.pt",
+            trainer.model,
+            card_of(trainer, trainer.history[-1] if trainer.history else {}),
+            state,
+        )
 
 
 def result_of(trainer: Trainer, interrupted: bool = False) -> TrainResult:
     run_dir, history = trainer.run_dir, trainer.history
     best, last = run_dir / "best.pt", run_dir / "last.pt"
-    return TrainResult(run_dir=run_dir, best_path=best if best.is_file() else None,
-                       last_path=last if last.is_file() else None, history=history, best_acc=trainer.best_acc,
-                       best_epoch=trainer.best_epoch, train_seconds=sum(r["seconds"] for r in history),
-                       interrupted=interrupted, rank=trainer.dist_info.rank,
-                       resume_command=f"rtool train --out {run_dir} --resume" if interrupted else "")
+    return TrainResult(
+        run_dir=run_dir,
+        best_path=best if best.is_file() else None,
+        last_path=last if last.is_file() else None,
+        history=history,
+        best_acc=trainer.best_acc,
+        best_epoch=trainer.best_epoch,
+        train_seconds=sum(r["seconds"] for r in history),
+        interrupted=interrupted,
+        rank=trainer.dist_info.rank,
+        resume_command=f"rtool train --out {run_dir} --resume" if interrupted else "",
+    )

@@ -31,8 +31,10 @@ def check_run_dir(config: TrainConfig) -> Path:
         if not (run_dir / "last.pt").is_file():
             raise BadInputError(f"nothing to resume in {run_dir} (no last.pt); start the run without --resume")
     elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())) and not config.overwrite:
-        raise BadInputError(f"run folder {run_dir} already exists and is not empty; pass --resume to continue it, "
-                            f"--overwrite to replace it, or choose another --out")
+        raise BadInputError(
+            f"run folder {run_dir} already exists and is not empty; pass --resume to continue it, "
+            f"--overwrite to replace it, or choose another --out"
+        )
     return run_dir
 
 
@@ -52,17 +54,24 @@ def resume_config(out: str | Path, **overrides: Any) -> TrainConfig:
     saved value is refused, because it would not continue the same run.
     """
     if overrides.get("overwrite"):
-        raise BadInputError("--resume and --overwrite exclude each other: --resume continues the run in "
-                            f"{out}, --overwrite replaces it; choose one")
+        raise BadInputError(
+            "--resume and --overwrite exclude each other: --resume continues the run in "
+            f"{out}, --overwrite replaces it; choose one"
+        )
     path = Path(out) / "last.pt"
     if not path.is_file():
         raise BadInputError(f"nothing to resume in {out} (no last.pt); start the run without --resume")
     config = saved_config(path, load_checkpoint(path))
-    changed = [f"--{k.replace('_', '-')} ({v} vs saved {getattr(config, k)})" for k, v in overrides.items()
-               if k not in RUNTIME_FIELDS and v != getattr(config, k)]
+    changed = [
+        f"--{k.replace('_', '-')} ({v} vs saved {getattr(config, k)})"
+        for k, v in overrides.items()
+        if k not in RUNTIME_FIELDS and v != getattr(config, k)
+    ]
     if changed:
-        raise BadInputError(f"--resume continues {out} with its saved settings, but these differ: "
-                            f"{', '.join(changed)}; drop them or start a new run with another --out")
+        raise BadInputError(
+            f"--resume continues {out} with its saved settings, but these differ: "
+            f"{', '.join(changed)}; drop them or start a new run with another --out"
+        )
     runtime = {k: v for k, v in overrides.items() if k in RUNTIME_FIELDS}
     return replace(config, **{**runtime, "out": str(out), "resume": True, "overwrite": False})
 
@@ -73,22 +82,27 @@ def check_resumable(run_dir: Path, last: Checkpoint, config: TrainConfig) -> Non
     path = run_dir / "last.pt"
     differ = _differences(saved_config(path, last).settings(), config.settings())
     if differ:
-        raise BadInputError(f"{path} was trained with other settings ({differ}); resume it with its own "
-                            f"settings (`rtool train --out {run_dir} --resume`)")
-    advice = ("resuming would overwrite that run's files; put its own last.pt back, or start a new run with "
-              "another --out")
+        raise BadInputError(
+            f"{path} was trained with other settings ({differ}); resume it with its own "
+            f"settings (`rtool train --out {run_dir} --resume`)"
+        )
+    advice = (
+        "resuming would overwrite that run's files; put its own last.pt back, or start a new run with another --out"
+    )
     if (run_dir / "best.pt").is_file():
         best = load_checkpoint(run_dir / "best.pt").card
         differ = _differences(best.training, last.card.training) or _differences(
-            {"model": best.model, "dataset": best.dataset}, {"model": last.card.model, "dataset": last.card.dataset})
+            {"model": best.model, "dataset": best.dataset}, {"model": last.card.model, "dataset": last.card.dataset}
+        )
         if differ:
             raise BadInputError(f"{path} is not from the run whose best.pt is in {run_dir} ({differ}); {advice}")
     history = last.train_state.get("history", [])
     if any((run_dir / name).is_file() for name in ("metrics.jsonl", "metrics.csv")):
         rows = read_metrics(run_dir)
-        if len(rows) > len(history) or rows != history[:len(rows)]:
-            raise BadInputError(f"{path} is not from the run whose metrics are in {run_dir} (their epochs "
-                                f"differ); {advice}")
+        if len(rows) > len(history) or rows != history[: len(rows)]:
+            raise BadInputError(
+                f"{path} is not from the run whose metrics are in {run_dir} (their epochs differ); {advice}"
+            )
 
 
 def _differences(found: dict[str, Any], expected: dict[str, Any]) -> str:
@@ -153,6 +167,13 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, title: str = "") -
             raise BadInputError(f"{path} has no finished epoch to plot")
         runs[name] = history
     draw(runs, out, title=title)
-    return [{"run": name, "epochs": len(h), "best_test_acc": max(r["test_acc"] for r in h),
-             "final_test_acc": h[-1]["test_acc"], "final_train_loss": h[-1]["train_loss"]}
-            for name, h in runs.items()]
+    return [
+        {
+            "run": name,
+            "epochs": len(h),
+            "best_test_acc": max(r["test_acc"] for r in h),
+            "final_test_acc": h[-1]["test_acc"],
+            "final_train_loss": h[-1]["train_loss"],
+        }
+        for name, h in runs.items()
+    ]
