@@ -135,92 +135,112 @@ def reproduce_commands(config: DemoConfig, out: Path) -> list[list[str]]:
     ]
 
 
-def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
-    """Train, export, parity, bench, grid and report; see the module docstring."""
-    from exporters.pipeline import export_model
-    from toolkit import report as reporting
-    from toolkit.bench import bench_export_dir
-    from toolkit.parity import run_parity
-    from toolkit.train import TrainConfig, run_training
+@dataclass
+class DemoSteps:
+    """The demo's six steps, each timed, printing to one console."""
 
-    console = console or make_console(highlight=False)
-    out = Path(config.out)
-    claim_folder(out, config.overwrite)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+    config: DemoConfig
+    console: Any
+    out: Path
+    timings: dict[str, float] = field(default_factory=dict)
 
-    def step(number: int, text: str) -> float:
-        console.print(f"[bold cyan][{number}/6][/] {text}")
+    def step(self, number: int, text: str) -> float:
+        self.console.print(f"[bold cyan][{number}/6][/] {text}")
         return time.perf_counter()
 
-    began = step(1, f"training {config.model} on {config.dataset}")
-    train_options: dict[str, Any] = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "out": str(out / "train"),
-        "overwrite": True,
-        "quiet": config.quiet,
-        "train_limit": config.train_limit,
-    }
-    if config.epochs is not None:
-        train_options["epochs"] = config.epochs
-    training_config = TrainConfig(**train_options)
-    trained = run_training(training_config)
-    if trained.interrupted or trained.best_path is None:
-        raise BadInputError("training stopped before an epoch finished; run the demo again")
-    timings["train"] = time.perf_counter() - began
+    def train(self) -> Any:
+        from toolkit.train import TrainConfig, run_training
 
-    began = step(2, "exporting every format and precision")
-    say = (lambda message: None) if config.quiet else (lambda message: console.print(f"    {message}", markup=False))
-    exported = export_model(trained.best_path, "all", None, out / "export", progress=say)
-    for note in exported.notes:
-        console.print(f"    [yellow]note:[/] {escape(note)}")
-    for skipped in exported.skipped:
-        console.print(f"    skipped {skipped['format']} {skipped['precision']}: {skipped['reason']}", markup=False)
-    timings["export"] = time.perf_counter() - began
+        began = self.step(1, f"training {self.config.model} on {self.config.dataset}")
+        options: dict[str, Any] = {
+            "model": self.config.model,
+            "dataset": self.config.dataset,
+            "out": str(self.out / "train"),
+            "overwrite": True,
+            "quiet": self.config.quiet,
+            "train_limit": self.config.train_limit,
+        }
+        if self.config.epochs is not None:
+            options["epochs"] = self.config.epochs
+        trained = run_training(TrainConfig(**options))
+        if trained.interrupted or trained.best_path is None:
+            raise BadInputError("training stopped before an epoch finished; run the demo again")
+        self.timings["train"] = time.perf_counter() - began
+        return trained
 
-    began = step(3, "parity of every runtime against the eager model")
-    with reporting.progress_bars(not config.quiet, console) as bars:
-        parity = run_parity(out / "export", limit=config.test_limit, progress=bars)
-    reporting.print_parity(parity, console)
-    reporting.write_json(out / "parity.json", parity.to_dict())
-    reporting.write_text(out / "parity.md", reporting.parity_markdown(parity))
-    reporting.parity_plot(parity, out / "parity.png")
-    timings["parity"] = time.perf_counter() - began
+    def export(self, checkpoint: Path) -> Any:
+        from exporters.pipeline import export_model
 
-    began = step(4, f"benchmark at batch sizes {', '.join(map(str, config.bench_batch_sizes))}")
-    with reporting.progress_bars(not config.quiet, console) as bars:
-        bench = bench_export_dir(
-            out / "export",
-            batch_sizes=config.bench_batch_sizes,
-            warmup=config.bench_warmup,
-            iters=config.bench_iters,
-            progress=bars,
+        began = self.step(2, "exporting every format and precision")
+        print_line = lambda message: self.console.print(f"    {message}", markup=False)  # noqa: E731
+        exported = export_model(
+            checkpoint, "all", None, self.out / "export", progress=None if self.config.quiet else print_line
         )
-    reporting.print_bench(bench, console)
-    reporting.write_json(out / "bench.json", bench.to_dict())
-    reporting.write_text(out / "bench.md", reporting.bench_markdown(bench))
-    timings["bench"] = time.perf_counter() - began
+        for note in exported.notes:
+            self.console.print(f"    [yellow]note:[/] {escape(note)}")
+        for skipped in exported.skipped:
+            print_line(f"skipped {skipped['format']} {skipped['precision']}: {skipped['reason']}")
+        self.timings["export"] = time.perf_counter() - began
+        return exported
 
-    began = step(5, "predicted vs actual images")
-    grid, caption = prediction_grid(out / "export", config.dataset, out / "predictions.png")
-    console.print(f"    {caption}", markup=False)
-    timings["predictions"] = time.perf_counter() - began
+    def parity(self) -> Any:
+        from toolkit import report as reporting
+        from toolkit.parity import run_parity
 
-    step(6, "report")
-    timings["total"] = time.perf_counter() - started
-    curves = out / "train" / "curves.png"
-    final = trained.final
+        began = self.step(3, "parity of every runtime against the eager model")
+        with reporting.progress_bars(not self.config.quiet, self.console) as bars:
+            parity = run_parity(self.out / "export", limit=self.config.test_limit, progress=bars)
+        reporting.print_parity(parity, self.console)
+        reporting.write_json(self.out / "parity.json", parity.to_dict())
+        reporting.write_text(self.out / "parity.md", reporting.parity_markdown(parity))
+        reporting.parity_plot(parity, self.out / "parity.png")
+        self.timings["parity"] = time.perf_counter() - began
+        return parity
+
+    def bench(self) -> Any:
+        from toolkit import report as reporting
+        from toolkit.bench import bench_export_dir
+
+        sizes = self.config.bench_batch_sizes
+        began = self.step(4, f"benchmark at batch sizes {', '.join(map(str, sizes))}")
+        with reporting.progress_bars(not self.config.quiet, self.console) as bars:
+            bench = bench_export_dir(
+                self.out / "export",
+                batch_sizes=sizes,
+                warmup=self.config.bench_warmup,
+                iters=self.config.bench_iters,
+                progress=bars,
+            )
+        reporting.print_bench(bench, self.console)
+        reporting.write_json(self.out / "bench.json", bench.to_dict())
+        reporting.write_text(self.out / "bench.md", reporting.bench_markdown(bench))
+        self.timings["bench"] = time.perf_counter() - began
+        return bench
+
+    def grid(self) -> tuple[Path, str]:
+        began = self.step(5, "predicted vs actual images")
+        grid, caption = prediction_grid(self.out / "export", self.config.dataset, self.out / "predictions.png")
+        self.console.print(f"    {caption}", markup=False)
+        self.timings["predictions"] = time.perf_counter() - began
+        return grid, caption
+
+
+def write_report(
+    steps: DemoSteps, trained: Any, exported: Any, parity: Any, bench: Any, grid: tuple[Path, str]
+) -> Path:
+    """report.md: every figure of this run, with the commands that reproduce it step by step."""
+    from toolkit import report as reporting
+
+    config, out = steps.config, steps.out
     training = {
         "model": config.model,
         "data set": config.dataset,
-        "epochs": training_config.epochs,
+        "epochs": len(trained.history),
         "best test accuracy": f"{100 * trained.best_acc:.2f}% (epoch {trained.best_epoch})",
-        "final test accuracy": f"{100 * final.get('test_acc', 0):.2f}%",
+        "final test accuracy": f"{100 * trained.final.get('test_acc', 0):.2f}%",
         "training time": f"{trained.train_seconds:.1f} s",
         "checkpoint": "train/best.pt",
     }
-    manifest = json.loads(exported.manifest_path.read_text())
     text = reporting.demo_markdown(
         title=f"rtool demo: {config.model} on {config.dataset}",
         intro=(
@@ -229,28 +249,44 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
             "Every figure below was measured in this run."
         ),
         training=training,
-        curves="train/curves.png" if curves.is_file() else None,
+        curves="train/curves.png" if (out / "train" / "curves.png").is_file() else None,
         parity=parity,
         parity_plot_file="parity.png",
         bench=bench,
-        grid=grid.name,
-        grid_caption=caption,
-        exports=manifest["artifacts"],
-        timings=timings,
+        grid=grid[0].name,
+        grid_caption=grid[1],
+        exports=json.loads(exported.manifest_path.read_text())["artifacts"],
+        timings=steps.timings,
         commands=reproduce_commands(config, out),
     )
-    report_path = reporting.write_text(out / "report.md", text)
+    return reporting.write_text(out / "report.md", text)
+
+
+def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
+    """Train, export, parity, bench, grid and report; see the module docstring."""
+    out = Path(config.out)
+    claim_folder(out, config.overwrite)
+    steps = DemoSteps(config, console or make_console(highlight=False), out)
+    started = time.perf_counter()
+    trained = steps.train()
+    exported = steps.export(trained.best_path)
+    parity = steps.parity()
+    bench = steps.bench()
+    grid = steps.grid()
+    steps.step(6, "report")
+    steps.timings["total"] = time.perf_counter() - started
+    report_path = write_report(steps, trained, exported, parity, bench, grid)
     summary = {
         "status": "done",
         "passed": parity.passed,
         "report": "report.md",
-        "timings": timings,
+        "timings": steps.timings,
         "best_test_accuracy": trained.best_acc,
         "failure": parity.failure_summary(),
     }
     atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
-    console.print(f"report: {report_path} ({timings['total']:.0f} s in all)", markup=False)
-    result = DemoResult(out, report_path, parity.passed, parity.failure_summary(), timings)
+    steps.console.print(f"report: {report_path} ({steps.timings['total']:.0f} s in all)", markup=False)
+    result = DemoResult(out, report_path, parity.passed, parity.failure_summary(), steps.timings)
     if not parity.passed:
         raise CheckFailedError(f"parity failed (report written to {report_path}): {result.failure}")
     return result
