@@ -38,9 +38,39 @@ def run_rtool(
     )
 
 
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run the real entry point (``toolkit.cli.main``) in this process: the same parsing, errors and exit codes
+    as the console script, without paying the PyTorch import per call. ``timeout`` is accepted for the same
+    signature as ``run_rtool`` and not enforced."""
+    import contextlib
+    import io
+
+    from toolkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd, threads = dict(os.environ), os.getcwd(), torch.get_num_threads()
+    os.environ.update({"COLUMNS": "200", **(env or {})})
+    os.chdir(cwd or REPO)
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        os.chdir(saved_cwd)
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(["rtool", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 @pytest.fixture
 def rtool():
-    return run_rtool
+    """The CLI in-process (fast); tests that need a real process call ``run_rtool``."""
+    return run_cli
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int = 2, contains: str = "") -> None:
@@ -147,3 +177,22 @@ def pipeline_export(untrained_checkpoint, tmp_path_factory):
     return export_model(
         untrained_checkpoint, "all", None, tmp_path_factory.mktemp("pipeline") / "export", calib_size=16
     )
+
+
+# Short but real: enough training for INT8 to keep the eager model's predictions.
+DEMO_ARGS = ("--epochs", "4", "--test-limit", "500", "--bench-iters", "3", "--quiet")
+DEMO_USER_FILES = {"train/my.py": "print('mine')", "export/customer.onnx": "the user's own model", "notes.txt": "mine"}
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`rtool demo --overwrite` run once as a user runs it, into a folder already holding a user's files.
+
+    Its trained model (resnet20, 4 epochs, seed 0) and export folder also serve the parity tests, so the
+    session trains that model once.
+    """
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    for name, text in DEMO_USER_FILES.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    return out, run_rtool("demo", "--out", out, "--overwrite", *DEMO_ARGS, timeout=900)

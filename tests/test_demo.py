@@ -9,21 +9,16 @@ import pytest
 from toolkit.demo import MARKER, OWNED, claim_folder
 from toolkit.errors import BadInputError
 
-from conftest import assert_one_line_error
+from conftest import DEMO_ARGS, DEMO_USER_FILES, assert_one_line_error
 
-# Short but real: enough training for INT8 to keep the eager model's predictions.
-FAST = ("--epochs", "4", "--test-limit", "500", "--bench-iters", "3", "--quiet")
+FAST = DEMO_ARGS
 
 
-def test_demo_end_to_end(tmp_path, rtool):
-    out = tmp_path / "demo"
-    users = {"train/my.py": "print('mine')", "export/customer.onnx": "the user's own model", "notes.txt": "mine"}
-    for name, text in users.items():  # --overwrite replaces the demo's own files only: these must survive
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(text)
-    result = rtool("demo", "--out", out, "--overwrite", *FAST, timeout=600)
+def test_demo_end_to_end(demo_run):
+    out, result = demo_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-    assert {name: (out / name).read_text() for name in users} == users
+    # --overwrite replaces the demo's own files only: the user's files survive
+    assert {name: (out / name).read_text() for name in DEMO_USER_FILES} == DEMO_USER_FILES
     report = (out / "report.md").read_text()
     for link in ("train/curves.png", "parity.png", "predictions.png"):
         assert f"]({link})" in report

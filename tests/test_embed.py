@@ -19,7 +19,7 @@ from toolkit.data import load_dataset
 from toolkit.errors import BadInputError
 from toolkit.preprocess import normalize, prepare_batch
 
-from conftest import MNIST_SPEC, assert_one_line_error, run_rtool
+from conftest import MNIST_SPEC, assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_every_file_carries_the_card_and_the_flat_keys(embed_export_dir, untrain
 
 
 def test_embedding_without_an_fp32_onnx_export_is_refused(untrained_checkpoint, tmp_path):
-    result = run_rtool(
+    result = run_cli(
         "export",
         untrained_checkpoint,
         "--format",

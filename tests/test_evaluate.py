@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tests.conftest import MNIST_SPEC, assert_one_line_error, run_rtool
+from tests.conftest import MNIST_SPEC, assert_one_line_error, run_cli
 from toolkit.checkpoint import load_model
 from toolkit.errors import BadInputError
 from toolkit.evaluate import cross_entropy, evaluate_file, evaluate_predictor, write_eval_outputs
@@ -79,24 +79,24 @@ def test_eval_of_a_checkpoint_matches_the_accuracy_training_measured(tmp_path):
 
 
 def test_cli_eval_json_and_files(untrained_checkpoint, tmp_path):
-    result = run_rtool("eval", untrained_checkpoint, "--limit", "40", "--json", "--out", tmp_path / "ev")
+    result = run_cli("eval", untrained_checkpoint, "--limit", "40", "--json", "--out", tmp_path / "ev")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["num_images"] == 40 and set(doc["per_class_accuracy"]) == {str(d) for d in range(10)}
     assert (tmp_path / "ev" / "confusion.png").is_file() and (tmp_path / "ev" / "eval.json").is_file()
-    table = run_rtool("eval", untrained_checkpoint, "--limit", "40", "--out", tmp_path / "ev2")
+    table = run_cli("eval", untrained_checkpoint, "--limit", "40", "--out", tmp_path / "ev2")
     assert table.returncode == 0 and "accuracy" in table.stdout and "confusion" in table.stdout
     model, _ = load_model(untrained_checkpoint)  # the file was only read
     assert model is not None
 
 
 def test_cli_eval_bad_inputs(tmp_path, untrained_checkpoint):
-    assert_one_line_error(run_rtool("eval", tmp_path / "missing.pt"), 2, "does not exist")
+    assert_one_line_error(run_cli("eval", tmp_path / "missing.pt"), 2, "does not exist")
     assert_one_line_error(
-        run_rtool("eval", untrained_checkpoint, "--dataset", "nosuchset", "--out", tmp_path), 2, "unknown data set"
+        run_cli("eval", untrained_checkpoint, "--dataset", "nosuchset", "--out", tmp_path), 2, "unknown data set"
     )
     assert_one_line_error(
-        run_rtool(
+        run_cli(
             "eval", untrained_checkpoint, "--dataset", "cifar10", "--data-dir", tmp_path / "empty", "--out", tmp_path
         ),
         2,

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from conftest import assert_one_line_error, run_rtool
+from conftest import assert_one_line_error, run_cli
 
 
 def _run_all(cases: dict[str, list]) -> dict:
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run_rtool, "export", *args) for name, args in cases.items()}
+        futures = {name: pool.submit(run_cli, "export", *args) for name, args in cases.items()}
         return {name: future.result() for name, future in futures.items()}
 
 

@@ -14,7 +14,7 @@ from toolkit.errors import BadInputError, RtoolError
 from toolkit.infer import run_infer
 from toolkit.preprocess import convert_image, prepare_batch
 
-from conftest import assert_one_line_error, run_rtool
+from conftest import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def digit_png(tmp_path_factory):
 
 
 def test_png_of_another_size_and_mode_is_converted_with_a_note(cpu_export_dir, digit_png):
-    result = run_rtool("infer", cpu_export_dir / "model.onnx", digit_png, "--topk", "3", "--json")
+    result = run_cli("infer", cpu_export_dir / "model.onnx", digit_png, "--topk", "3", "--json")
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "rtool: note: digit.png is 45x30 RGBA; converted to 28x28 L as the model card says"
     doc = json.loads(result.stdout)
@@ -42,7 +42,7 @@ def test_png_of_another_size_and_mode_is_converted_with_a_note(cpu_export_dir, d
 
 
 def test_first_16_test_images_int8_table(cpu_export_dir):
-    result = run_rtool(
+    result = run_cli(
         "infer",
         cpu_export_dir,
         "--runtime",
@@ -89,7 +89,7 @@ def test_every_runtime_predicts_the_first_test_images(cpu_export_dir, runtime, p
 
 def test_json_and_grid(cpu_export_dir, tmp_path):
     grid = tmp_path / "grid.png"
-    result = run_rtool(
+    result = run_cli(
         "infer",
         cpu_export_dir,
         "--runtime",
@@ -119,7 +119,7 @@ def test_json_and_grid(cpu_export_dir, tmp_path):
 
 def test_provider_fallback_is_one_note_without_the_onnxruntime_log(cpu_export_dir, tmp_path):
     Image.fromarray(np.zeros((28, 28), dtype=np.uint8), mode="L").save(tmp_path / "blank.png")
-    result = run_rtool("infer", cpu_export_dir / "model.onnx", tmp_path / "blank.png", "--provider", "cuda")
+    result = run_cli("infer", cpu_export_dir / "model.onnx", tmp_path / "blank.png", "--provider", "cuda")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.strip().splitlines()
     if "unusable here" not in result.stderr:
@@ -205,7 +205,7 @@ def test_bad_input_is_one_line_error(cpu_export_dir, junk, case):
 def test_bad_input_on_the_command_line_exits_2_with_one_line(cpu_export_dir, junk, case):
     skip_if_tensorrt_runs(case)
     args, message = BAD_INPUTS[case]
-    assert_one_line_error(run_rtool("infer", *(a.format(export=cpu_export_dir, junk=junk) for a in args)), 2, message)
+    assert_one_line_error(run_cli("infer", *(a.format(export=cpu_export_dir, junk=junk) for a in args)), 2, message)
 
 
 def test_api_refuses_mixed_or_incomplete_requests(cpu_export_dir, junk):

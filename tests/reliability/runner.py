@@ -1,21 +1,18 @@
-"""Start several real `rtool` processes at once.
+"""Run many `rtool` command lines for one test, each through the real entry point in this process.
 
-They spend most of their time importing PyTorch, so two at a time roughly
-halves the wall time of a test that needs many of them on two cores.
+The CLI's parsing, one-line errors and exit codes are the console script's
+(``conftest.run_cli``); running them in-process spares each row the PyTorch
+import that dominated a subprocess per row. Tests that need a real process
+(signals, fresh memory, the console script itself) call ``run_rtool``.
 """
 
 from __future__ import annotations
 
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 
-from conftest import run_rtool
+from conftest import run_cli
 
 
-def run_many(
-    commands: dict[str, tuple], timeout: float = 120, workers: int = 2
-) -> dict[str, subprocess.CompletedProcess]:
-    """Run ``rtool`` with each argument tuple, ``workers`` at a time; results by the same keys."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {key: pool.submit(run_rtool, *args, timeout=timeout) for key, args in commands.items()}
-        return {key: future.result() for key, future in futures.items()}
+def run_many(commands: dict[str, tuple], timeout: float = 120) -> dict[str, subprocess.CompletedProcess]:
+    """Run ``rtool`` with each argument tuple; results by the same keys."""
+    return {key: run_cli(*args, timeout=timeout) for key, args in commands.items()}

@@ -26,7 +26,7 @@ from toolkit.data import load_dataset
 from toolkit.errors import BadInputError
 from toolkit.preprocess import convert_image
 
-from conftest import REPO, assert_one_line_error, run_rtool
+from conftest import REPO, assert_one_line_error, run_cli
 
 BOMB_SIDE = 13_400  # 179.6 MP: above twice Pillow's limit, where Pillow raises DecompressionBombError
 GIANT_SIDE = 12_000  # 144 MP: above Pillow's limit, where Pillow only warns and decodes it anyway
@@ -87,7 +87,7 @@ def test_decompression_bomb_in_an_image_folder_is_one_line_and_exit_2(bomb_png, 
     small_png(root / "dogs" / "0.png", 200)
     (root / "dogs" / "1.png").write_bytes(bomb_png.read_bytes())
     assert bomb_png.stat().st_size < 40_000  # small on disk, 180 MB decoded
-    result = run_rtool("train", "--dataset", f"imagefolder:{root}", "--out", tmp_path / "run", timeout=120)
+    result = run_cli("train", "--dataset", f"imagefolder:{root}", "--out", tmp_path / "run", timeout=120)
     assert_one_line_error(result, 2, f"{root / 'dogs' / '1.png'} is larger than Pillow decodes safely")
     assert "megapixels rtool reads from one image; shrink it" in result.stderr
     assert not (tmp_path / "run").exists()

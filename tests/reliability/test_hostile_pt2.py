@@ -24,7 +24,7 @@ from runtimes import open_runtime
 from toolkit.errors import BadInputError, UnsafeFileError
 from toolkit.safety import check_pt2_archive
 
-from conftest import assert_one_line_error, run_rtool
+from conftest import assert_one_line_error, run_cli
 from reliability.payloads import ExecPayload
 
 
@@ -192,7 +192,7 @@ def test_parts_outside_the_allowlist_are_refused(member, real_pt2, tmp_path):
 
 def test_cli_refuses_with_one_line_and_runs_nothing(real_pt2, tmp_path, marker, digit_png):
     path = hostile_variants(real_pt2, tmp_path / "files", marker)["opaque-folder"]
-    assert_one_line_error(run_rtool("infer", path, digit_png), contains="refused")
+    assert_one_line_error(run_cli("infer", path, digit_png), contains="refused")
     assert not marker.exists()
 
 

@@ -17,9 +17,10 @@ import pytest
 from markdown_it import MarkdownIt
 from test_report import REFERENCE, bench_report, parity_report
 
-from exporters.onnx_embed import embedding_requested, variant_filename
+from exporters.onnx_embed import EmbedOptions, variant_filename
 from toolkit import report
 from toolkit.errors import BadInputError
+from toolkit.flags import check_settings
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -102,9 +103,9 @@ def test_docs_name_the_file_each_embedding_flag_combination_writes():
     assert table["--embed-preprocessing"].startswith(f"`{variant_filename(False)}`")
     both = table["--embed-preprocessing --embed-softmax"]
     assert both.startswith(f"`{variant_filename(True)}` only") and f"no `{variant_filename(False)}`" in both
-    assert embedding_requested({"embed_preprocessing": True, "embed_softmax": True})
+    check_settings(EmbedOptions(embed_preprocessing=True, embed_softmax=True))
     with pytest.raises(BadInputError):
-        embedding_requested({"embed_softmax": True})
+        check_settings(EmbedOptions(embed_softmax=True))
     assert "refused, exit 2" in table["--embed-softmax alone"]
     exporters_doc = (DOCS / "exporters.md").read_text()
     assert f"`{variant_filename(True)}` instead of it" in exporters_doc

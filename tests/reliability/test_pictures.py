@@ -30,7 +30,7 @@ from toolkit.evaluate import EvalResult, write_eval_outputs
 from toolkit.infer import InferResult, Prediction, run_infer, save_grid
 from toolkit.parity import check_thresholds
 
-from conftest import run_rtool
+from conftest import run_cli
 
 TEX = "$\\frac{a}{$"  # unbalanced mathtext: matplotlib raised ValueError on it
 MATH = "$x^2$"  # balanced: drawn as a superscript unless labels are plain text
@@ -111,7 +111,7 @@ def test_compare_title_with_tex_through_the_cli(tmp_path):
         (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history(3)))
         runs.append(run)
     out = tmp_path / "compare.png"
-    result = run_rtool("compare", *runs, "--title", TEX, "--out", out)
+    result = run_cli("compare", *runs, "--title", TEX, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert_png(out)
