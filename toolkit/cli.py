@@ -12,12 +12,15 @@ import warnings
 
 import click
 
+from exporters import PRECISIONS
 from toolkit import __version__
 from toolkit.card import MAX_CLASSES
 from toolkit.console import make_console
+from toolkit.errors import BadInputError
 from toolkit.flags import click_options, given_on_command_line, run_command
 from toolkit.train.config import LaunchConfig, TrainConfig
 
+MAX_SHAPE_DIM = 1 << 20  # far above any image side or batch; beyond it sizes overflow, not describe a model
 EPILOG_MODELS = """\b
 Examples:
   rtool models
@@ -65,6 +68,8 @@ def check_output_files(*flags: tuple[str, str | None]) -> None:
 
     for flag, name in flags:
         if name and name != "-":
+            if Path(name).is_dir():
+                raise BadInputError(f"{flag} {name} is a folder; give the name of a file to write")
             check_writable_dir(Path(name).parent, flag)
 
 
@@ -76,6 +81,8 @@ def parse_shape(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"'{text}' is not a shape like 1x3x224x224") from None
     if not dims or any(d < 1 for d in dims):
         raise click.BadParameter(f"'{text}': every dimension must be a positive integer")
+    if any(d > MAX_SHAPE_DIM for d in dims):
+        raise click.BadParameter(f"'{text}': every dimension must be at most {MAX_SHAPE_DIM:,}")
     return dims
 
 
@@ -182,15 +189,14 @@ Examples:
 )
 @click.option(
     "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
+    type=click.Choice(PRECISIONS),
     default=None,
-    help="Pick the file of this precision from an export folder (default fp32; fp16 for tensorrt).",
+    help="Pick the file of this precision from an export folder (default: the runtime's first, fp16 for tensorrt).",
 )
 @click.option(
     "--target",
-    type=click.Choice(["cpu", "tensorrt"]),
     default=None,
-    help="Which INT8 ONNX file: tuned for the CPU (U8S8) or for TensorRT (S8S8).",
+    help="Which INT8 ONNX file: the --target it was exported for (cpu: U8S8 for ONNX Runtime; tensorrt: S8S8).",
 )
 @click.option(
     "--provider",

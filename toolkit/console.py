@@ -18,6 +18,13 @@ def make_console(stderr: bool = False, **options: Any) -> Console:
     """
     from rich.console import Console
 
+    class PipeFriendlyConsole(Console):
+        def on_broken_pipe(self) -> None:
+            """The reader left (`rtool infer ... | head -1`): stop quietly with 0; rich's own exit 1 reads as a
+            failed check."""
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(0)
+
     if (sys.stderr if stderr else sys.stdout).isatty() or os.environ.get("COLUMNS", "").isdigit():
-        return Console(stderr=stderr, **options)
-    return Console(stderr=stderr, width=1000, **options)
+        return PipeFriendlyConsole(stderr=stderr, **options)
+    return PipeFriendlyConsole(stderr=stderr, width=1000, **options)

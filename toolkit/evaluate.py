@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.card import InputSpec, ModelCard
+from toolkit.card import MANIFEST_NAME, InputSpec, ModelCard
 from toolkit.errors import BadInputError
 from toolkit.fileio import atomic_write_text
 from toolkit.preprocess import prepare_batch
@@ -123,6 +123,13 @@ def evaluate_file(
     from runtimes import open_runtime, runtime_for_file
     from toolkit.data import load_dataset
 
+    if Path(path).is_dir():
+        hint = (
+            f"; for every file of an export folder run `rtool parity {path}`"
+            if (Path(path) / MANIFEST_NAME).is_file()
+            else ""
+        )
+        raise BadInputError(f"{path} is a folder; eval takes one model file (e.g. {Path(path) / 'model.onnx'}){hint}")
     with open_runtime(runtime or runtime_for_file(path), path, device) as model:
         card: ModelCard | None = model.card
         if card is None:

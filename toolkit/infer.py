@@ -95,7 +95,10 @@ class InferResult:
 
 
 def default_precision(runtime: str) -> str:
-    return "fp16" if runtime == "tensorrt" else "fp32"
+    """The first precision of the formats the runtime runs (fp16 for TensorRT engines), fp32 otherwise."""
+    from exporters import formats_of_runtime
+
+    return next((entry.precisions[0] for entry in formats_of_runtime(runtime)), "fp32")
 
 
 def pick_model_file(

@@ -66,15 +66,25 @@ def _parse(path: Path) -> Any:
     return load_json_text(text, str(path))
 
 
+def _export_hint(folder: Path) -> str:
+    """What to run instead: the export folder beside it, or how to make one (a run folder is not one)."""
+    if (folder / "export" / MANIFEST_NAME).is_file():
+        return f"did you mean {folder / 'export'}?"
+    if (folder / "best.pt").is_file():
+        return (
+            f"it looks like a training run; export it with `rtool export {folder / 'best.pt'}` and use "
+            f"{folder / 'export'}"
+        )
+    return "make one with `rtool export CHECKPOINT --out FOLDER` and pass that folder"
+
+
 def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     """The folder's ``manifest.json``, with its shape checked; BadInputError (one line) otherwise."""
     path = Path(export_dir) / MANIFEST_NAME
     if Path(export_dir).is_file():
         raise BadInputError(f"{export_dir} is a file, not an export folder; make one with `rtool export {export_dir}`")
     if not path.is_file():
-        raise BadInputError(
-            f"{export_dir} has no {MANIFEST_NAME}; make one with `rtool export CHECKPOINT --out {export_dir}`"
-        )
+        raise BadInputError(f"{export_dir} has no {MANIFEST_NAME}; {_export_hint(Path(export_dir))}")
     manifest = _parse(path)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("artifacts"), list):
         raise BadInputError(f"{path} lists no artifacts; export again")

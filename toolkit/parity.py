@@ -216,10 +216,20 @@ def check_thresholds(row: ParityRow, limits: Thresholds) -> list[str]:
     return broken
 
 
+def missing_folder(export_dir: Path) -> str:
+    """Why ``export_dir`` is not an export folder, saying what to run instead."""
+    if Path(export_dir).is_file():
+        return (
+            f"{export_dir} is a file, not an export folder; export it with `rtool export {export_dir}` and "
+            f"pass the folder that writes"
+        )
+    return f"export folder {export_dir} does not exist (make one with `rtool export`)"
+
+
 def verify_export(export_dir: str | Path) -> None:
     """Refuse a folder whose files changed after export (sha256 and size against its manifest), before any runs."""
     if not Path(export_dir).is_dir():
-        raise BadInputError(f"export folder {export_dir} does not exist (make one with `rtool export`)")
+        raise BadInputError(missing_folder(export_dir))
     problems = verify_manifest(export_dir)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
@@ -407,7 +417,7 @@ def run_parity(
     """
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
-        raise BadInputError(f"export folder {export_dir} does not exist (make one with `rtool export`)")
+        raise BadInputError(missing_folder(export_dir))
     if limit is not None and limit < 1:
         raise BadInputError("--limit must be at least 1")
     runtime_names = comma_list(runtimes, list_runtimes(), "--runtimes") or None
