@@ -27,8 +27,11 @@ CASES = [
     ("onnxruntime", "model.onnx", 1e-4, 1.0),
     ("onnxruntime", "model.fp16.onnx", 2e-3, 0.95),
     ("onnxruntime", "model.int8-cpu.onnx", 0.1, 0.9),
-    ("onnxruntime", "model.int8-trt.onnx", 0.25, 0.9),  # S8S8 for TensorRT, calibrated on 16 images
+    # S8S8 for TensorRT, calibrated on 16 images, run as parity runs it where TensorRT is missing: its Q/DQ in
+    # float (x86 S8S8 kernels may saturate in int16, which differs by CPU and says nothing about the file)
+    ("onnxruntime", "model.int8-trt.onnx", 0.25, 0.9),
 ]
+RUN_OPTIONS = {"model.int8-trt.onnx": {"simulate_qdq": True}}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ def eager_logits(cpu_export_dir, batch) -> np.ndarray:
 
 @pytest.mark.parametrize("name,file,tolerance,agreement", CASES, ids=[c[1] for c in CASES])
 def test_runtime_matches_eager(cpu_export_dir, batch, eager_logits, name, file, tolerance, agreement):
-    with open_runtime(name, cpu_export_dir / file, "cpu", threads=1) as rt:
+    with open_runtime(name, cpu_export_dir / file, "cpu", threads=1, **RUN_OPTIONS.get(file, {})) as rt:
         logits = rt.infer(batch)
         assert rt.card.class_names == [str(d) for d in range(10)]
     assert logits.dtype == np.float32 and logits.shape == eager_logits.shape
@@ -248,7 +251,7 @@ def test_resolve_artifact_refuses_changed_missing_or_escaping_files(cpu_export_d
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     manifest["artifacts"][0]["file"] = "../../etc/passwd"
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(UnsafeFileError, match="points outside its folder"):
+    with pytest.raises(UnsafeFileError, match="outside its folder"):
         resolve_artifact(folder, "eager", "fp32")
     with pytest.raises(BadInputError, match="no manifest.json"):
         resolve_artifact(tmp_path, "onnxruntime", "fp32")

@@ -128,7 +128,7 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
         ),
         "zero calibration images": (
             ("export", ckpt, "--precision", "int8", "--calib-size", "0", "--out", out / "x4"),
-            "--calib-size must be at least 1",
+            "'--calib-size': 0 is not in the range 1<=x<=",
             2,
         ),
         "zero test images to score": (("eval", ckpt, "--limit", "0"), "--limit': 0 is not in the range x>=1", 2),

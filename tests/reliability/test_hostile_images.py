@@ -30,7 +30,7 @@ from conftest import REPO, assert_one_line_error, run_cli
 
 BOMB_SIDE = 13_400  # 179.6 MP: above twice Pillow's limit, where Pillow raises DecompressionBombError
 GIANT_SIDE = 12_000  # 144 MP: above Pillow's limit, where Pillow only warns and decodes it anyway
-BIG_SIDE = 9_000  # 81 MP: under every per-image limit; only the data set's total can be too much
+BIG_SIDE = 8_000  # 64 MP: under every per-image limit (Pillow 89 MP, a card side 8192); only the total is too much
 SAMPLES_16BIT = np.array([[0, 128, 129, 1000], [30000, 40000, 65534, 65535]], dtype=np.uint16)
 SCALED_16BIT = [[0, 0, 1, 4], [117, 156, 255, 255]]  # round(v * 255 / 65535)
 
@@ -109,9 +109,9 @@ def test_a_giant_first_image_is_refused_by_name_before_any_allocation(tmp_path):
 
 
 def test_a_set_too_large_for_this_machine_is_refused_before_it_is_allocated(tmp_path):
-    """Each file is allowed (81 MP), but the set is sized by the first: together more than a quarter of memory."""
+    """Each file is allowed (64 MP), but the set is sized by the first: together more than a quarter of memory."""
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    count = memory // 4 // (BIG_SIDE * BIG_SIDE) + 2  # files at 81 MB each once decoded and resized
+    count = memory // 4 // (BIG_SIDE * BIG_SIDE) + 2  # files at 64 MB each once decoded and resized
     root = tmp_path / "images"
     one_colour_png(root / "a" / "0.png", BIG_SIDE, BIG_SIDE)
     tiny = small_png(tmp_path / "tiny.png", 50).read_bytes()
@@ -123,7 +123,7 @@ def test_a_set_too_large_for_this_machine_is_refused_before_it_is_allocated(tmp_
     need = (count + 1) * BIG_SIDE * BIG_SIDE
     assert str(refused) == (
         f"image folder {root} would take {need / 1e9:.1f} GB in memory: {count + 1} images at "
-        f"9000x9000 (the size of {root / 'a' / '0.png'}), more than 1/4 of this machine's "
+        f"{BIG_SIDE}x{BIG_SIDE} (the size of {root / 'a' / '0.png'}), more than 1/4 of this machine's "
         f"{memory / 1e9:.0f} GB; resize the images to the size the model should see "
         f"(e.g. 224x224 or smaller) and try again"
     )

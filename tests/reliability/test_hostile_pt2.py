@@ -89,7 +89,10 @@ def tensor_meta() -> dict:
 
 def payload_bytes(marker: Path, how: str) -> bytes:
     if how == "pickle":
-        return pickle.dumps(ExecPayload(marker))
+        # torch first maps every use_pickle=false record as float32, so the length must be a multiple of 4;
+        # pickle ignores what follows its STOP opcode
+        data = pickle.dumps(ExecPayload(marker))
+        return data + b"\0" * (-len(data) % 4)
     buffer = io.BytesIO()
     torch.save(ExecPayload(marker) if how == "torch" else ((ExecPayload(marker),), {}), buffer)
     return buffer.getvalue()
