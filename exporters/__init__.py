@@ -28,6 +28,7 @@ from toolkit.errors import BadInputError
 from toolkit.plugins import import_plugins
 
 PRECISIONS = ("fp32", "fp16", "int8")
+MAX_BATCH = 4096  # the largest batch every exported file takes (its dynamic batch axis stops here)
 CHECKPOINT_FILE = "model.pt"  # the eager reference every export folder holds (written by the pipeline)
 T = TypeVar("T")
 

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 import torch
 
+from exporters import MAX_BATCH
 from toolkit.card import ONNX_METADATA_KEY, ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.flags import setting
@@ -32,7 +33,6 @@ DEFAULT_OPSET = 18  # torch's exporter writes 18 natively; TensorRT 8.6+, ONNX R
 LOWEST_OPSET = 18  # torch.onnx (torch.export-based) cannot write older opsets
 MAX_IR_VERSION = 13  # onnx 1.23 writes IR 14, which onnxruntime 1.31, onnxruntime-node and -web refuse
 EXAMPLE_BATCH = 2
-MAX_BATCH = 4096
 # Flat keys beside the card, for readers that want one field without parsing the card.
 CLASS_NAMES_KEY = "rtool.class_names"  # JSON list of strings, index = output position
 INPUT_KEY = "rtool.input"  # JSON object: the card's "input" (size, colour, layout, dtype, mean/std, scale)

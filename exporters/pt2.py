@@ -16,14 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from exporters import Artifact, ExportContext, register_exporter
+from exporters import MAX_BATCH, Artifact, ExportContext, register_exporter
 from exporters.validation import compare, reference, require_fp32_match
 from toolkit.card import EXTRA_FILE_NAME, ModelCard
 from toolkit.errors import CheckFailedError
 from toolkit.fileio import atomic_path
 
 EXAMPLE_BATCH = 2  # torch.export specialises sizes 0 and 1, so the example batch is 2
-MAX_BATCH = 4096
 
 
 def exported_program(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:

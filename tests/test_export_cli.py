@@ -1,20 +1,17 @@
 """`rtool export` as a user runs it: the table, the JSON, and one clear line for each bad input.
 
-The subprocesses of a test run side by side: each spends most of its time importing torch.
+Each command line goes through the real entry point in this process (``conftest.run_cli``), one after another.
 """
 
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 from conftest import assert_one_line_error, run_cli
 
 
 def _run_all(cases: dict[str, list]) -> dict:
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(run_cli, "export", *args) for name, args in cases.items()}
-        return {name: future.result() for name, future in futures.items()}
+    return {name: run_cli("export", *args) for name, args in cases.items()}
 
 
 def test_export_prints_table_or_json_and_writes_beside_checkpoint(untrained_checkpoint, tmp_path):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from exporters import PRECISIONS
+from exporters import MAX_BATCH, PRECISIONS
 from runtimes import (
     Runtime,
     artifact_label,
@@ -41,7 +41,6 @@ from toolkit.parity import exported_precisions
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_WARMUP = 10
 DEFAULT_ITERS = 50
-MAX_BENCH_BATCH = 4096  # the batch axis of every rtool export stops here
 BLOCK = 5  # timed calls a runtime makes in a row before the next one takes its turn
 
 Progress = Callable[[str, int, int], None]  # (task label, steps just done, steps in the task)
@@ -123,9 +122,9 @@ def parse_batch_sizes(text: str | Iterable[int]) -> list[int]:
         raise BadInputError(f"--batch-sizes '{text}' is not a list of integers like 1,8,32") from None
     if not sizes or any(s < 1 for s in sizes):
         raise BadInputError(f"--batch-sizes '{text}': give positive integers like 1,8,32")
-    if max(sizes) > MAX_BENCH_BATCH:
+    if max(sizes) > MAX_BATCH:
         raise BadInputError(
-            f"--batch-sizes: {max(sizes)} is above {MAX_BENCH_BATCH}, the largest batch an rtool export takes"
+            f"--batch-sizes: {max(sizes)} is above {MAX_BATCH}, the largest batch an rtool export takes"
         )
     return list(dict.fromkeys(sizes))
 

@@ -14,7 +14,7 @@ import pytest
 from toolkit.errors import BadInputError
 from toolkit.manifest import sha256_file
 
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import REPO, assert_one_line_error, run_cli, run_rtool
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,11 @@ def test_an_unreadable_file_in_an_export_folder_is_one_line(export_copy):
     assert_one_line_error(run_cli("parity", export_copy, "--limit", "5"), 2)
     with pytest.raises(BadInputError, match="cannot read"):  # what every sha256 check raises on an OSError
         sha256_file(target)
+
+
+@pytest.mark.parametrize("file", ["model.ts", "model.pt2"])
+def test_no_library_warning_reaches_stderr(cpu_export_dir, file):
+    """A real process (warnings filters are per process): torch's TorchScript/export notices stay out of stderr."""
+    result = run_rtool("infer", cpu_export_dir / file, "--dataset", "mnist5k", "--first", "3")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
