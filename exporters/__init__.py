@@ -17,15 +17,13 @@ docs/extending.md walks through it.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 from toolkit.errors import BadInputError
-from toolkit.plugins import import_plugins
+from toolkit.plugins import load_registry
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_BATCH = 4096  # the largest batch every exported file takes (its dynamic batch axis stops here)
@@ -111,7 +109,6 @@ class ExporterEntry:
 
 
 _REGISTRY: dict[str, ExporterEntry] = {}
-_loaded = False
 
 
 def register_exporter(
@@ -135,14 +132,8 @@ def register_exporter(
 
 
 def load_all() -> None:
-    """Import every module of this package once, so each format registers itself."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    import_plugins()
+    """Import every module of this package once, so each format registers itself (and plugins theirs)."""
+    load_registry(__name__, __path__)
 
 
 def exporters() -> list[ExporterEntry]:

@@ -17,9 +17,7 @@ caller should show (e.g. a provider fallback).
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
-import pkgutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +25,7 @@ import numpy as np
 
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, UnavailableError
-from toolkit.plugins import import_plugins
+from toolkit.plugins import load_registry
 
 
 class Runtime:
@@ -116,7 +114,6 @@ class Runtime:
 
 
 _REGISTRY: dict[str, type[Runtime]] = {}
-_loaded = False
 
 
 def register_runtime(cls: type[Runtime]) -> type[Runtime]:
@@ -133,14 +130,8 @@ def register_runtime(cls: type[Runtime]) -> type[Runtime]:
 
 
 def load_all() -> None:
-    """Import every module of this package once, so each runtime registers itself."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
-    import_plugins()
+    """Import every module of this package once, so each runtime registers itself (and plugins theirs)."""
+    load_registry(__name__, __path__)
 
 
 def list_runtimes() -> list[str]:

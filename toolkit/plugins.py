@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from importlib import metadata
 
 from toolkit.errors import BadInputError
@@ -18,6 +19,17 @@ from toolkit.errors import BadInputError
 ENV_VAR = "RTOOL_PLUGINS"
 ENTRY_POINT_GROUP = "rtool.plugins"
 _imported: set[str] = set()
+_scanned: set[str] = set()
+
+
+def load_registry(package: str, path: list[str]) -> None:
+    """Import every module of a registry package once (each registers itself), then the plugin modules."""
+    if package in _scanned:
+        return
+    _scanned.add(package)
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")
+    import_plugins()
 
 
 def plugin_modules() -> list[str]:
