@@ -58,6 +58,13 @@ class Int8Options:
     )
 
 
+# The classifier's output (the logits) stays float: quantizing it clips the logits to the calibration range in
+# 8-bit steps, and TensorRT's guidance is not to quantize the output of the last weighted layer. Measured on the
+# demo's resnet20 (1,000 mnist5k test images): max |logit - eager| 0.592 -> 0.374 (cpu), 0.377 -> 0.330
+# (tensorrt form, Q/DQ in float), agreement 99.9% -> 99.9% (cpu), 99.8% -> 99.9% (tensorrt form).
+FLOAT_LOGITS = {"OpTypesToExcludeOutputQuantization": ["Gemm"]}
+
+
 def recipe(target: str) -> dict[str, Any]:
     """The ``quantize_static`` arguments that make the Q/DQ graph right for ``target``."""
     if target == "cpu":
@@ -67,14 +74,19 @@ def recipe(target: str) -> dict[str, Any]:
             "activation_type": QuantType.QUInt8,
             "weight_type": QuantType.QInt8,
             "reduce_range": True,
-            "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True},
+            "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True, **FLOAT_LOGITS},
         }
     if target == "tensorrt":
         return {
             "activation_type": QuantType.QInt8,
             "weight_type": QuantType.QInt8,
             # TensorRT takes float biases; an int32-quantized bias is not part of its Q/DQ vocabulary
-            "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+            "extra_options": {
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+                **FLOAT_LOGITS,
+            },
         }
     raise BadInputError(f"unknown INT8 target '{target}'; choose one of: {', '.join(TARGETS)}")
 

@@ -126,3 +126,11 @@ def test_card_with_dataset_calibrates_on_its_training_images(untrained_checkpoin
     train = prepare_batch(load_dataset("mnist5k").train.images.numpy(), card.input)
     assert not notes and source == "mnist5k train, 12 images"
     assert all((train == b).all(axis=(1, 2, 3)).any() for b in batch), "each image is a training image"
+
+
+@pytest.mark.parametrize("target", ["cpu", "tensorrt"])
+def test_int8_logits_stay_float(pipeline_export, target):
+    """No Q/DQ after the classifier: the graph's output comes straight from the float Gemm."""
+    graph = onnx.load(str(_int8(pipeline_export, target).path)).graph
+    producer = {out: node for node in graph.node for out in node.output}[graph.output[0].name]
+    assert producer.op_type == "Gemm", [n.op_type for n in graph.node][-3:]
