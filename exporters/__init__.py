@@ -149,9 +149,10 @@ def get_exporter(name: str) -> ExporterEntry:
         raise BadInputError(f"unknown format '{name}'; choose one of: {', '.join(_REGISTRY)}, all") from None
 
 
-def formats_of_runtime(runtime: str) -> list[ExporterEntry]:
-    """The formats whose files ``runtime`` runs."""
-    return [entry for entry in exporters() if entry.runtime == runtime]
+def precisions_of_runtime(runtime: str) -> tuple[str, ...]:
+    """The precisions rtool exports for the files ``runtime`` runs, the first format's default first; fp32 if none."""
+    found = [p for entry in exporters() if entry.runtime == runtime for p in entry.precisions]
+    return tuple(dict.fromkeys(found)) or ("fp32",)
 
 
 def all_targets() -> tuple[str, ...]:

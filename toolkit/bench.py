@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from exporters import MAX_BATCH, PRECISIONS
+from exporters import MAX_BATCH, PRECISIONS, precisions_of_runtime
 from runtimes import (
     Runtime,
     artifact_label,
@@ -36,7 +36,6 @@ from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError
 from toolkit.flags import comma_list
 from toolkit.manifest import entry_path, read_manifest, verify_sha256
-from toolkit.parity import exported_precisions
 
 DEFAULT_BATCH_SIZES = (1, 8, 32)
 DEFAULT_WARMUP = 10
@@ -242,7 +241,7 @@ def select_artifacts(
         ok, why = available(name)
         if not ok and name not in listed:
             unavailable += [
-                {"runtime": name, "precision": p, "reason": why} for p in exported_precisions(name) if chosen(name, p)
+                {"runtime": name, "precision": p, "reason": why} for p in precisions_of_runtime(name) if chosen(name, p)
             ]
     order = list_runtimes()
     runnable.sort(

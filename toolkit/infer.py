@@ -96,9 +96,9 @@ class InferResult:
 
 def default_precision(runtime: str) -> str:
     """The first precision of the formats the runtime runs (fp16 for TensorRT engines), fp32 otherwise."""
-    from exporters import formats_of_runtime
+    from exporters import precisions_of_runtime
 
-    return next((entry.precisions[0] for entry in formats_of_runtime(runtime)), "fp32")
+    return precisions_of_runtime(runtime)[0]
 
 
 def pick_model_file(

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from exporters import PRECISIONS, formats_of_runtime
+from exporters import PRECISIONS, precisions_of_runtime
 from runtimes import artifact_label, available, error_summary, list_runtimes, open_runtime
 from runtimes.cards import artifact_runs, skipped_runs
 from toolkit.card import MANIFEST_NAME, ModelCard
@@ -340,12 +340,6 @@ def _sort_key(row: ParityRow) -> tuple[int, int, str]:
     return runtime, precision, row.target or ""
 
 
-def exported_precisions(runtime: str) -> tuple[str, ...]:
-    """The precisions rtool exports for a runtime (from the exporter registry), fp32 if it has no exporter."""
-    found = [p for entry in formats_of_runtime(runtime) for p in entry.precisions]
-    return tuple(dict.fromkeys(found)) or ("fp32",)
-
-
 def runnable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool]) -> list[tuple[ParityRow, dict]]:
     """One row per listed file (the eager reference aside) and per registered runtime that runs its format."""
     return [
@@ -375,7 +369,7 @@ def unavailable_rows(
             continue
         plan += [
             (ParityRow(runtime, precision, None, status="unavailable", reason=why), None)
-            for precision in exported_precisions(runtime)
+            for precision in precisions_of_runtime(runtime)
             if chosen(runtime, precision)
         ]
     return plan
