@@ -13,9 +13,10 @@ file's ``metadata_props`` (see docs/onnx-metadata.md).
 Command line: ``python -m runtimes.onnx_app MODEL IMAGE... [--top-k K] [--json]``.
 
 Preprocessing mirrors ``toolkit/preprocess.py`` operation for operation
-(colour conversion, bilinear resize, ``(pixels / 255 - mean) / std`` in
-float32), so an app gets the inputs that rtool measured its parity on; a
-test keeps the two identical.
+(colour conversion, bilinear resize, the centre crop of cards that say
+``resize: center_crop``, ``(pixels / 255 - mean) / std`` in float32), so an
+app gets the inputs that rtool measured its parity on; a test keeps the two
+identical.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 CARD_KEY = "rtool.model_card"  # the ONNX metadata_props key that holds the card as JSON
-SUPPORTED_CARD_FORMAT = 1  # newest card format this file understands
+SUPPORTED_CARD_FORMAT = 2  # newest card format this file understands (2 added input.resize)
+RESIZE_MODES = ("stretch", "center_crop")
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})  # 16-bit grey, as in toolkit/preprocess.py
 QUIET = 4  # onnxruntime log severity: fatal only (errors come back as exceptions, turned into PredictorError)
 
@@ -71,6 +73,8 @@ class Predictor:
         self.class_names: list[str] = [str(c) for c in self.card["class_names"]]
         self.channels, self.height, self.width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
         self.color: str = spec.get("color") or ("L" if self.channels == 1 else "RGB")
+        self.resize: str = spec.get("resize", "stretch")
+        self.resize_size: int = int(spec.get("resize_size") or 0)
         self.layout: str = spec.get("layout", "NCHW")
         self.raw_pixels: bool = spec.get("dtype", "float32") == "uint8"
         self.mean = np.asarray(spec["mean"], dtype=np.float32).reshape(1, -1, 1, 1)
@@ -121,10 +125,23 @@ class Predictor:
                     raise PredictorError(f"cannot read image {image} ({e.__class__.__name__}: {e})") from None
         if image.mode != self.color:
             image = _convert(image, self.color)
-        if image.size != (self.width, self.height):
-            image = image.resize((self.width, self.height), Image.BILINEAR)
+        size = self.resized_size(*image.size)
+        if image.size != size:
+            image = image.resize(size, Image.BILINEAR)
+        if image.size != (self.width, self.height):  # center_crop: torchvision's CenterCrop anchors
+            left, top = int(round((size[0] - self.width) / 2.0)), int(round((size[1] - self.height) / 2.0))
+            image = image.crop((left, top, left + self.width, top + self.height))
         array = np.asarray(image, dtype=np.uint8)
         return array[:, :, None] if array.ndim == 2 else array
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size before the crop: stretch -> the input size; center_crop -> torchvision's Resize(resize_size)
+        (the shorter side becomes resize_size, the longer ``int(resize_size * longer / shorter)``)."""
+        if self.resize == "stretch":
+            return self.width, self.height
+        short, long = sorted((width, height))
+        new_long = int(self.resize_size * long / short)
+        return (self.resize_size, new_long) if width <= height else (new_long, self.resize_size)
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         """float64 (N, classes): softmax of the logits, or the model's own probabilities."""
@@ -223,6 +240,11 @@ def read_card(session: ort.InferenceSession, path: Path) -> dict[str, Any]:
         channels, height, width = int(spec["channels"]), int(spec["height"]), int(spec["width"])
         if min(channels, height, width) < 1 or len(spec["mean"]) != channels or len(spec["std"]) != channels:
             raise ValueError(f"input {channels}x{height}x{width} with {len(spec['mean'])} mean values")
+        resize = spec.get("resize", "stretch")
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"unknown input resize {resize!r}")
+        if resize == "center_crop" and not int(spec["resize_size"]) >= max(height, width):
+            raise ValueError(f"resize_size {spec['resize_size']} is smaller than the input {height}x{width}")
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
         raise PredictorError(f"{path}: the model card is malformed ({e}); re-export the model with rtool") from None
     if version > SUPPORTED_CARD_FORMAT:

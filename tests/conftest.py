@@ -125,6 +125,82 @@ def app_images(tmp_path_factory) -> list[Path]:
     return paths
 
 
+# An RGB card that resizes the shorter side to 36 and crops the centre 24x32 (card format 2).
+CROP_SPEC = InputSpec(3, 24, 32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], resize="center_crop", resize_size=36)
+
+
+@pytest.fixture(scope="session")
+def crop_export_dir(tmp_path_factory) -> Path:
+    """Two small ONNX files with a CROP_SPEC card, built by hand in milliseconds: model.onnx (float NCHW in)
+    and model.raw.onnx (uint8 NHWC pixels in, normalised in the graph), both a dense layer over every pixel,
+    so each pixel's place matters; model.npy holds its weights for a NumPy reference."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from exporters.onnx_common import onnx_metadata
+    from exporters.onnx_embed import card_dict
+
+    out = tmp_path_factory.mktemp("crop_export")
+    spec = CROP_SPEC
+    weights = np.random.default_rng(3).normal(scale=0.05, size=(spec.channels * spec.height * spec.width, 5))
+    np.save(out / "model.npy", weights.astype(np.float32))
+    card = make_card("resnet20", class_names=["ant", "bee", "cat", "dog", "eel"], input_spec=spec)
+    value, const = helper.make_tensor_value_info, numpy_helper.from_array
+    dense = [helper.make_node("Flatten", ["x"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    raw_nodes = [
+        helper.make_node("Cast", ["input"], ["f"], to=TensorProto.FLOAT),
+        helper.make_node("Div", ["f", "scale"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["nhwc"]),
+        helper.make_node("Transpose", ["nhwc"], ["x"], perm=[0, 3, 1, 2]),
+    ]
+    per_channel = {name: np.asarray(getattr(spec, name), np.float32).reshape(1, 1, 1, -1) for name in ("mean", "std")}
+    for name, nodes, dtype, shape, meta, extra in (
+        ("model.onnx", [helper.make_node("Identity", ["input"], ["x"])], TensorProto.FLOAT, spec.shape, card, []),
+        (
+            "model.raw.onnx",
+            raw_nodes,
+            TensorProto.UINT8,
+            (spec.height, spec.width, spec.channels),
+            card_dict(card),
+            [const(np.float32(255.0), "scale")] + [const(v, k) for k, v in per_channel.items()],
+        ),
+    ):
+        graph = helper.make_graph(
+            nodes + dense,
+            "crop",
+            [value("input", dtype, ["N", *shape])],
+            [value("logits", TensorProto.FLOAT, ["N", 5])],
+            [const(weights.astype(np.float32), "w"), *extra],
+        )
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+        helper.set_model_props(proto, onnx_metadata(meta))
+        onnx.save(proto, str(out / name))
+    return out
+
+
+@pytest.fixture(scope="session")
+def photo_jpegs(tmp_path_factory) -> list[Path]:
+    """Non-square colour JPEGs as cameras and editors write them: a real photo (matplotlib's Grace Hopper,
+    512x600, 4:2:0), landscape 4:2:2, portrait progressive, and a wide 4:4:4 one."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    folder = tmp_path_factory.mktemp("photo_jpegs")
+    made = [
+        ("landscape-90x50.jpg", photo.resize((90, 50)), {"quality": 90, "subsampling": 1}),
+        ("portrait-33x80.jpg", photo.resize((33, 80)), {"quality": 85, "subsampling": 2, "progressive": True}),
+        ("wide-121x41.jpg", photo.crop((0, 200, 484, 364)).resize((121, 41)), {"quality": 95, "subsampling": 0}),
+    ]
+    paths = [Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))]
+    for name, image, options in made:
+        image.save(folder / name, **options)
+        paths.append(folder / name)
+    return paths
+
+
 EMBED_EXPORT_ARGS = (
     "--format",
     "onnx,triton",

@@ -14,6 +14,7 @@ from toolkit.preprocess import conform_pixels, convert_image, normalize, prepare
 
 GREY = InputSpec(channels=1, height=2, width=2, mean=[0.5], std=[0.5])
 RGB = InputSpec(channels=3, height=2, width=2, mean=[0.0, 0.5, 1.0], std=[1.0, 0.5, 0.25])
+CROP = InputSpec(1, 16, 24, [0.5], [0.25], resize="center_crop", resize_size=28)
 
 
 def make_card() -> ModelCard:
@@ -44,6 +45,8 @@ def test_card_json_round_trip():
         "layout": "NCHW",
         "dtype": "float32",
         "scale": 1 / 255,
+        "resize": "stretch",
+        "resize_size": None,
     }
     again = ModelCard.from_json(text)
     assert again == card and again.num_classes == 3
@@ -83,6 +86,10 @@ def broken(path: str, value) -> str:
         (broken("class_names", "abc"), "class_names must be a non-empty list"),
         (broken("class_names", []), "class_names must be a non-empty list"),
         (broken("model_args", ["in_channels"]), "model_args must be an object"),
+        (broken("input.resize", "fit"), "resize must be one of stretch, center_crop"),
+        (broken("input.resize_size", 40), "resize_size goes with resize center_crop"),
+        (broken("input", CROP.to_dict() | {"resize_size": 20}), "from 24 \\(the longer input side"),
+        (broken("input", CROP.to_dict() | {"resize_size": None}), "resize_size must be a whole number"),
         (broken("format_version", "two"), "malformed"),
         (broken("format_version", CARD_FORMAT_VERSION + 1), "newer than this rtool understands"),
     ],
@@ -95,6 +102,15 @@ def test_malformed_cards_are_bad_input(text, words):
 
 def test_card_without_format_version_reads_as_the_current_one():
     assert ModelCard.from_json(broken("format_version", ...)).format_version == CARD_FORMAT_VERSION
+
+
+def test_a_format_1_card_reads_as_stretch_and_a_crop_card_round_trips():
+    old = json.loads(broken("format_version", 1))
+    for key in ("resize", "resize_size"):
+        del old["input"][key]
+    assert ModelCard.from_dict(old).input.resize == "stretch"
+    crop = ModelCard.from_json(broken("input", CROP.to_dict())).input
+    assert crop == CROP and crop.resize_size == 28
 
 
 # ---------------------------------------------------------------- preprocessing
@@ -122,6 +138,30 @@ def test_convert_image_resizes_bilinear_with_antialias():
     constant = Image.fromarray(np.full((3, 5, 3), 42, dtype=np.uint8))
     big = InputSpec(channels=3, height=7, width=9, mean=[0, 0, 0], std=[1, 1, 1])
     assert np.all(convert_image(constant, big) == 42) and convert_image(constant, big).shape == (3, 7, 9)
+
+
+@pytest.mark.parametrize("size", [(40, 30), (30, 40), (57, 29), (24, 16), (23, 60), (200, 201), (5, 3)])
+@pytest.mark.parametrize("spec", [CROP, InputSpec(3, 32, 32, [0.5] * 3, [0.25] * 3, resize="center_crop", resize_size=37)])
+def test_center_crop_equals_torchvisions_resize_and_center_crop(size, spec):
+    """Geometry and pixels, value for value: odd margins (rounded half to even), shrinking and enlarging."""
+    from torchvision.transforms import v2
+
+    pixels = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(spec.color)
+    expected = v2.Compose([v2.Resize(spec.resize_size), v2.CenterCrop((spec.height, spec.width))])(image)
+    ours = convert_image(image, spec)
+    assert ours.shape == spec.shape
+    assert np.array_equal(ours, np.asarray(expected).reshape(spec.height, spec.width, -1).transpose(2, 0, 1))
+
+
+def test_center_crop_keeps_the_aspect_where_stretch_does_not():
+    """A 60x20 picture: a white middle half between black quarters. Cropped, the centre is all white."""
+    pixels = np.zeros((20, 60), dtype=np.uint8)
+    pixels[:, 15:45] = 255
+    crop = InputSpec(1, 8, 8, [0.0], [1.0], resize="center_crop", resize_size=8)
+    assert np.all(convert_image(Image.fromarray(pixels), crop) == 255)
+    stretched = convert_image(Image.fromarray(pixels), InputSpec(1, 8, 8, [0.0], [1.0]))
+    assert stretched[0, :, 0].max() == 0  # squeezed: the black sides still show
 
 
 def test_convert_image_drops_alpha_and_palettes():

@@ -149,10 +149,13 @@ def test_node_reads_the_card_from_the_onnx_protobuf(node, embed_export_dir):
         InputSpec(1, 28, 28, [0.1311], [0.3083]),
         InputSpec(3, 24, 32, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
         InputSpec(3, 77, 50, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25]),
+        InputSpec(3, 24, 32, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], resize="center_crop", resize_size=36),
+        InputSpec(1, 28, 28, [0.5], [0.25], resize="center_crop", resize_size=31),  # odd margins: half to even
     ],
 )
 def test_node_preprocessing_is_bit_exact(node, app_images, spec):
-    """Colour conversion, Pillow's bilinear resize (both pass orders) and normalisation, value for value."""
+    """Colour conversion, Pillow's bilinear resize (both pass orders), the centre crop and normalisation, value
+    for value."""
     card = {"input": spec.to_dict()}
     paths = json.dumps([str(p) for p in app_images])
     out = node_eval(
@@ -286,3 +289,23 @@ def test_node_refuses_unusable_jpegs_and_giant_pictures_in_one_line(node, embed_
         assert result.returncode == 2, (name, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("classify: error:") and message in lines[0], lines
+
+
+def test_node_predicts_on_non_square_jpegs_what_rtool_infer_predicts_with_a_crop_card(
+    node, crop_export_dir, photo_jpegs
+):
+    """The card resizes the shorter side and crops the centre: Node, on both the float and the uint8 file, gives
+    rtool infer's classes and probabilities (within what the JPEG decoders' few levels move them)."""
+    result = run_rtool(
+        "infer", crop_export_dir / "model.onnx", *photo_jpegs, "--topk", TOP_K, "--json", "--provider", "cpu"
+    )
+    assert result.returncode == 0, result.stderr
+    expected = [[(t["class"], t["probability"]) for t in p["topk"]] for p in json.loads(result.stdout)["predictions"]]
+    for model_file in ("model.onnx", "model.raw.onnx"):
+        got = classify(node, crop_export_dir / model_file, *photo_jpegs, "--top-k", TOP_K, "--json")
+        assert got.returncode == 0, got.stderr
+        for g, e in zip(node_predictions(got.stdout), expected, strict=True):
+            assert g[0][0] == e[0][0], (g, e)
+            # A dense layer over every pixel sums every decoder difference: 2.8e-3 measured; a stretched
+            # image instead of the crop moves these probabilities by 0.012 to 0.85.
+            assert [p for _, p in g] == pytest.approx([p for _, p in e], abs=5e-3)

@@ -200,6 +200,33 @@ def test_rgb_card_is_followed(app_images, tmp_path):
     assert [len(p) for p in predictor.predict(app_images, top_k=5)] == [3] * len(app_images)  # k capped
 
 
+def test_crop_card_gives_what_rtool_infer_and_numpy_give_on_non_square_jpegs(crop_export_dir, photo_jpegs):
+    """Card format 2 (resize the shorter side, crop the centre): the app (float and uint8 files), `rtool infer`
+    and a NumPy reference see the same pixels (a stretched image would not: checked) and predict alike."""
+    from conftest import CROP_SPEC, run_cli
+
+    result = run_cli(
+        "infer", crop_export_dir / "model.onnx", *photo_jpegs, "--topk", TOP_K, "--json", "--provider", "cpu"
+    )
+    assert result.returncode == 0, result.stderr
+    rtool = [[(t["class"], t["probability"]) for t in p["topk"]] for p in json.loads(result.stdout)["predictions"]]
+    expected = prepare_batch(np.stack([convert_image(Image.open(p), CROP_SPEC) for p in photo_jpegs]), CROP_SPEC)
+    logits = expected.reshape(len(photo_jpegs), -1).astype(np.float64) @ np.load(crop_export_dir / "model.npy")
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    names = ["ant", "bee", "cat", "dog", "eel"]
+    reference = [[(names[j], float(row[j])) for j in np.argsort(-row, kind="stable")[:TOP_K]] for row in probs]
+    assert_same_predictions(rtool, reference)
+    for name in ("model.onnx", "model.raw.onnx"):
+        assert_same_predictions(Predictor(crop_export_dir / name).predict(photo_jpegs, top_k=TOP_K), rtool)
+    got = Predictor(crop_export_dir / "model.onnx").preprocess(photo_jpegs)
+    assert got.shape == (len(photo_jpegs), 3, 24, 32) and np.array_equal(got, expected)
+    stretched = InputSpec(3, 24, 32, CROP_SPEC.mean, CROP_SPEC.std)
+    assert not np.array_equal(
+        prepare_batch(convert_image(Image.open(photo_jpegs[0]), stretched)[None], stretched), got[:1]
+    )
+
+
 def test_single_image_and_pil_input(embed_export_dir, app_images):
     predictor = Predictor(embed_export_dir / "model.onnx", batch_size=2)
     by_path = predictor.predict(app_images, top_k=2)

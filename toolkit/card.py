@@ -23,11 +23,15 @@ from typing import Any
 from toolkit.errors import BadInputError
 from toolkit.jsonsafe import load_json_text
 
-CARD_FORMAT_VERSION = 1
+CARD_FORMAT_VERSION = 2  # 2: input.resize and input.resize_size (aspect-preserving resize + centre crop)
 MAX_INPUT_SIDE = 8192  # pixels; one 3x8192x8192 float32 image is already 805 MB
 MAX_CLASSES = 100_000  # ImageNet-21k has 21,841
 MAX_NAME_CHARS = 1000  # a class or model name
 OUTPUTS = ("logits", "probabilities")
+# How an image of another size becomes height x width. stretch: one bilinear resize to height x width (the only
+# way before card format 2, and what a card without the field means); center_crop: torchvision's
+# Resize(resize_size) + CenterCrop((height, width)), the aspect ratio kept.
+RESIZE_MODES = ("stretch", "center_crop")
 # The model arguments a card may carry. The builders take more (block counts, layer lists), but those define the
 # architecture that the model's name already fixes, and a hostile card could ask for a million blocks.
 CARD_MODEL_ARGS = ("in_channels", "num_classes", "shortcut", "init")
@@ -87,9 +91,11 @@ class InputSpec:
     """What the model expects: an NCHW float tensor made from 0..255 pixels.
 
     ``x = (pixels / 255 - mean) / std`` per channel, after converting the image
-    to ``color`` ("L" for grey, "RGB") and resizing it to ``height`` x ``width``.
-    Built only from 1 or 3 channels, sides of 1..MAX_INPUT_SIDE pixels and one
-    finite mean and positive std per channel (BadInputError otherwise).
+    to ``color`` ("L" for grey, "RGB") and bringing it to ``height`` x ``width``
+    as ``resize`` says (``resized_size`` and ``crop_box`` give the numbers).
+    Built only from 1 or 3 channels, sides of 1..MAX_INPUT_SIDE pixels, one
+    finite mean and positive std per channel and, for center_crop, a
+    ``resize_size`` that covers both sides (BadInputError otherwise).
     """
 
     channels: int
@@ -97,6 +103,8 @@ class InputSpec:
     width: int
     mean: list[float]
     std: list[float]
+    resize: str = "stretch"
+    resize_size: int | None = None  # center_crop: the shorter side after the resize, before the crop
 
     def __post_init__(self) -> None:
         sizes = (self.channels, self.height, self.width)
@@ -117,6 +125,49 @@ class InputSpec:
             raise BadInputError(f"input mean/std length differs from the channel count ({self.channels})")
         if not all(s > 0 for s in self.std):
             raise BadInputError(f"input std values must be positive, got {self.std}")
+        self._check_resize()
+
+    def _check_resize(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise BadInputError(f"input resize must be one of {', '.join(RESIZE_MODES)}, got {_shown(self.resize)}")
+        if self.resize == "stretch":
+            if self.resize_size is not None:
+                raise BadInputError("input resize_size goes with resize center_crop, not stretch")
+            return
+        side = max(self.height, self.width)
+        if not _is_int(self.resize_size) or not side <= self.resize_size <= MAX_INPUT_SIDE:
+            raise BadInputError(
+                f"input resize_size must be a whole number from {side} (the longer input side, so the crop "
+                f"fits) to {MAX_INPUT_SIDE}, got {_shown(self.resize_size)}"
+            )
+        self.resize_size = int(self.resize_size)
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of a ``width`` x ``height`` image after the resize step, before any crop.
+
+        center_crop: torchvision's ``Resize(resize_size)`` (the shorter side becomes resize_size, the
+        longer one ``int(resize_size * longer / shorter)``); stretch: the input size itself.
+        """
+        if self.resize == "stretch":
+            return self.width, self.height
+        short, long = sorted((width, height))
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the centre crop in a resized ``width`` x ``height`` image.
+
+        torchvision's CenterCrop anchors: ``int(round((size - crop) / 2))``, Python's round (half to even).
+        """
+        left, top = int(round((width - self.width) / 2.0)), int(round((height - self.height) / 2.0))
+        return left, top, left + self.width, top + self.height
+
+    def describe(self) -> str:
+        """One line for a run's header: 'RGB 224x224, resize the shorter side to 256 and crop the centre'."""
+        size = f"{self.color} {self.height}x{self.width}"
+        if self.resize == "stretch":
+            return f"{size}, images stretched to that size"
+        return f"{size}, shorter side resized to {self.resize_size}, centre {self.height}x{self.width} cropped"
 
     @property
     def color(self) -> str:
@@ -222,7 +273,15 @@ class ModelCard:
             i = d["input"]
             if not isinstance(i, dict):
                 raise BadInputError(f"input must be an object, got {_shown(i)}")
-            spec = InputSpec(channels=i["channels"], height=i["height"], width=i["width"], mean=i["mean"], std=i["std"])
+            spec = InputSpec(
+                channels=i["channels"],
+                height=i["height"],
+                width=i["width"],
+                mean=i["mean"],
+                std=i["std"],
+                resize=i.get("resize", "stretch"),
+                resize_size=i.get("resize_size"),
+            )
             card = cls(
                 model=d["model"],
                 model_args=d.get("model_args", {}),

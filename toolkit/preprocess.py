@@ -26,17 +26,35 @@ def to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
 
 
-def convert_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
-    """A PIL image -> uint8 array (C, H, W) with the card's colour mode and size (bilinear resize)."""
+def to_color(image: Image.Image, color: str) -> Image.Image:
+    """``image`` in the colour mode ``color`` ("L" or "RGB"); 16-bit grey scaled, not clipped."""
     if image.mode in SIXTEEN_BIT_MODES:
         image = to_8bit(image)
-    if image.mode != spec.color:
+    if image.mode != color:
         try:
-            image = image.convert(spec.color)
+            image = image.convert(color)
         except ValueError:  # no direct path in Pillow (e.g. a CIELab TIFF to grey): through RGB
-            image = image.convert("RGB").convert(spec.color)
+            image = image.convert("RGB").convert(color)
+    return image
+
+
+def resize_to_input(image: Image.Image, spec: InputSpec) -> Image.Image:
+    """``image`` at the card's height x width: stretched, or resized (aspect kept) and centre-cropped.
+
+    center_crop is torchvision's ``Resize(resize_size)`` + ``CenterCrop((height, width))`` on a PIL image:
+    one bilinear Pillow resize, then a crop (tests/test_card_preprocess.py holds them equal).
+    """
+    size = spec.resized_size(*image.size)
+    if image.size != size:
+        image = image.resize(size, Image.BILINEAR)
     if image.size != (spec.width, spec.height):
-        image = image.resize((spec.width, spec.height), Image.BILINEAR)
+        image = image.crop(spec.crop_box(*image.size))
+    return image
+
+
+def convert_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A PIL image -> uint8 array (C, H, W) with the card's colour mode and size (``resize_to_input``)."""
+    image = resize_to_input(to_color(image, spec.color), spec)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[None, :, :]

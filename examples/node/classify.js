@@ -8,7 +8,8 @@
 // into the file's metadata_props (docs/onnx-metadata.md). onnxruntime-node does
 // not expose custom metadata, so this script decodes that one field of the ONNX
 // protobuf itself. Preprocessing repeats Pillow's steps (colour conversion,
-// bilinear resize, (pixels / 255 - mean) / std in float32): a PNG reaches the
+// bilinear resize, the centre crop of cards that say resize: center_crop,
+// (pixels / 255 - mean) / std in float32): a PNG reaches the
 // model as the same numbers as in Python; a JPEG within a few levels of them
 // (jpeg-js's IDCT is not libjpeg's; figures in docs/embedding.md).
 'use strict';
@@ -20,7 +21,7 @@ const jpeg = require('jpeg-js');
 const { PNG } = require('pngjs');
 
 const CARD_KEY = 'rtool.model_card';
-const SUPPORTED_CARD_FORMAT = 1;
+const SUPPORTED_CARD_FORMAT = 2; // 2 added input.resize (stretch | center_crop) and input.resize_size
 const MAX_IMAGE_PIXELS = 89478485; // Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS)
 
 // Only the fields read here, with their numbers from onnx.proto
@@ -61,8 +62,11 @@ function readCard(modelBytes, source) {
   }
   const spec = card.input || {};
   const perChannel = (v) => Array.isArray(v) && v.length === spec.channels;
+  const resize = spec.resize || 'stretch';
+  const cropFits = resize === 'stretch' || spec.resize_size >= Math.max(spec.height, spec.width);
   if (!Array.isArray(card.class_names) || !spec.channels || !spec.height || !spec.width
-      || !perChannel(spec.mean) || !perChannel(spec.std)) {
+      || !perChannel(spec.mean) || !perChannel(spec.std) || !['stretch', 'center_crop'].includes(resize)
+      || !cropFits) {
     throw new ClassifyError(`${source}: the model card is malformed; re-export the model with rtool`);
   }
   return card;
@@ -289,6 +293,35 @@ function resizeBilinear(img, outW, outH) {
   return out;
 }
 
+/** The size an image is resized to before any crop: the input size itself (stretch), or torchvision's
+ * Resize(resize_size) for center_crop (the shorter side becomes resize_size, the longer
+ * trunc(resize_size * longer / shorter), in the same float64 arithmetic as Python). */
+function resizedSize(width, height, spec) {
+  if ((spec.resize || 'stretch') === 'stretch') return [spec.width, spec.height];
+  const short = Math.min(width, height), long = Math.max(width, height);
+  const newLong = Math.trunc(spec.resize_size * long / short);
+  return width <= height ? [spec.resize_size, newLong] : [newLong, spec.resize_size];
+}
+
+/** Python's round(n / 2) for a whole n >= 0: a half goes to the even neighbour (torchvision's CenterCrop). */
+function halfRoundedEven(n) {
+  if (n % 2 === 0) return n / 2;
+  const down = (n - 1) / 2;
+  return down % 2 === 0 ? down : down + 1;
+}
+
+/** The centre width x height of an image, anchored as torchvision's CenterCrop anchors it. */
+function centerCrop(img, width, height) {
+  const left = halfRoundedEven(img.width - width), top = halfRoundedEven(img.height - height);
+  const { channels, data } = img;
+  const out = new Uint8Array(width * height * channels);
+  for (let y = 0; y < height; y++) {
+    const start = ((top + y) * img.width + left) * channels;
+    out.set(data.subarray(start, start + width * channels), y * width * channels);
+  }
+  return { width, height, channels, data: out };
+}
+
 /** Images (H, W, C) at the card's size -> the ort.Tensor the graph takes. */
 function toModelInput(images, card) {
   const spec = card.input;
@@ -315,13 +348,15 @@ function toModelInput(images, card) {
   return new ort.Tensor('float32', x, [n, C, H, W]);
 }
 
-/** Read, convert and resize each image as the card says. */
+/** Read, convert, resize and (center_crop) crop each image as the card says. */
 function preprocess(paths, card) {
   const spec = card.input;
   const color = spec.color || (spec.channels === 1 ? 'L' : 'RGB');
   return paths.map((p) => {
-    const img = loadImage(p, color);
-    return img.width === spec.width && img.height === spec.height ? img : resizeBilinear(img, spec.width, spec.height);
+    let img = loadImage(p, color);
+    const [w, h] = resizedSize(img.width, img.height, spec);
+    if (img.width !== w || img.height !== h) img = resizeBilinear(img, w, h);
+    return img.width === spec.width && img.height === spec.height ? img : centerCrop(img, spec.width, spec.height);
   });
 }
 
@@ -392,7 +427,9 @@ async function main(argv) {
   }
 }
 
-module.exports = { readCard, loadImage, loadPng, loadJpeg, resizeBilinear, preprocess, toModelInput, classify };
+module.exports = {
+  readCard, loadImage, loadPng, loadJpeg, resizeBilinear, resizedSize, centerCrop, preprocess, toModelInput, classify,
+};
 
 if (require.main === module) {
   main(process.argv).then((code) => { process.exitCode = code; });
