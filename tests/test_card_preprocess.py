@@ -141,7 +141,7 @@ def test_convert_image_resizes_bilinear_with_antialias():
 
 
 @pytest.mark.parametrize("size", [(40, 30), (30, 40), (57, 29), (24, 16), (23, 60), (200, 201), (5, 3)])
-@pytest.mark.parametrize("spec", [CROP, InputSpec(3, 32, 32, [0.5] * 3, [0.25] * 3, resize="center_crop", resize_size=37)])
+@pytest.mark.parametrize("spec", [CROP, InputSpec(3, 32, 32, [0.5] * 3, [0.25] * 3, "center_crop", 37)])
 def test_center_crop_equals_torchvisions_resize_and_center_crop(size, spec):
     """Geometry and pixels, value for value: odd margins (rounded half to even), shrinking and enlarging."""
     from torchvision.transforms import v2
