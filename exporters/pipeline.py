@@ -42,7 +42,7 @@ from toolkit.errors import BadInputError, UnavailableError
 from toolkit.fileio import ensure_writable_dir
 from toolkit.flags import comma_list, from_values
 from toolkit.manifest import is_inside, read_manifest, sha256_file, write_manifest, written_by_rtool
-from toolkit.models import create_model, get_entry, list_models
+from toolkit.models import create_model, get_entry, input_shape_of, list_models
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 GREY_MEAN, GREY_STD = [0.5], [0.5]
@@ -103,7 +103,7 @@ def resolve_source(
         raise BadInputError(f"'{text}' is neither a checkpoint file nor a model name; see `rtool models`")
     if input_shape or num_classes or weights:
         raise BadInputError(
-            "--input-shape, --num-classes and --weights go with a model name, not a checkpoint "
+            "--input-size, --num-classes and --weights go with a model name, not a checkpoint "
             "(its card already fixes them)"
         )
     model, card = load_model(path)
@@ -115,10 +115,10 @@ def _model_source(
     name: str, input_shape: tuple[int, ...] | None, num_classes: int | None, weights: str | Path | None
 ) -> Source:
     entry = get_entry(name)
-    shape = tuple(input_shape) if input_shape else entry.default_input
-    if len(shape) != 3 or shape[0] not in (1, 3):
+    shape = input_shape_of(entry, tuple(input_shape) if input_shape else None)
+    if shape[0] not in (1, 3):
         raise BadInputError(
-            f"--input-shape must be CxHxW with C 1 or 3 (e.g. 3x224x224), got {'x'.join(map(str, shape))}"
+            f"--input-size must have 1 or 3 channels (e.g. 224, 32x48 or 3x224x224), got {'x'.join(map(str, shape))}"
         )
     classes = num_classes or entry.default_classes
     model = create_model(name, in_channels=shape[0], num_classes=classes)

@@ -37,9 +37,9 @@ def load_pixels(
         dataset = load_dataset(str(card.dataset), data_dir=data_dir)
         if cache is not None:
             cache[key] = dataset
-    images = getattr(dataset, split).images
+    images = getattr(dataset, split)
     chosen = np.sort(np.random.default_rng(0).permutation(len(images))[:count])
-    return images[torch.from_numpy(chosen)].numpy()
+    return images.pixels(chosen, card.input)
 
 
 def random_pixels(card: ModelCard, count: int, seed: int = 0) -> np.ndarray:

@@ -16,8 +16,10 @@ import torch
 
 from tests.conftest import REPO, assert_one_line_error, run_rtool
 from toolkit import train
+from toolkit.card import InputSpec
 from toolkit.checkpoint import load_checkpoint, load_model, safe_torch_load
 from toolkit.data import load_dataset
+from toolkit.data.dataset import channel_stats
 from toolkit.errors import BadInputError
 from toolkit.preprocess import normalize as numpy_normalize
 from toolkit.train import TrainConfig, TrainingDiverged, resume_config, run_training
@@ -80,12 +82,16 @@ def test_a_run_writes_checkpoints_metrics_and_curves(tiny_run, mnist):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] == [r["epoch"] for r in result.history]
-    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,test_loss,test_acc")
-    assert result.best_acc == max(r["test_acc"] for r in rows)
+    assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc")
+    assert result.best_acc == max(r["val_acc"] for r in rows)
 
     model, card = load_model(run / "best.pt")
-    assert card.input == mnist.input_spec() and card.class_names == mnist.class_names
-    assert card.metrics["test_acc"] == result.best_acc and card.training["epochs"] == 2
+    splits = train.make_splits(mnist, TrainConfig(**TINY))  # 10% of the 192 images held out for validation
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (172, 20, 64)
+    assert card.input == InputSpec(1, 28, 28, *channel_stats([splits.train.images.numpy()], 1), "center_crop", 28)
+    assert card.class_names == mnist.class_names and card.training["epochs"] == 2
+    assert card.metrics["best_acc"] == result.best_acc and card.metrics["val_acc"] == result.best_acc
+    assert card.metrics["test_acc"] == result.test["test_acc"] and result.test["test_images"] == 64
     last = safe_torch_load(run / "last.pt")  # torch.load(weights_only=True) accepts the training state
     state = last["train_state"]
     assert state["epoch"] == 2 and state["batch"] == 0 and len(state["history"]) == 2
@@ -113,7 +119,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_one(tmp_path, tiny_run,
     assert not resumed.interrupted
     for key, value in _weights(whole.run_dir / "last.pt").items():
         assert torch.equal(value, _weights(tmp_path / "parts" / "last.pt")[key]), key
-    same = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    same = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
     assert [{k: r[k] for k in same} for r in resumed.history] == [{k: r[k] for k in same} for r in whole.history]
 
 
@@ -233,7 +239,7 @@ def test_ctrl_c_saves_last_pt_and_resume_finishes_the_run(tmp_path):
 
     resumed = run_rtool("train", "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout and "best test accuracy" in resumed.stdout
+    assert "resuming" in resumed.stdout and "best val accuracy" in resumed.stdout and "test accuracy" in resumed.stdout
     assert [r["epoch"] for r in train.read_metrics(out)] == [1, 2, 3, 4]
 
 

@@ -380,7 +380,7 @@ def run_bench(
     path = Path(source)
     if path.is_dir():
         if input_shape:
-            raise BadInputError("--input-shape goes with a model name; an export folder's card fixes its shape")
+            raise BadInputError("--input-size goes with a model name; an export folder's card fixes its shape")
         return bench_export_dir(path, **options)
     with tempfile.TemporaryDirectory(prefix="rtool-bench-") as work:
         if say:

@@ -134,12 +134,19 @@ def models(as_json: bool) -> None:
 @cli.command(
     epilog="""\b
 Examples:
-  rtool summary resnet18 --input 1x1x224x224
-  rtool summary resnet20 --input 1x3x32x32 --num-classes 100
+  rtool summary resnet18 --input-size 1x224x224
+  rtool summary resnet20 --input-size 32 --num-classes 100
+  rtool summary resnet50 --input-size 8x3x224x224      a batch of 8
 """
 )
 @click.argument("model")
-@click.option("--input", "input_shape", default=None, help="Input shape NxCxHxW (default: the model's own, batch 1).")
+@click.option(
+    "--input-size",
+    "--input",
+    "input_shape",
+    default=None,
+    help="N, HxW, CxHxW or NxCxHxW (default: the model's own, batch 1).",
+)
 @click.option(
     "--num-classes", type=click.IntRange(min=1), default=None, help="Classifier outputs (default: the model's own)."
 )
@@ -147,8 +154,8 @@ Examples:
 def summary(model: str, input_shape: str | None, num_classes: int | None, as_json: bool) -> None:
     """Walk MODEL layer by layer: output shape and parameters of each layer."""
     shape = parse_shape(input_shape) if input_shape else None
-    if shape is not None and len(shape) != 4:
-        raise click.BadParameter("--input must have four dimensions, NxCxHxW")
+    if shape is not None and len(shape) > 4:
+        raise click.BadParameter("--input-size takes N, HxW, CxHxW or NxCxHxW")
     from toolkit.models.catalog import model_summary  # after the checks: importing torch takes seconds
 
     result = model_summary(model, shape, num_classes)
@@ -292,7 +299,7 @@ Examples:
   rtool export runs/r20/best.pt --format onnx --precision fp16,int8 --calib-size 512
   rtool export runs/r20/best.pt --format onnx --precision int8 --target tensorrt
   rtool export runs/r20/best.pt --format tensorrt --precision fp16,int8 --batch-range 1:16:64
-  rtool export resnet18 --input-shape 3x224x224 --num-classes 1000 --weights resnet18.pth
+  rtool export resnet18 --input-size 3x224x224 --num-classes 1000 --weights resnet18.pth
   rtool export runs/r20/best.pt --embed-preprocessing --embed-softmax   + model.raw-softmax.onnx for apps
   rtool export runs/r20/best.pt --format triton        Triton model repository in runs/r20/export/triton/
 """,
@@ -319,7 +326,13 @@ Examples:
 )
 @click.option("--out", default=None, help="Output folder (default: export/ beside the checkpoint).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (for calibration images).")
-@click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
+@click.option(
+    "--input-size",
+    "--input-shape",
+    "input_shape",
+    default=None,
+    help="With a model name: N, HxW or CxHxW (default: the model's own).",
+)
 @click.option(
     "--num-classes",
     type=click.IntRange(min=1, max=MAX_CLASSES),
@@ -344,7 +357,7 @@ def export(
     """Export SOURCE to TorchScript, torch.export (pt2), ONNX (FP32/FP16/INT8), TensorRT engines and more.
 
     SOURCE is a checkpoint, or a model name (see `rtool models`) with
-    --input-shape/--num-classes and optionally --weights. Every file is checked
+    --input-size/--num-classes and optionally --weights. Every file is checked
     against the eager model before it is written; the folder gets model.pt
     (the eager reference) and manifest.json (sha256, settings, model card).
     The options after --json belong to the formats that read them.
@@ -531,8 +544,8 @@ def compare(runs: tuple[str, ...], out: str, title: str, as_json: bool) -> None:
         return
     for r in rows:
         click.echo(
-            f"{r['run']}: {r['epochs']} epochs, best test acc {100 * r['best_test_acc']:.2f}%, "
-            f"final {100 * r['final_test_acc']:.2f}%, final train loss {r['final_train_loss']:.4f}"
+            f"{r['run']}: {r['epochs']} epochs, best {r['split']} acc {100 * r['best_acc']:.2f}%, "
+            f"final {100 * r['final_acc']:.2f}%, final train loss {r['final_train_loss']:.4f}"
         )
     click.echo(f"figure written to {out}")
 
@@ -651,7 +664,7 @@ def parity(
 Examples:
   rtool bench runs/r20/export
   rtool bench runs/r20/export --runtimes eager,onnxruntime --precisions fp32,int8 --batch-sizes 1 --iters 200
-  rtool bench resnet18 --input-shape 3x224x224 --batch-sizes 1 --json bench.json
+  rtool bench resnet18 --input-size 224 --batch-sizes 1 --json bench.json
   rtool bench runs/r20/best.pt --threads 1
 """
 )
@@ -663,7 +676,13 @@ Examples:
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls per row.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
+@click.option(
+    "--input-size",
+    "--input-shape",
+    "input_shape",
+    default=None,
+    help="With a model name: N, HxW or CxHxW (default: the model's own).",
+)
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
 def bench(
@@ -682,7 +701,7 @@ def bench(
     """Time p50/p90/p99 latency and throughput of every runtime x precision x batch size in one run.
 
     SOURCE is an export folder, a checkpoint, or a model name with
-    --input-shape (the last two are exported to a temporary folder first).
+    --input-size (the last two are exported to a temporary folder first).
     Runtimes take turns in short blocks, so load from other processes
     reaches them alike and their ratios stay fair.
     """

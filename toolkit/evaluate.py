@@ -143,9 +143,8 @@ def evaluate_file(
                 f"data set '{name}' has {len(data.class_names)} classes but the model predicts "
                 f"{card.num_classes}; choose a data set with the model's classes"
             )
-        images, labels = data.test.images.numpy(), data.test.labels.numpy()
-        if limit is not None:
-            images, labels = images[:limit], labels[:limit]
+        count = len(data.test) if limit is None else min(limit, len(data.test))
+        images, labels = data.test.pixels(np.arange(count), card.input), data.test.labels.numpy()[:count]
         return evaluate_predictor(
             model.infer,
             images,

@@ -56,7 +56,7 @@ class Flag:
             unknown = f"unknown {self.what}; " if self.what else ""
             return None if value in self.choices else f"{unknown}choose one of: {', '.join(self.choices)}"
         if isinstance(value, str):
-            return _text_problem(value, self.pattern)
+            return _text_problem(value, self.pattern, self.what)
         if self.low is None and self.high is None and not isinstance(value, float):
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -68,12 +68,12 @@ class Flag:
         return f"not in the range {self.describe_range()}" if too_low or too_high else None
 
 
-def _text_problem(value: str, pattern: str | None) -> str | None:
+def _text_problem(value: str, pattern: str | None, what: str | None = None) -> str | None:
     """Text settings are one line of at most MAX_TEXT characters (names and paths, never documents)."""
     if len(value) > MAX_TEXT or any(ord(c) < 32 or ord(c) == 127 for c in value):
         return f"not one line of text (no control characters, at most {MAX_TEXT} characters)"
     if pattern and not re.fullmatch(pattern, value):
-        return f"not allowed here (expected {pattern})"
+        return f"not {what}" if what else f"not allowed here (expected {pattern})"
     return None
 
 

@@ -182,15 +182,15 @@ def dataset_images(
             f"{dataset.name}'s classes ({', '.join(dataset.class_names[:5])}, ...) are not the "
             f"model's ({', '.join(card.class_names[:5])}, ...); use the data set it was trained on"
         )
-    pixels = dataset.test.images[:first].numpy()
     labels = dataset.test.labels[:first].tolist()
     notes = []
-    if tuple(pixels.shape[1:]) != spec.shape:
+    native = (dataset.channels, *dataset.image_size) if dataset.image_size else None
+    if native != spec.shape:
+        shape = "x".join(map(str, native)) + " (CxHxW)" if native else "files of their own sizes"
         notes.append(
-            f"{dataset.name} images are {'x'.join(map(str, pixels.shape[1:]))} (CxHxW); converted to "
-            f"{'x'.join(map(str, spec.shape))} as the model card says"
+            f"{dataset.name} images are {shape}; converted to {'x'.join(map(str, spec.shape))} as the model card says"
         )
-    return pixels, [dataset.class_names[i] for i in labels], notes
+    return dataset.test.pixels(np.arange(first), spec), [dataset.class_names[i] for i in labels], notes
 
 
 def top_k(logits: np.ndarray, class_names: list[str], k: int) -> list[list[tuple[str, float]]]:

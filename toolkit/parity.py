@@ -271,7 +271,7 @@ def test_images(
     index = (
         np.arange(total) if limit is None or limit >= total else np.linspace(0, total - 1, limit).round().astype(int)
     )
-    pixels = data.test.images.numpy()[index]
+    pixels = data.test.pixels(index, card.input)
     return data.name, prepare_batch(pixels, card.input), data.test.labels.numpy()[index]
 
 

@@ -46,16 +46,22 @@ def integer_epochs(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def held_out(history: Sequence[dict[str, Any]]) -> str:
+    """The split each epoch was scored on: "val" (runs since val splits came in), "test" in older runs' metrics."""
+    return "val" if history and "val_acc" in history[0] else "test"
+
+
 @plain_text()
 def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """Train loss (left) and train/test accuracy (right) per epoch."""
+    """Train loss (left) and train/val accuracy (right) per epoch."""
     epochs = [row["epoch"] for row in history]
+    split = held_out(history)
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     loss_ax.plot(epochs, [row["train_loss"] for row in history], marker="o", label="train")
-    loss_ax.plot(epochs, [row["test_loss"] for row in history], marker="o", label="test")
+    loss_ax.plot(epochs, [row[f"{split}_loss"] for row in history], marker="o", label=split)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     acc_ax.plot(epochs, [100 * row["train_acc"] for row in history], marker="o", label="train")
-    acc_ax.plot(epochs, [100 * row["test_acc"] for row in history], marker="o", label="test")
+    acc_ax.plot(epochs, [100 * row[f"{split}_acc"] for row in history], marker="o", label=split)
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
@@ -68,7 +74,7 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: 
 
 @plain_text()
 def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
-    """Several runs on one figure: train loss, and train (dashed) / test (solid) error per epoch.
+    """Several runs on one figure: train loss, and train (dashed) / val (solid) error per epoch.
 
     The layout of He et al.'s degradation plot (plain vs residual networks).
     """
@@ -79,9 +85,11 @@ def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
         epochs = [row["epoch"] for row in history]
         loss_ax.plot(epochs, [row["train_loss"] for row in history], color=color, label=name)
         err_ax.plot(epochs, [100 * (1 - row["train_acc"]) for row in history], color=color, linestyle="--", linewidth=1)
-        err_ax.plot(epochs, [100 * (1 - row["test_acc"]) for row in history], color=color, linewidth=2, label=name)
+        held = [100 * (1 - row[f"{held_out(history)}_acc"]) for row in history]
+        err_ax.plot(epochs, held, color=color, linewidth=2, label=name)
+    splits = " / ".join(sorted({held_out(h) for h in runs.values()}))
     loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss")
-    err_ax.set(xlabel="epoch", ylabel="error (%)", title="error: test (solid), train (dashed)")
+    err_ax.set(xlabel="epoch", ylabel="error (%)", title=f"error: {splits} (solid), train (dashed)")
     for ax in (loss_ax, err_ax):
         ax.grid(alpha=0.3)
         ax.legend()

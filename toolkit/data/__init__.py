@@ -1,9 +1,9 @@
-"""Data sets by name, held in memory as uint8 (N, C, H, W) tensors with class names.
+"""Data sets by name: built-in ones held in memory as uint8 (N, C, H, W) tensors, image folders as files.
 
 ``mnist5k`` is embedded (a real MNIST subset shipped by a pinned package) and
 works offline. ``mnist``, ``kmnist``, ``fashionmnist``, ``cifar10``, ``svhn`` and
 ``stl10`` come through torchvision with ``data_dir``/``download``;
-``imagefolder:PATH`` reads a user's own images.
+``imagefolder:PATH`` reads a user's own images lazily (``FileSplit``).
 
 Pixels stay uint8 until the last moment: conversion to the ModelCard's input
 (see ``toolkit.preprocess``) happens per batch, the same way for every runtime.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from toolkit.data import sources  # noqa: F401  (registers the named loaders)
 from toolkit.data.dataset import REGISTRY, Dataset, Split, register_dataset, stratified_split
-from toolkit.data.imagefolder import load_image_folder
+from toolkit.data.imagefolder import FileSplit, load_image_folder
 from toolkit.errors import BadInputError
 
 
@@ -43,4 +43,4 @@ def load_dataset(name: str, data_dir: str | Path | None = None, download: bool =
     return loader(Path(data_dir) if data_dir else None, download)
 
 
-__all__ = ["Dataset", "Split", "load_dataset", "list_datasets", "register_dataset", "stratified_split"]
+__all__ = ["Dataset", "FileSplit", "Split", "load_dataset", "list_datasets", "register_dataset", "stratified_split"]

@@ -1,32 +1,41 @@
-"""A user's own images (``--dataset imagefolder:PATH``): one sub-folder per class.
+"""A user's own images (``--dataset imagefolder:PATH``): one sub-folder per class, read lazily.
 
-Every file is checked from its header before any pixel is decoded, and the
-whole set's size in memory is checked before it is allocated: a giant picture
-(a decompression bomb, or a scan far beyond what a classifier needs) is
-refused by name instead of costing gigabytes. Class names come from folder
-names and end up in labels, cards and reports, so a name that would break a
-line is refused too.
+Layouts (docs/training.md): ``PATH/CLASS/*`` (a fixed 80/20 train/test split),
+``PATH/train/CLASS`` with ``test/`` and/or ``val/`` (or ``validation/``). The
+classes are those of the training folder; a class folder found only in val/ or
+test/ is refused, never dropped. Without val/, training carves one from train
+(``toolkit.train``).
+
+Nothing is decoded when a folder is loaded: each split is a list of files
+(``FileSplit``) that training reads in DataLoader workers and evaluation reads
+a batch at a time, so memory does not grow with the number of images. Every
+file's header is still checked at load time: a giant picture (a decompression
+bomb, or a scan far beyond what a classifier needs) or a file that is no image
+is refused by name before any work starts. Class names come from folder names
+and end up in labels, cards and reports, so a name that would break a line is
+refused too.
 """
 
 from __future__ import annotations
 
-import os
 import unicodedata
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from toolkit.card import InputSpec
-from toolkit.data.dataset import Dataset, Split, stratified_split
+from toolkit.data.dataset import Dataset, stratified_split
 from toolkit.errors import BadInputError
-from toolkit.preprocess import SIXTEEN_BIT_MODES, convert_image
+from toolkit.preprocess import SIXTEEN_BIT_MODES, convert_image, to_color
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 GREY_MODES = {"1", "L", "LA"} | SIXTEEN_BIT_MODES
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (a quarter GiB of RGBA): about 89 MP
-MEMORY_SHARE = 4  # the decoded data set may take at most this fraction (1/4) of the machine's memory
+VAL_FOLDERS = ("val", "validation")
 # Characters a class name may not hold: controls (newline, tab, escape...), invisible format marks
 # (bidi overrides), undecodable bytes (surrogates) and line/paragraph separators. ZWNJ/ZWJ stay (scripts, emoji).
 FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
@@ -91,105 +100,138 @@ def read_pixels(path: Path, spec: InputSpec) -> np.ndarray:
             raise _unreadable(path, e) from None
 
 
-def physical_memory() -> int | None:
-    """Bytes of memory this machine has, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
-        return None
+class FileSplit:
+    """A split as image files and labels: pixels are read when asked for, never held.
+
+    ``channels`` is the data set's own (1 when every image of it is grey, else 3). ``pixels`` reads
+    images with the card's evaluation preprocessing; training reads them through ``read`` with its
+    own (augmented) transform.
+    """
+
+    def __init__(self, files: list[Path], labels: torch.Tensor, channels: int) -> None:
+        self.files, self.labels, self.channels = files, labels, channels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> FileSplit:
+        index = np.asarray(index, dtype=np.int64)
+        return FileSplit([self.files[i] for i in index], self.labels[torch.from_numpy(index)], self.channels)
+
+    def pixels(self, index: np.ndarray | torch.Tensor | None, spec: InputSpec) -> np.ndarray:
+        """uint8 (N, C, H, W) of the images at ``index`` (all when None), as the card's ``spec`` says."""
+        chosen = range(len(self.files)) if index is None else np.asarray(index, dtype=np.int64)
+        out = np.empty((len(chosen), *spec.shape), dtype=np.uint8)
+        for k, i in enumerate(chosen):
+            out[k] = read_pixels(self.files[i], spec)
+        return out
+
+    def read(self, i: int, color: str, transform: Callable[[Image.Image], Image.Image]) -> np.ndarray:
+        """Image ``i`` as uint8 (C, H, W): converted to ``color`` ("L" or "RGB"), then ``transform`` applied
+        (training's augmentation, which also brings it to the input size)."""
+        with open_image(self.files[i]) as image:
+            try:
+                image = to_color(image, color)
+                image.load()
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise _unreadable(self.files[i], e) from None
+        array = np.asarray(transform(image), dtype=np.uint8)
+        return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
 
 
-def check_fits_in_memory(root: Path, count: int, spec: InputSpec, sized_by: str) -> None:
-    """Refuse, before allocating, a set whose decoded pixels would take more than 1/MEMORY_SHARE of memory."""
-    need = count * spec.channels * spec.height * spec.width
-    memory = physical_memory()
-    if memory is not None and need > memory // MEMORY_SHARE:
-        raise BadInputError(
-            f"image folder {shown(root)} would take {need / 1e9:.1f} GB in memory: {count} images "
-            f"at {spec.width}x{spec.height} ({sized_by}), more than 1/{MEMORY_SHARE} of this "
-            f"machine's {memory / 1e9:.0f} GB; resize the images to the size the model should "
-            f"see (e.g. 224x224 or smaller) and try again"
-        )
-
-
-def _layout(root: Path) -> tuple[list[Path], bool]:
-    """The folders that hold class folders ([root] or [train, test|val]); whether the split is the user's."""
+def _layout(root: Path) -> dict[str, Path | None]:
+    """The folders holding class folders: {"train": ..., "val": ..., "test": ...}; a flat root has only "flat"."""
     if not root.is_dir():
         raise BadInputError(
             f"image folder {shown(root)} does not exist; pass --dataset imagefolder:PATH with one sub-folder per class"
         )
     train = root / "train"
-    test = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
-    if train.is_dir() and test is not None:
-        return [train, test], True
+    vals = [root / d for d in VAL_FOLDERS if (root / d).is_dir()]
+    if len(vals) > 1:
+        raise BadInputError(f"image folder {shown(root)} has both val/ and validation/; keep one of them")
+    val = vals[0] if vals else None
+    test = root / "test" if (root / "test").is_dir() else None
+    if train.is_dir() and (val or test):
+        return {"train": train, "val": val, "test": test}
     if train.is_dir() and any(p.is_dir() for p in train.iterdir()):
         raise BadInputError(
-            f"image folder {shown(root)} has train/ but no test/ or val/; add one, "
-            f"or lay the images out as {shown(root)}/CLASS/image.png for a fixed 80/20 split"
+            f"image folder {shown(root)} has train/ but no val/, validation/ or test/; add one, "
+            f"or lay the images out as {shown(root)}/CLASS/image.png for a fixed 80/20 train/test split"
         )
-    return [root], False
+    return {"flat": root}
 
 
-def _files(root: Path) -> tuple[list[str], list[list[tuple[Path, int]]], bool]:
-    """Class names and, per split folder, the (image file, class index) pairs; checked for emptiness."""
-    split_dirs, has_splits = _layout(root)
-    class_root = split_dirs[0]
-    classes = sorted(check_class_name(p) for p in class_root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _class_folders(base: Path) -> list[str]:
+    return sorted(check_class_name(p) for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files(base: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    return [
+        (f, i)
+        for i, c in enumerate(classes)
+        if (base / c).is_dir()
+        for f in sorted((base / c).glob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+
+
+def _groups(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
+    """Class names (from the training folder) and each split folder's (file, class index) pairs, checked."""
+    folders = {name: path for name, path in _layout(root).items() if path is not None}
+    class_root = folders.get("train", folders.get("flat"))
+    classes = _class_folders(class_root)
     if not classes:
         raise BadInputError(
             f"image folder {shown(class_root)} has no class sub-folders; lay it out as "
             f"{shown(class_root)}/CLASS/image.png"
         )
-    groups = [
-        [
-            (f, i)
-            for i, c in enumerate(classes)
-            if (base / c).is_dir()
-            for f in sorted((base / c).glob("*"))
-            if f.suffix.lower() in IMAGE_SUFFIXES
-        ]
-        for base in split_dirs
-    ]
-    if not any(groups):
+    for base in folders.values():
+        extra = [c for c in _class_folders(base) if c not in classes and _files(base, [c])]
+        if extra:
+            raise BadInputError(
+                f"class folder {shown(base / extra[0])} has no counterpart in {shown(class_root)} (its classes: "
+                f"{shown(', '.join(classes))}); a model cannot learn a class it never sees: add "
+                f"{shown(class_root / extra[0])} or remove {shown(base / extra[0])}"
+            )
+    groups = {name: _files(base, classes) for name, base in folders.items()}
+    if not any(groups.values()):
         raise BadInputError(f"image folder {shown(root)} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    if not all(groups):
-        empty = split_dirs[1] if groups[0] else split_dirs[0]
-        raise BadInputError(
-            f"{shown(empty)} holds no images of the classes {shown(', '.join(classes))} (from {shown(class_root)})"
-        )
-    return classes, groups, has_splits
+    for name, group in groups.items():
+        if not group:
+            raise BadInputError(
+                f"{shown(folders[name])} holds no images of the classes {shown(', '.join(classes))} "
+                f"(from {shown(class_root)})"
+            )
+    return classes, groups
 
 
-def _read(group: list[tuple[Path, int]], spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
-    images = np.empty((len(group), *spec.shape), dtype=np.uint8)
-    for k, (f, _) in enumerate(group):
-        images[k] = read_pixels(f, spec)
-    return images, np.array([label for _, label in group], dtype=np.int64)
-
-
-def load_image_folder(root: Path, size: int | None = None) -> Dataset:
-    """``root/CLASS/*.png`` (split 80/20, fixed) or ``root/train/CLASS`` + ``root/test|val/CLASS``.
-
-    Images are read as grey when every one of them is grey (RGB otherwise) and
-    resized to the size of the first image (or ``size``), so the whole set is one tensor.
-    """
-    classes, groups, has_splits = _files(root)
-    files = [f for group in groups for f, _ in group]
-    modes, first_size = set(), None
-    for f in files:  # headers only: Pillow decodes pixels lazily
+def _channels(files: list[Path]) -> int:
+    """1 when every file is grey, else 3; reads headers only (Pillow decodes pixels lazily), and refuses a file
+    that is no image or too large, by name, before any pixel is decoded."""
+    modes = set()
+    for f in files:
         with open_image(f) as image:
             modes.add(image.mode)
-            first_size = first_size or image.size
-    grey = modes <= GREY_MODES
-    w, h = (size, size) if size else first_size
-    spec = InputSpec(
-        channels=1 if grey else 3, height=h, width=w, mean=[0.0] * (1 if grey else 3), std=[1.0] * (1 if grey else 3)
-    )
-    check_fits_in_memory(root, len(files), spec, "the size asked for" if size else f"the size of {shown(files[0])}")
-    if has_splits:
-        (xtr, ytr), (xte, yte) = _read(groups[0], spec), _read(groups[1], spec)
-    else:
-        x, y = _read(groups[0], spec)
-        tr, te = stratified_split(y, test_fraction=0.2, seed=0)
-        xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
-    return Dataset(f"imagefolder:{root}", Split.of(xtr, ytr), Split.of(xte, yte), classes)
+    return 1 if modes <= GREY_MODES else 3
+
+
+def load_image_folder(root: Path) -> Dataset:
+    """The splits of an image folder as lists of files (nothing decoded; see the module's docstring).
+
+    Without test/, the test split falls back to val/ (``Dataset.test_name`` says "val"), so that eval
+    and parity still have images to run on; training then reports no test accuracy.
+    """
+    classes, groups = _groups(root)
+    channels = _channels([f for group in groups.values() for f, _ in group])
+
+    def split_of(group: list[tuple[Path, int]]) -> FileSplit:
+        return FileSplit([f for f, _ in group], torch.tensor([c for _, c in group], dtype=torch.int64), channels)
+
+    name = f"imagefolder:{root}"
+    if "flat" in groups:
+        whole = split_of(groups["flat"])
+        tr, te = stratified_split(whole.labels.numpy(), test_fraction=0.2, seed=0)
+        return Dataset(name, whole.subset(tr), whole.subset(te), classes)
+    val = split_of(groups["val"]) if "val" in groups else None
+    test = split_of(groups["test"]) if "test" in groups else None
+    return Dataset(name, split_of(groups["train"]), test or val, classes, val=val, test_name="test" if test else "val")

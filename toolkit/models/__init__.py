@@ -88,6 +88,19 @@ for _depth in (20, 32, 44, 56, 110):
     )
 
 
+def input_shape_of(entry: ModelEntry, dims: tuple[int, ...] | None) -> tuple[int, int, int]:
+    """(C, H, W) from ``--input-size``'s N (square), HxW or CxHxW; the model's own channels (and size) where
+    not given."""
+    if not dims:
+        return entry.default_input
+    if len(dims) > 3:
+        raise BadInputError(f"--input-size {'x'.join(map(str, dims))}: give N, HxW or CxHxW (e.g. 224 or 3x224x224)")
+    if len(dims) == 3:
+        return dims  # type: ignore[return-value]
+    height, width = (dims[0], dims[0]) if len(dims) == 1 else dims
+    return entry.default_input[0], height, width
+
+
 def list_models() -> list[str]:
     """Registered model names, ImageNet family first, each by depth."""
     order = {"imagenet-resnet": 0, "cifar-resnet": 1, "cifar-plain": 2}
@@ -138,6 +151,7 @@ __all__ = [
     "ModelEntry",
     "create_model",
     "get_entry",
+    "input_shape_of",
     "list_models",
     "init_weights",
 ]

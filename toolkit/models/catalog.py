@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from toolkit.errors import BadInputError
-from toolkit.models import create_model, get_entry, list_models
+from toolkit.models import create_model, get_entry, input_shape_of, list_models
 from toolkit.models.summary import count_macs, count_params, summarize
 
 
@@ -39,8 +39,10 @@ def model_table() -> list[dict[str, Any]]:
 def model_summary(
     name: str, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None
 ) -> dict[str, Any]:
+    """Each layer's output shape for ``input_shape``: NxCxHxW, or what ``input_shape_of`` takes (batch 1)."""
     entry = get_entry(name)
-    shape = tuple(input_shape or (1, *entry.default_input))
+    dims = tuple(input_shape or ())
+    shape = dims if len(dims) == 4 else (1, *input_shape_of(entry, dims))
     if len(shape) != 4 or min(shape) < 1:
         raise BadInputError(f"input shape {list(shape)} is not NxCxHxW with positive sizes, e.g. 1x3x224x224")
     with torch.device("meta"):

@@ -1,8 +1,9 @@
-"""Train a classifier on an in-memory data set: one linear loop, single process or DDP.
+"""Train a classifier on an in-memory data set or an image folder: one linear loop, single process or DDP.
 
 Split the way torchvision's classification reference is: ``config`` (TrainConfig: defaults, help and
 bounds written once; the command-line flags are generated from it), ``distributed`` (rank, device,
-process group, ``--nproc`` workers), ``batching`` (epoch order, shift, normalise), ``loop``
+process group, ``--nproc`` workers), ``inputs`` (splits, the card's input, starting weights), ``batching``
+(epoch order, shift, normalise: in-memory data), ``loading`` (image files read by DataLoader workers), ``loop``
 (``train_one_epoch``, ``evaluate``, ``EpochStats``), ``rundir`` (metrics, resume settings, curves),
 ``run`` (one run from start or last.pt to its end) and ``command`` (what ``rtool train`` calls).
 
@@ -35,7 +36,8 @@ _HOMES = {
         "RUNTIME_FIELDS",
     ),
     "distributed": ("Distributed", "resolve_device", "init_distributed", "launch_processes"),
-    "batching": ("limit_split", "epoch_order", "batch_generator", "random_shift", "normalize", "model_input"),
+    "inputs": ("limit_split", "make_splits", "resolve_spec", "parse_input_size"),
+    "batching": ("epoch_order", "batch_generator", "random_shift", "normalize", "model_input"),
     "loop": (
         "EpochStats",
         "Trainer",

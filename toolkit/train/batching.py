@@ -25,20 +25,9 @@ from toolkit.train.distributed import Distributed
 SEED_SPACE = 2**64  # torch.Generator.manual_seed takes seeds below this
 
 
-def limit_split(split: Split, limit: int | None) -> Split:
-    """At most ``limit`` images, taken from each class in turn in file order (for quick runs)."""
-    if limit is None or limit >= len(split):
-        return split
-    turn = torch.empty(len(split), dtype=torch.long)  # an image's place among its class's images
-    for c in split.labels.unique():
-        members = torch.nonzero(split.labels == c).flatten()
-        turn[members] = torch.arange(len(members))
-    keep = torch.argsort(turn, stable=True)[:limit].sort().values
-    return Split(split.images[keep], split.labels[keep])
-
-
 def on_device(split: Split, device: torch.device) -> Split:
-    return Split(split.images.to(device), split.labels.to(device))
+    """An in-memory split on ``device`` (image files stay files: workers read them)."""
+    return Split(split.images.to(device), split.labels.to(device)) if isinstance(split, Split) else split
 
 
 def epoch_order(n: int, epoch: int, seed: int, dist_info: Distributed) -> torch.Tensor:

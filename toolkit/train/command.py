@@ -39,9 +39,15 @@ def summarize(result: TrainResult) -> str:
     if not result.history:
         return f"no epoch finished; state saved in {result.last_path}" if result.last_path else "no epoch finished"
     files = ", ".join(name for name in RUN_FILES if (result.run_dir / name).is_file())
+    test = (
+        f"test accuracy {100 * result.test['test_acc']:.2f}% ({result.test['test_images']} images); "
+        if result.test
+        else ""
+    )
+    stopped = ", stopped early" if result.stopped_early else ""
     return (
-        f"best test accuracy {100 * result.best_acc:.2f}% (epoch {result.best_epoch}); "
-        f"final {100 * result.final['test_acc']:.2f}%; {result.train_seconds:.1f}s of training; "
+        f"best val accuracy {100 * result.best_acc:.2f}% (epoch {result.best_epoch}{stopped}); "
+        f"final {100 * result.final['val_acc']:.2f}%; {test}{result.train_seconds:.1f}s of training; "
         f"{result.run_dir}: {files}"
     )
 

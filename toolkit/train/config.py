@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from toolkit.errors import BadInputError
 from toolkit.flags import check_settings, setting
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -18,6 +19,8 @@ SCHEDULES = ("onecycle", "cosine", "step")
 AMP_MODES = ("none", "bf16", "fp16")
 INITS = ("kaiming", "xavier")
 DEVICES = ("auto", "cpu", "cuda")
+AUGMENT_PRESETS = ("none", "light", "standard")  # described in toolkit.data.augment
+INPUT_SIZE_PATTERN = r"[1-9][0-9]{0,4}(x[1-9][0-9]{0,4}){0,2}"  # N, HxW or CxHxW
 DEFAULT_LR = {"sgd": 0.05, "adamw": 3e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adamw": 0.05}
 # Sanity bounds: far beyond any real run, low enough that no count overflows or asks for the impossible.
@@ -25,7 +28,7 @@ MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**32 - 1
 # Settings that may differ when a run is resumed: they change where it runs, not what it computes.
-RUNTIME_FIELDS = ("out", "device", "quiet", "resume", "overwrite")
+RUNTIME_FIELDS = ("out", "device", "quiet", "resume", "overwrite", "workers")
 
 
 def _per_optimizer(values: dict[str, float]) -> str:
@@ -41,6 +44,14 @@ class TrainConfig:
         "mnist5k", "mnist5k (embedded), mnist, kmnist, fashionmnist, cifar10, svhn, stl10 or imagefolder:PATH."
     )
     data_dir: str | None = setting(None, "Folder of a downloaded data set (torchvision ones).")
+    input_size: str | None = setting(
+        None,
+        "Model input: N (square), HxW, or CxHxW (C 1: grey, 3: RGB). Default: a built-in data set's own size; "
+        "for image folders the model family's (32 for CIFAR nets, 224 for ImageNet nets); with --weights from "
+        "an rtool checkpoint, its size. Images of another size: shorter side resized, centre cropped.",
+        pattern=INPUT_SIZE_PATTERN,
+        what="an input size like 224, 32x48 or 3x224x224",
+    )
     download: bool = setting(False, "Download the data set into --data-dir if it is missing.")
     out: str | None = setting(None, "Run folder (default: runs/MODEL-DATASET).")
     epochs: int = setting(12, "Passes over the training images.", low=1, high=MAX_EPOCHS)
@@ -60,14 +71,42 @@ class TrainConfig:
     )
     init: str = setting("kaiming", "Weight initialisation.", choices=INITS)
     shift: int = setting(
-        2, "Random-shift augmentation in pixels (0: off; at most half the image's smaller side).", low=0
+        2,
+        "Random-shift augmentation in pixels for built-in data sets (0: off; at most half the image's smaller side).",
+        low=0,
     )
+    augment: str | None = setting(
+        None,
+        "Augmentation for image folders: none, light (random-resized-crop, flip) or standard (stronger crops, "
+        "flip, colour jitter). Default: light for folders.",
+        choices=AUGMENT_PRESETS,
+    )
+    flip: bool = setting(True, "Horizontal flips in --augment (turn off for digits, text, anything handed).")
+    val_fraction: float = setting(
+        0.1,
+        "Share of the training images held out (fixed seed) for validation when the data set has no val/.",
+        low=0,
+        high=0.9,
+        low_open=True,
+    )
+    patience: int | None = setting(None, "Stop after N epochs without a better validation accuracy.", low=1)
+    weights: str | None = setting(
+        None,
+        "Start from these weights: an rtool checkpoint or a torchvision-style state_dict (.pth); the classifier "
+        "is replaced when the class count differs.",
+    )
+    freeze_backbone: bool = setting(False, "With --weights: train only the classifier (fc), the rest stays fixed.")
     seed: int = setting(0, "Seed of the weights, the sample order and the augmentation.", low=0, high=MAX_SEED)
     device: str = setting("auto", "Where to train (auto: cuda if usable, else cpu).", choices=DEVICES)
     amp: str = setting("none", "Mixed precision (fp16 needs cuda).", choices=AMP_MODES)
     channels_last: bool = setting(True, "NHWC memory layout (faster convolutions on CPU and tensor cores).")
-    train_limit: int | None = setting(None, "Use at most this many training images.", low=1)
-    test_limit: int | None = setting(None, "Use at most this many test images.", low=1)
+    train_limit: int | None = setting(
+        None, "Use at most this many training images (a validation split is carved from them).", low=1
+    )
+    test_limit: int | None = setting(None, "Use at most this many validation and this many test images.", low=1)
+    workers: int | None = setting(
+        None, "Processes reading image folders (default: one per CPU core, at most 8; 0: in this process).", low=0
+    )
     resume: bool = setting(False, "Continue the run in --out from its last.pt.")
     overwrite: bool = setting(False, "Replace the run in --out.")
     quiet: bool = setting(False, "No progress bar or per-epoch lines.")
@@ -78,6 +117,10 @@ class TrainConfig:
         self.lr = DEFAULT_LR[self.optimizer] if self.lr is None else float(self.lr)
         if self.weight_decay is None:
             self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+
+    def validate(self) -> None:
+        if self.freeze_backbone and not self.weights:
+            raise BadInputError("--freeze-backbone needs --weights FILE (a trained backbone to keep)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,6 +1,7 @@
 """The training loop: one epoch of steps (``train_one_epoch``), evaluation, and what they need around them.
 
-A ``Trainer`` holds what a run trains with (model, optimizer, schedule, data); an ``EpochStats`` holds
+A ``Trainer`` holds what a run trains with (model, optimizer, schedule, data: in-memory splits batched
+with tensor ops, or image files read by DataLoader workers); an ``EpochStats`` holds
 the running sums of the epoch under way, which last.pt saves so a run stopped mid-epoch reports the
 whole epoch when resumed. Every rank stops at the same batch: the stop request and a non-finite loss
 are OR-ed over the ranks at each step.
@@ -23,12 +24,15 @@ from torch import nn
 
 from toolkit.card import InputSpec
 from toolkit.console import make_console
-from toolkit.data import Split
+from toolkit.data import FileSplit
 from toolkit.errors import CheckFailedError
 from toolkit.train.batching import epoch_order, model_input, training_batch
 from toolkit.train.config import TrainConfig
 from toolkit.train.distributed import Distributed, any_rank, sum_over_ranks
+from toolkit.train.loading import Augment, epoch_keys, file_batches
 from toolkit.train.rundir import kept_checkpoints
+
+EVAL_BATCH = 500  # in-memory images per evaluation step; image files go by --batch-size
 
 
 class TrainingDiverged(CheckFailedError):
@@ -78,21 +82,34 @@ class Trainer:
     dist_info: Distributed
     spec: InputSpec
     class_names: list[str]
-    train_split: Split
-    test_split: Split
+    train_split: Any  # Split (in memory, on the device) or FileSplit
+    val_split: Any  # chooses best.pt, each epoch
+    test_split: Any | None  # evaluated once, at the end, on best.pt (None: the data set has no test split)
     model: nn.Module  # the plain model (saved, evaluated)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     loss_fn: nn.Module
     steps_per_epoch: int
+    augment: Augment | None = None  # image folders: the --augment preset
+    workers: int = 0  # image folders: reader processes
+    frozen: bool = False  # --freeze-backbone: only fc trains; the rest (BatchNorm statistics too) stays fixed
+    card_training: dict[str, Any] = field(default_factory=dict)  # what the card records beyond the settings
     net: nn.Module | None = None  # what the steps run: the model, or its DistributedDataParallel wrapper
     history: list[dict[str, Any]] = field(default_factory=list)
-    best_acc: float = -1.0
+    best_acc: float = -1.0  # on the val split
     best_epoch: int = 0
+    stopped_early: bool = False  # --patience ran out
 
     def __post_init__(self) -> None:
         self.net = self.net or self.model
+
+    def train_mode(self) -> None:
+        """Training mode, except a frozen backbone (its BatchNorm layers keep their statistics)."""
+        self.net.train()
+        if self.frozen:
+            for name, module in self.model.named_children():
+                module.train(name == "fc")
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """One optimisation step on a batch; (loss, number of correct predictions) before it."""
@@ -108,11 +125,13 @@ class Trainer:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Over the parameters that train (all, or fc alone with --freeze-backbone)."""
+    params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
+            params, lr=config.lr, momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay
         )
-    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def build_scheduler(
@@ -158,9 +177,7 @@ def train_one_epoch(
     """
     config, dist_info = trainer.config, trainer.dist_info
     order = epoch_order(len(trainer.train_split), epoch, config.seed, dist_info)
-    for batch in range(first, trainer.steps_per_epoch):
-        idx = order[batch * config.batch_size : (batch + 1) * config.batch_size].to(dist_info.device)
-        x, y = training_batch(trainer.train_split, idx, trainer.spec, config, epoch, batch, dist_info.rank)
+    for batch, (x, y) in zip(range(first, trainer.steps_per_epoch), training_batches(trainer, order, epoch, first)):
         loss_value, correct = trainer.step(x, y)
         nonfinite, stop_now = any_rank(torch.tensor([not math.isfinite(loss_value), stop()]), dist_info)
         if nonfinite:
@@ -168,33 +185,65 @@ def train_one_epoch(
                 f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, batch {batch + 1} "
                 f"(lr {config.lr:g}); lower --lr or raise --batch-size. Kept: {kept_checkpoints(trainer.run_dir)}"
             )
-        stats.add(loss_value * len(idx), correct, len(idx))
+        stats.add(loss_value * len(y), correct, len(y))
         advance(1, stats.text())
         if stop_now:
             return batch + 1
     return None
 
 
+def training_batches(
+    trainer: Trainer, order: torch.Tensor, epoch: int, first: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(model input, labels) of this rank's batches of ``epoch`` from batch ``first`` on."""
+    config, device, spec = trainer.config, trainer.dist_info.device, trainer.spec
+    if isinstance(trainer.train_split, FileSplit):
+        keys = epoch_keys(order, config.seed, epoch, config.batch_size, first)
+        pin = device.type == "cuda"
+        for pixels, y in file_batches(trainer.train_split, spec, keys, trainer.augment, trainer.workers, pin):
+            yield model_input(pixels.to(device, non_blocking=True), spec, config.channels_last), y.to(device)
+        return
+    for batch in range(first, trainer.steps_per_epoch):
+        idx = order[batch * config.batch_size : (batch + 1) * config.batch_size].to(device)
+        yield training_batch(trainer.train_split, idx, spec, config, epoch, batch, trainer.dist_info.rank)
+
+
+def evaluation_batches(
+    split: Any, indices: torch.Tensor, spec: InputSpec, config: TrainConfig, workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images and labels of ``split`` at ``indices``: slices in memory, or files read by ``workers``."""
+    if isinstance(split, FileSplit):
+        size = config.batch_size
+        keys = [[(int(i), 0) for i in indices[k : k + size]] for k in range(0, len(indices), size)]
+        yield from file_batches(split, spec, keys, None, workers)
+        return
+    for start in range(0, len(indices), EVAL_BATCH):
+        idx = indices[start : start + EVAL_BATCH]
+        yield split.images[idx], split.labels[idx]
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, split: Split, spec: InputSpec, dist_info: Distributed, config: TrainConfig, batch_size: int = 500
+    model: nn.Module, split: Any, spec: InputSpec, dist_info: Distributed, config: TrainConfig, workers: int = 0
 ) -> tuple[float, float]:
-    """(mean loss, accuracy) on ``split``; under DDP each rank takes a shard and the sums are reduced."""
+    """(mean loss, accuracy) on ``split``; under DDP each rank takes a shard and the sums are reduced.
+
+    Leaves the model in eval mode (the loop switches it back with ``Trainer.train_mode``).
+    """
     model.eval()
+    device = dist_info.device
     indices = torch.arange(dist_info.rank, len(split), dist_info.world_size)
-    sums = torch.zeros(3, dtype=torch.float64, device=dist_info.device)  # loss sum, correct, count
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        x = model_input(split.images[idx].to(dist_info.device, non_blocking=True), spec, config.channels_last)
-        y = split.labels[idx].to(dist_info.device, non_blocking=True)
-        with autocast(dist_info.device, config.amp):
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    for pixels, labels in evaluation_batches(split, indices, spec, config, workers):
+        x = model_input(pixels.to(device, non_blocking=True), spec, config.channels_last)
+        y = labels.to(device, non_blocking=True)
+        with autocast(device, config.amp):
             logits = model(x)
         sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
-        sums[2] += len(idx)
+        sums[2] += len(y)
     if dist_info.active:
         dist.all_reduce(sums)
-    model.train()
     loss_sum, correct, count = sums.tolist()
     return loss_sum / max(count, 1), correct / max(count, 1)
 

@@ -151,8 +151,10 @@ def draw_curves(run_dir: Path, history: list[dict[str, Any]], config: TrainConfi
 
 
 def compare_runs(run_dirs: list[str | Path], out: str | Path, title: str = "") -> list[dict[str, Any]]:
-    """Draw several runs' curves on one figure; returns each run's best and final test accuracy."""
+    """Draw several runs' curves on one figure; returns each run's best and final accuracy on the split its epochs
+    were scored on (val; test in runs from before val splits)."""
     from toolkit.plots import compare_runs as draw
+    from toolkit.plots import held_out
 
     if not run_dirs:
         raise BadInputError("give at least one run folder to compare")
@@ -171,8 +173,9 @@ def compare_runs(run_dirs: list[str | Path], out: str | Path, title: str = "") -
         {
             "run": name,
             "epochs": len(h),
-            "best_test_acc": max(r["test_acc"] for r in h),
-            "final_test_acc": h[-1]["test_acc"],
+            "split": held_out(h),
+            "best_acc": max(r[f"{held_out(h)}_acc"] for r in h),
+            "final_acc": h[-1][f"{held_out(h)}_acc"],
             "final_train_loss": h[-1]["train_loss"],
         }
         for name, h in runs.items()
