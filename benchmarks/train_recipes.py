@@ -1,11 +1,12 @@
 """Compare training recipes on a validation split carved from the TRAIN split, never the test split.
 
 Choosing a default recipe by its test accuracy would tune on the test set.
-This script holds out a stratified quarter of the training images (seed 1),
-trains each recipe on the rest and reports validation accuracy, so a recipe
-is picked on data the final `rtool train` run does not score on. With 1,000
-validation images one image is 0.1 point and the standard error near 98.7%
-is about 0.35 points: differences smaller than that are noise; use --seeds.
+This script has `rtool train` hold out a stratified quarter of the training
+images (``--val-fraction``, fixed seed), trains each recipe on the rest and
+reports validation accuracy only, so a recipe is picked on data no run scores
+its test accuracy on. With 1,000 validation images one image is 0.1 point and
+the standard error near 98.7% is about 0.35 points: differences smaller than
+that are noise; use --seeds.
 
     .venv/bin/python benchmarks/train_recipes.py                          # the built-in recipes
     .venv/bin/python benchmarks/train_recipes.py --recipe '{"epochs": 12, "batch_size": 32, "lr": 0.05}' --seeds 0 1
@@ -21,7 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.data import Dataset, Split, load_dataset, register_dataset, stratified_split  # noqa: E402
 from toolkit.train import TrainConfig, run_training  # noqa: E402
 
 RECIPES = [  # each is TrainConfig fields over the defaults
@@ -31,24 +31,6 @@ RECIPES = [  # each is TrainConfig fields over the defaults
     {"epochs": 12, "batch_size": 32, "lr": 0.05},
     {"epochs": 12, "batch_size": 32, "optimizer": "adamw", "lr": 0.002},
 ]
-
-
-def register_validation_split(base: str, fraction: float) -> str:
-    """Register ``BASE-val``: the base set's train split cut into train and validation (its test split unused)."""
-    name = f"{base}-val"
-
-    @register_dataset(name, f"{base}'s train split: {1 - fraction:.0%} train / {fraction:.0%} validation")
-    def load(data_dir: Path | None = None, download: bool = False) -> Dataset:
-        data = load_dataset(base, data_dir, download)
-        train, val = stratified_split(data.train.labels.numpy(), test_fraction=fraction, seed=1)
-        return Dataset(
-            name,
-            Split(data.train.images[train], data.train.labels[train]),
-            Split(data.train.images[val], data.train.labels[val]),
-            data.class_names,
-        )
-
-    return name
 
 
 def main() -> None:
@@ -63,18 +45,16 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
-    dataset = register_validation_split(args.dataset, args.fraction)
     print(f"{'recipe':<70} {'seed':>4} {'val final':>9} {'val best':>8} {'train':>6} {'seconds':>7}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in args.recipe or RECIPES:
             for seed in args.seeds:
-                config = TrainConfig(
-                    **{"dataset": dataset, "seed": seed, **recipe}, out=f"{tmp}/run", overwrite=True, quiet=True
-                )
+                settings = {"dataset": args.dataset, "seed": seed, "val_fraction": args.fraction, **recipe}
+                config = TrainConfig(**settings, out=f"{tmp}/run", overwrite=True, quiet=True)
                 result = run_training(config)
                 final = result.final
                 print(
-                    f"{json.dumps(recipe):<70} {seed:>4} {100 * final['test_acc']:>8.1f}% "
+                    f"{json.dumps(recipe):<70} {seed:>4} {100 * final['val_acc']:>8.1f}% "
                     f"{100 * result.best_acc:>7.1f}% {100 * final['train_acc']:>5.1f}% "
                     f"{result.train_seconds:>7.1f}",
                     flush=True,

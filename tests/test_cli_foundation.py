@@ -22,7 +22,7 @@ MODELS = [f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110)] + [
 
 BAD_INPUT = {
     "unknown model": (["summary", "resnet19"], "unknown model 'resnet19'"),
-    "three dimensions": (["summary", "resnet18", "--input", "1x3x224"], "four dimensions"),
+    "five dimensions": (["summary", "resnet18", "--input", "1x1x3x224x224"], "N, HxW, CxHxW or NxCxHxW"),
     "not a number": (["summary", "resnet18", "--input", "1x3xAx224"], "not a shape"),
     "zero size": (["summary", "resnet18", "--input", "1x3x0x224"], "positive"),
     "zero classes": (["summary", "resnet18", "--num-classes", "0"], "num-classes"),
@@ -37,6 +37,7 @@ def runs(untrained_checkpoint, tmp_path_factory):
         "version": ["--version"],
         "models table": ["models"],
         "summary grey": ["summary", "resnet18", "--input", "1x1x224x224"],
+        "summary grey, batch 1": ["summary", "resnet18", "--input-size", "1x224x224"],
         "summary 7 classes": ["summary", "resnet18", "--input", "1x1x224x224", "--num-classes", "7"],
         "missing data": ["infer", str(untrained_checkpoint), "--dataset", "mnist", "--data-dir", str(empty)],
         **{name: args for name, (args, _) in BAD_INPUT.items()},
@@ -110,6 +111,11 @@ def test_summary_resnet18_on_a_grey_224_input_walks_every_layer(runs):
         assert shape in rows[layer], (layer, rows.get(layer))
     assert "3,136" in rows["conv1"]  # 64 x 1 x 7 x 7: the stem takes one channel
     assert "11,683,240" in out  # resnet18's 11,689,512 less 64 x 2 x 49 stem weights
+
+
+def test_summary_input_size_takes_the_same_spellings_as_train(runs):
+    """--input-size 1x224x224 (CxHxW, batch 1) walks what --input 1x1x224x224 (the old spelling) walks."""
+    assert ok(runs, "summary grey, batch 1") == ok(runs, "summary grey")
 
 
 def test_summary_with_another_class_count(runs):

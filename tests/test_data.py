@@ -23,6 +23,7 @@ import scipy.io
 import torch
 from PIL import Image
 
+from toolkit.card import InputSpec
 from toolkit.data import list_datasets, load_dataset, stratified_split
 from toolkit.errors import BadInputError
 
@@ -265,19 +266,22 @@ def save_png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
+RGB_6X8 = InputSpec(3, 6, 8, [0.0] * 3, [1.0] * 3)
+
+
 def test_image_folder_with_class_folders_splits_80_20(tmp_path):
     for c, value in (("cat", 10), ("dog", 200)):
         for k in range(5):
             save_png(tmp_path / c / f"{k}.png", np.full((6, 8, 3), value + k, dtype=np.uint8))
     data = load_dataset(f"imagefolder:{tmp_path}")
     assert data.class_names == ["cat", "dog"]
-    assert data.train.images.shape == (8, 3, 6, 8) and data.test.images.shape == (2, 3, 6, 8)
+    assert (len(data.train), len(data.test), data.channels, data.image_size) == (8, 2, 3, None)  # files, any size
     assert torch.bincount(data.test.labels).tolist() == [1, 1]
     for split in (data.train, data.test):  # each image kept its own label
-        for image, label in zip(split.images, split.labels):
+        for image, label in zip(split.pixels(None, RGB_6X8), split.labels):
             assert (image[0, 0, 0].item() < 100) == (label.item() == 0)
     again = load_dataset(f"imagefolder:{tmp_path}")
-    assert torch.equal(data.test.images, again.test.images)
+    assert data.test.files == again.test.files
 
 
 def test_image_folder_with_train_and_test_folders(tmp_path):
@@ -287,9 +291,11 @@ def test_image_folder_with_train_and_test_folders(tmp_path):
     save_png(tmp_path / "test" / "a" / "1.png", np.full((4, 4), 5, dtype=np.uint8))
     data = load_dataset(f"imagefolder:{tmp_path}")
     assert data.class_names == ["a", "b"]
-    assert data.channels == 1 and data.image_size == (4, 4)  # every image grey: one channel
+    assert data.channels == 1  # every image grey: one channel
     assert data.train.labels.tolist() == [0, 1, 1] and data.test.labels.tolist() == [0]
-    assert data.train.images[:, 0, 0, 0].tolist() == [7, 9, 9] and data.test.images.flatten().tolist() == [5] * 16
+    grey = InputSpec(1, 4, 4, [0.0], [1.0], "center_crop", 4)  # the 8x8 one is resized
+    assert data.train.pixels(None, grey)[:, 0, 0, 0].tolist() == [7, 9, 9]
+    assert data.test.pixels(None, grey).flatten().tolist() == [5] * 16
 
 
 def test_image_folder_mixing_grey_and_colour_is_read_as_rgb(tmp_path):
@@ -297,7 +303,8 @@ def test_image_folder_mixing_grey_and_colour_is_read_as_rgb(tmp_path):
     save_png(tmp_path / "b" / "1.png", np.full((4, 4, 3), (255, 0, 0), dtype=np.uint8))
     data = load_dataset(f"imagefolder:{tmp_path}")
     assert data.channels == 3
-    images = torch.cat([data.train.images, data.test.images])
+    spec = InputSpec(3, 4, 4, [0.0] * 3, [1.0] * 3)
+    images = np.concatenate([data.train.pixels(None, spec), data.test.pixels(None, spec)])
     assert sorted(tuple(im[:, 0, 0].tolist()) for im in images) == [(100, 100, 100), (255, 0, 0)]
 
 
@@ -307,8 +314,9 @@ def test_image_folder_mixing_grey_and_colour_is_read_as_rgb(tmp_path):
         ({}, "has no class sub-folders"),
         ({"a/notes.txt": b"text"}, "holds no images"),
         ({"a/broken.png": b"not a png"}, "broken.png is not a readable image"),
-        ({"train/a/1.png": None}, "has train/ but no test/ or val/"),
-        ({"train/a/1.png": None, "val/b/1.png": None}, "holds no images of the classes"),
+        ({"train/a/1.png": None}, "has train/ but no val/, validation/ or test/"),
+        ({"train/a/1.png": None, "val/b/1.png": None}, "val/b has no counterpart in .*train"),
+        ({"train/a/1.png": None, "val/a/notes.txt": b"text"}, "holds no images of the classes"),
     ],
 )
 def test_bad_image_folders_say_what_is_wrong(tmp_path, layout, words):

@@ -23,7 +23,8 @@ def _check_run(out, world_size: int) -> None:
     state = load_checkpoint(out / "last.pt").train_state
     assert state["world_size"] == world_size and state["epoch"] == 1
     rows = read_metrics(out)
-    assert len(rows) == 1 and 0.0 <= rows[0]["test_acc"] <= 1.0
+    assert len(rows) == 1 and 0.0 <= rows[0]["val_acc"] <= 1.0
+    assert 0.0 <= card.metrics["test_acc"] <= 1.0 and card.metrics["test_images"] == 64
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "curves.png", "last.pt", "metrics.csv", "metrics.jsonl"]
 
 
@@ -31,7 +32,7 @@ def test_rtool_train_nproc_2(tmp_path):
     out = tmp_path / "ddp"
     result = run_rtool("train", "--nproc", "2", "--out", out, *TINY)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("best test accuracy") == 1  # rank 0 reports, alone
+    assert result.stdout.count("best val accuracy") == 1 and result.stdout.count("test: accuracy") == 1  # rank 0
     _check_run(out, 2)
     resumed = run_rtool("train", "--out", out, "--resume")  # a 2-process run resumes with 2 processes only
     assert resumed.returncode == 2 and "2 process" in resumed.stderr

@@ -67,11 +67,11 @@ def test_a_misfit_or_broken_predictor_is_one_clear_error(logits, message):
 def test_eval_of_a_checkpoint_matches_the_accuracy_training_measured(tmp_path):
     result = run_training(
         TrainConfig(out=str(tmp_path / "run"), epochs=1, train_limit=256, batch_size=64, quiet=True)
-    )  # evaluated on the whole 1,000-image test split
+    )  # best.pt scored once, at the end, on the whole 1,000-image test split
     scored = evaluate_file(result.best_path, device="cpu")
-    assert scored.dataset == "mnist5k" and scored.num_images == 1000
-    assert scored.accuracy == pytest.approx(result.best_acc, abs=1e-3)  # same pixels, same normalisation
-    assert scored.loss == pytest.approx(result.history[0]["test_loss"], rel=1e-3)
+    assert scored.dataset == "mnist5k" and scored.num_images == 1000 == result.test["test_images"]
+    assert scored.accuracy == pytest.approx(result.test["test_acc"], abs=1e-3)  # same pixels, same normalisation
+    assert scored.loss == pytest.approx(result.test["test_loss"], rel=1e-3)
     assert sum(map(sum, scored.confusion)) == 1000
     files = write_eval_outputs(scored, tmp_path / "eval")
     assert json.loads(files["json"].read_text())["accuracy"] == scored.accuracy

@@ -186,7 +186,7 @@ def check_complete(path: Path) -> None:
             image.load()
     elif path.suffix == ".csv":
         rows = list(csv.DictReader(path.read_text().splitlines()))
-        assert all(row["epoch"] and row["test_acc"] for row in rows), path
+        assert all(row["epoch"] and row["val_acc"] for row in rows), path
     elif path.suffix in (".json", ".jsonl"):
         for line in path.read_text().splitlines() if path.suffix == ".jsonl" else [path.read_text()]:
             json.loads(line)

@@ -132,7 +132,7 @@ def test_the_runs_own_last_pt_still_resumes(runs, tmp_path):
     """The check above refuses only strangers: a finished run's own last.pt resumes (nothing left to do)."""
     run = Path(shutil.copytree(runs["resnet20"], tmp_path / "run"))
     code, out, err = run_main(["train", "--out", run, "--resume"])
-    assert code == 0 and "already finished" in out and "best test accuracy" in out, (code, out, err)
+    assert code == 0 and "already finished" in out and "best val accuracy" in out, (code, out, err)
 
 
 def _workers_of(pid: int) -> list[int]:

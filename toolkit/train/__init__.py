@@ -36,7 +36,7 @@ _HOMES = {
         "RUNTIME_FIELDS",
     ),
     "distributed": ("Distributed", "resolve_device", "init_distributed", "launch_processes"),
-    "inputs": ("limit_split", "make_splits", "resolve_spec", "parse_input_size"),
+    "inputs": ("limit_split", "make_splits", "resolve_shape", "with_statistics", "parse_input_size"),
     "batching": ("epoch_order", "batch_generator", "random_shift", "normalize", "model_input"),
     "loop": (
         "EpochStats",

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,23 +130,28 @@ def input_size(config: TrainConfig, data: Dataset, start: StartWeights | None) -
     return channels, entry.default_input[1], entry.default_input[2], f"the {entry.family} default"
 
 
-def resolve_spec(config: TrainConfig, data: Dataset, train: Any, start: StartWeights | None) -> tuple[InputSpec, str]:
-    """The card's input for this run, and one line saying where its size and mean/std came from."""
+def resolve_shape(config: TrainConfig, data: Dataset, start: StartWeights | None) -> tuple[InputSpec, str]:
+    """The card's input without its statistics (mean 0, std 1), and where its size came from."""
     channels, height, width, size_from = input_size(config, data, start)
+    zeros, ones = [0.0] * channels, [1.0] * channels
+    return InputSpec(channels, height, width, zeros, ones, "center_crop", max(height, width)), f"size from {size_from}"
+
+
+def with_statistics(shape: InputSpec, data: Dataset, train: Any, start: StartWeights | None) -> tuple[InputSpec, str]:
+    """``shape`` with the mean/std the model is trained with, and where they came from. ``train`` is already at
+    the input size when held in memory (``in_memory_at``), so measuring it allocates nothing more."""
     base = start.card.input if start and start.card else None
-    shape = dict(channels=channels, height=height, width=width, resize="center_crop", resize_size=max(height, width))
-    if base and base.channels == channels:
+    if base and base.channels == shape.channels:
         mean, std, stats_from = base.mean, base.std, f"the card of {start.path.name}"
-    elif start and not start.card and channels == 3:
+    elif start and not start.card and shape.channels == 3:
         mean, std, stats_from = IMAGENET_MEAN, IMAGENET_STD, "ImageNet's (torchvision weights)"
     else:
-        probe = InputSpec(**shape, mean=[0.0] * channels, std=[1.0] * channels)
         count = len(train) if data.in_memory else min(len(train), STATS_IMAGES)
         sample = np.sort(np.random.default_rng(0).permutation(len(train))[:count])
-        chunks = (train.pixels(sample[i : i + STATS_CHUNK], probe) for i in range(0, count, STATS_CHUNK))
-        mean, std = channel_stats(chunks, channels)
+        chunks = (train.pixels(sample[i : i + STATS_CHUNK], shape) for i in range(0, count, STATS_CHUNK))
+        mean, std = channel_stats(chunks, shape.channels)
         stats_from = f"{count} training images"
-    return InputSpec(**shape, mean=mean, std=std), f"size from {size_from}; mean/std from {stats_from}"
+    return dataclasses.replace(shape, mean=mean, std=std), f"mean/std from {stats_from}"
 
 
 def in_memory_at(split: Any, spec: InputSpec, what: str) -> Any:

@@ -35,7 +35,8 @@ from toolkit.train.inputs import (
     in_memory_at,
     make_splits,
     read_start_weights,
-    resolve_spec,
+    resolve_shape,
+    with_statistics,
     worker_count,
 )
 from toolkit.train.loop import (
@@ -153,13 +154,17 @@ def build_trainer(config: TrainConfig, run_dir: Path, dist_info: Distributed) ->
         last = load_checkpoint(run_dir / "last.pt").card
         spec, spec_note = last.input, last.training.get("input", "from last.pt")
     else:
-        spec, spec_note = resolve_spec(config, data, splits.train, start)
+        spec, spec_note = resolve_shape(config, data, start)
     if data.in_memory:
         check_shift(config.shift, spec)
     train_split, val_split, test_split = (
-        None if split is None else on_device(in_memory_at(split, spec, f"{data.name} {name}"), device)
+        None if split is None else in_memory_at(split, spec, f"{data.name} {name}")
         for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     )
+    if not config.resume:
+        spec, stats_note = with_statistics(spec, data, train_split, start)
+        spec_note = f"{spec_note}; {stats_note}"
+    train_split, val_split, test_split = (on_device(s, device) for s in (train_split, val_split, test_split))
     model, card_training = starting_model(config, spec, len(data.class_names), start)
     if config.resume and "start_weights" in last.training:
         card_training["start_weights"] = last.training["start_weights"]
