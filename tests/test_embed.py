@@ -100,7 +100,7 @@ def test_every_file_carries_the_card_and_the_flat_keys(embed_export_dir, untrain
     _, original = load_model(untrained_checkpoint)
     assert card["class_names"] == original.class_names == json.loads(props[CLASS_NAMES_KEY])
     assert card["input"] == json.loads(props[INPUT_KEY])
-    assert props[OUTPUT_KEY] == card["output"] and props[CARD_FORMAT_KEY] == str(card["format_version"]) == "1"
+    assert props[OUTPUT_KEY] == card["output"] and props[CARD_FORMAT_KEY] == str(card["format_version"]) == "2"
     spec = card["input"]
     assert (spec["channels"], spec["height"], spec["width"], spec["color"]) == (1, 28, 28, "L")
     assert spec["mean"] == original.input.mean and spec["std"] == original.input.std

@@ -278,5 +278,7 @@ def test_summary_walks_shapes_without_weights_or_compute():
     assert layers["layer3.2"]["output_shape"] == [2, 64, 8, 8] and layers["layer2.0.downsample"]["params"] == 0
     assert layers["conv1"]["macs"] == 2 * 32 * 32 * 16 * 27  # output elements x (3 x 3 x 3) per output
     assert doc["gflops"] == pytest.approx(2 * 40_551_040 / 1e9)  # twice resnet20's MACs at batch 1
-    with pytest.raises(BadInputError, match="NxCxHxW"):
-        model_summary("resnet20", (3, 32, 32))
+    assert model_summary("resnet20", (3, 32, 32))["input"] == [1, 3, 32, 32]  # --input-size CxHxW: batch 1
+    assert model_summary("resnet20", (40,))["input"] == [1, 3, 40, 40]  # N: square, the model's channels
+    with pytest.raises(BadInputError, match="give N, HxW or CxHxW"):
+        model_summary("resnet20", (1, 1, 3, 32, 32))

@@ -182,7 +182,9 @@ def test_a_killed_worker_leaves_no_torch_error_file(tmp_path):
         text=True,
     )
     try:
-        first = proc.stdout.readline()  # "epoch   1/50 ...": both workers are training
+        first = proc.stdout.readline()  # the header first, then "epoch   1/50 ...": both workers are training
+        while first and not first.startswith("epoch"):
+            first = proc.stdout.readline()
         assert first.startswith("epoch"), (first, proc.stderr.read() if proc.poll() is not None else "")
         workers = _workers_of(proc.pid)
         assert len(workers) == 2, workers
