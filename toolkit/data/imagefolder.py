@@ -135,7 +135,7 @@ class FileSplit:
                 image.load()
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise _unreadable(self.files[i], e) from None
-        array = np.asarray(transform(image), dtype=np.uint8)
+        array = np.array(transform(image), dtype=np.uint8)  # a writable copy: torch.from_numpy takes it as is
         return np.ascontiguousarray(array[None] if array.ndim == 2 else array.transpose(2, 0, 1))
 
 

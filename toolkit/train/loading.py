@@ -42,8 +42,8 @@ class ImageReader(TorchDataset):
         if self.augment is None:
             pixels = self.split.pixels([index], self.spec)[0]
         else:
-            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global generator
-                torch.manual_seed(seed)
+            with torch.random.fork_rng(devices=[]):  # torchvision draws from the global CPU generator
+                torch.default_generator.manual_seed(seed)  # not torch.manual_seed: it queues a CUDA call per image
                 pixels = self.split.read(index, self.spec.color, self.augment)
         return torch.from_numpy(pixels), self.split.labels[index]
 
