@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
+from runtimes import available
 from toolkit.demo import MARKER, OWNED, claim_folder
 from toolkit.errors import BadInputError
+from toolkit.parity import default_thresholds, run_parity
 
 from conftest import DEMO_ARGS, DEMO_USER_FILES, assert_one_line_error
 
@@ -79,3 +83,56 @@ def test_claim_folder_needs_overwrite_for_foreign_files(tmp_path):
     assert (tmp_path / "data.csv").exists() and (tmp_path / MARKER).exists()
     with pytest.raises(BadInputError, match="is a file"):
         claim_folder(tmp_path / "data.csv", overwrite=True)
+
+
+# The card's parity test: the demo's trained model, exported to every format and precision this machine
+# builds; each runtime available here runs the whole test set against the eager FP32 model.
+CPU_ROWS = {
+    ("torchscript", "fp32", None),
+    ("pt2", "fp32", None),
+    ("onnxruntime", "fp32", None),
+    ("onnxruntime", "fp16", None),
+    ("onnxruntime", "int8", "cpu"),
+    ("onnxruntime", "int8", "tensorrt"),
+}
+
+
+@pytest.fixture(scope="module")
+def trained_export(demo_run, tmp_path_factory) -> Path:
+    """resnet20 trained 4 epochs on mnist5k and exported to every format and precision this machine builds:
+    the demo's own export folder (a copy), so the session trains that model once."""
+    out, result = demo_run
+    assert result.returncode == 0, result.stderr
+    return Path(shutil.copytree(out / "export", tmp_path_factory.mktemp("parity") / "export"))
+
+
+def test_every_available_runtime_meets_the_thresholds(trained_export):
+    report = run_parity(trained_export)
+    assert report.reference["images"] == 1000 and report.reference["accuracy"] > 90
+    measured = {(r.runtime, r.precision, r.target) for r in report.rows if r.status != "unavailable"}
+    assert CPU_ROWS <= measured
+    for row in report.rows:
+        if row.status == "unavailable":
+            assert not available(row.runtime)[0] or row.artifact is None, row
+            assert row.reason
+            continue
+        assert row.status == "ok", f"{row.label}: {row.reason}"
+        assert row.failed_thresholds == []
+        limits = default_thresholds()[row.precision]
+        assert row.agreement >= limits.agreement
+        if limits.max_abs_diff is not None:
+            assert row.max_abs_diff <= limits.max_abs_diff * report.reference["logit_range"]
+        if limits.accuracy_drop is not None:
+            assert row.accuracy_delta >= -limits.accuracy_drop
+        assert row.latency_ms > 0
+    assert report.passed
+
+
+def test_tensorrt_rows_say_why_they_are_unavailable(trained_export):
+    ok, reason = available("tensorrt")
+    if ok:
+        pytest.skip("TensorRT runs on this machine, so its rows are measured")
+    report = run_parity(trained_export, runtimes=["tensorrt"])
+    assert [(r.precision, r.status) for r in report.rows] == [("fp16", "unavailable"), ("int8", "unavailable")]
+    assert all("TensorRT" in r.reason for r in report.rows)
+    assert report.passed
