@@ -136,6 +136,8 @@ def models(as_json: bool) -> None:
 Examples:
   rtool summary resnet18 --input 1x1x224x224
   rtool summary resnet20 --input 1x3x32x32 --num-classes 100
+  rtool summary runs/r20/best.pt              the model card: classes, input, preprocessing, metrics
+  rtool summary runs/r20/export --json
 """
 )
 @click.argument("model")
@@ -145,7 +147,18 @@ Examples:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def summary(model: str, input_shape: str | None, num_classes: int | None, as_json: bool) -> None:
-    """Walk MODEL layer by layer: output shape and parameters of each layer."""
+    """Walk MODEL layer by layer: output shape and parameters of each layer.
+
+    MODEL is a model name (see `rtool models`), or a checkpoint, exported file
+    or export folder: then its model card comes first (classes, input,
+    preprocessing, training, metrics) and the walk runs on the card's input.
+    """
+    from toolkit.describe import looks_like_file
+
+    if looks_like_file(model):
+        if input_shape or num_classes:
+            raise BadInputError(f"--input and --num-classes are for model names; the card of {model} sets both")
+        return summarize_file(model, as_json)
     shape = parse_shape(input_shape) if input_shape else None
     if shape is not None and len(shape) != 4:
         raise click.BadParameter("--input must have four dimensions, NxCxHxW")
@@ -155,6 +168,11 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    print_layers(model, result, make_console())
+
+
+def print_layers(model: str, result: dict, console: object) -> None:
+    """The layer walk as a table and its totals."""
     from rich.table import Table
 
     table = Table(title=f"{model} on input {result['input']}")
@@ -162,11 +180,26 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
         table.add_column(col, justify="right" if col == "params" else "left")
     for r in result["layers"]:
         table.add_row(r["name"], r["kind"], str(r["output_shape"]), f"{r['params']:,}")
-    console = make_console()
     console.print(table)
     console.print(
         f"total params: {result['params']:,}   GFLOPs: {result['gflops']:.3f}   output: {result['output_shape']}"
     )
+
+
+def summarize_file(path: str, as_json: bool) -> None:
+    """`rtool summary FILE`: the layer walk on the card's input, then the card."""
+    from toolkit.describe import describe_file, print_card
+
+    card, layers, why_not = describe_file(path)
+    if as_json:
+        click.echo(json.dumps({"file": path, "card": card.to_dict(), "summary": layers, "note": why_not}, indent=2))
+        return
+    console = make_console(highlight=False)
+    if layers:
+        print_layers(card.model, layers, console)
+    else:
+        click.echo(f"rtool: note: no layer walk: {why_not}", err=True)
+    print_card(path, card, console)
 
 
 @cli.command(
@@ -174,6 +207,8 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
 Examples:
   rtool infer runs/r20/best.pt digit.png
   rtool infer runs/r20/export/model.onnx a.png b.png --topk 3
+  rtool infer runs/r20/export photos/ --csv predictions.csv --save-grid grid.png
+  rtool infer runs/r20/export 'shots/**/*.jpg' --csv -          (quoted: rtool expands the glob)
   rtool infer runs/r20/export --runtime onnxruntime --precision int8 --dataset mnist5k --first 16
   rtool infer runs/r20/export --runtime torchscript --dataset mnist5k --first 32 --save-grid grid.png
   rtool infer runs/r20/export --provider cuda --threads 2 --json digit.png
@@ -218,6 +253,13 @@ Examples:
 @click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 @click.option(
+    "--csv",
+    "csv_file",
+    default=None,
+    metavar="FILE",
+    help="Write one row per image: path, predicted class, probability, the other --topk classes ('-': stdout).",
+)
+@click.option(
     "--save-grid",
     type=click.Path(dir_okay=False),
     default=None,
@@ -243,44 +285,63 @@ def infer(
     data_dir: str | None,
     topk: int,
     as_json: bool,
+    csv_file: str | None,
     save_grid: str | None,
     no_verify: bool,
 ) -> None:
     """Predict the class of IMAGES (or of a data set's first test images) with MODEL on any runtime.
 
     MODEL is a checkpoint, an exported file (.ts, .pt2, .onnx, .engine) or an
-    export folder, where --runtime and --precision pick the file. Images are
-    resized and converted as the model card says.
+    export folder, where --runtime and --precision pick the file. IMAGES are
+    image files, folders (searched with their sub-folders for .png, .jpg and
+    other image files) or quoted globs ('shots/**/*.jpg'). Images are resized
+    and converted as the model card says.
     """
     from toolkit import infer as inference
+    from toolkit.report import progress_bars
 
-    check_output_files(("--save-grid", save_grid))
+    check_output_files(("--save-grid", save_grid), ("--csv", csv_file))
+    if as_json and csv_file == "-":
+        raise BadInputError("--json and --csv - both write to stdout; give --csv a file name")
     if no_verify:
         warn_no_verify(model)
-    result = inference.run_infer(
-        model,
-        list(images),
-        runtime=runtime,
-        precision=precision,
-        target=target,
-        provider=provider,
-        threads=threads,
-        device=device,
-        dataset=dataset,
-        first=first,
-        topk=topk,
-        data_dir=data_dir,
-        verify=not no_verify,
-    )
+    with progress_bars(True, make_console(stderr=True)) as bars:
+        result = inference.run_infer(
+            model,
+            list(images),
+            runtime=runtime,
+            precision=precision,
+            target=target,
+            provider=provider,
+            threads=threads,
+            device=device,
+            dataset=dataset,
+            first=first,
+            topk=topk,
+            data_dir=data_dir,
+            verify=not no_verify,
+            progress=bars,
+        )
     for note in result.notes:
         click.echo(f"rtool: note: {note}", err=True)
-    grid = inference.save_grid(result, save_grid) if save_grid else None
+    print_infer(result, as_json, csv_file, inference.save_grid(result, save_grid) if save_grid else None)
+
+
+def print_infer(result: object, as_json: bool, csv_file: str | None, grid: object) -> None:
+    """The predictions as a table, JSON or CSV (to stdout or a file written atomically), and what was written."""
+    from toolkit import infer as inference
+
+    if csv_file == "-":
+        click.echo(inference.csv_text(result), nl=False)
+    elif csv_file:
+        inference.write_csv(result, csv_file)
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "grid": str(grid) if grid else None}, indent=2))
-        return
-    inference.print_result(result)
-    if grid:
-        click.echo(f"grid written to {grid}")
+        click.echo(json.dumps({**result.to_dict(), "grid": str(grid) if grid else None, "csv": csv_file}, indent=2))
+    elif csv_file != "-":
+        inference.print_result(result)
+    for what, path in (("csv", csv_file), ("grid", grid)):
+        if path and path != "-" and not as_json:
+            click.echo(f"{what} written to {path}")
 
 
 @cli.command(
@@ -472,13 +533,15 @@ def evaluate(
     out: str | None,
     as_json: bool,
 ) -> None:
-    """Loss, accuracy, per-class accuracy and a confusion matrix of MODEL_FILE on a test split.
+    """Loss, accuracy (top-5 too, above 5 classes), per-class precision/recall/F1 and a confusion matrix.
+
+    MODEL_FILE is scored on its data set's test split.
 
     MODEL_FILE is a checkpoint or any exported file a runtime opens.
     """
     from pathlib import Path
 
-    from toolkit.evaluate import evaluate_file, write_eval_outputs
+    from toolkit.evaluate import evaluate_file, print_eval, write_eval_outputs
     from toolkit.fileio import check_writable_dir
 
     eval_dir = check_writable_dir(out or Path(model_file).parent / "eval")
@@ -496,19 +559,7 @@ def evaluate(
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "files": {k: str(v) for k, v in files.items()}}, indent=2))
         return
-    from rich.table import Table
-
-    table = Table(title=f"{model_file} on {result.dataset} ({result.num_images} test images)")
-    table.add_column("class")
-    table.add_column("accuracy", justify="right")
-    for name, acc in result.per_class_accuracy.items():
-        table.add_row(name, f"{100 * acc:.2f}%")
-    console = make_console(highlight=False)
-    console.print(table)
-    console.print(
-        f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}   confusion matrix: {files['confusion']}",
-        markup=False,
-    )
+    print_eval(result, model_file, files, make_console(highlight=False))
 
 
 @cli.command(
