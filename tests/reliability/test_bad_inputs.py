@@ -79,7 +79,7 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
             "no runtime opens 'notes.png'; expected one of",
             2,
         ),
-        "nothing to predict": (("infer", onnx_file), "nothing to predict: give image files, or --dataset", 2),
+        "nothing to predict": (("infer", onnx_file), "nothing to predict: give image files, folders or globs", 2),
         "empty image folder data set": (
             ("train", "--dataset", f"imagefolder:{f['empty']}", "--out", out / "t1"),
             "has no class sub-folders; lay it out as",
@@ -145,6 +145,16 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
         "grid under a file": (
             ("infer", onnx_file, digit, "--save-grid", f["a-file"] / "grid.png"),
             "is a file, not a folder; choose another --save-grid",
+            2,
+        ),
+        "CSV under a file": (
+            ("infer", onnx_file, digit, "--csv", f["a-file"] / "rows.csv"),
+            "is a file, not a folder; choose another --csv",
+            2,
+        ),
+        "CSV and JSON both on stdout": (
+            ("infer", onnx_file, digit, "--csv", "-", "--json"),
+            "--json and --csv - both write to stdout; give --csv a file name",
             2,
         ),
         "parity JSON under a file": (
