@@ -305,7 +305,8 @@ def infer(
         raise BadInputError("--json and --csv - both write to stdout; give --csv a file name")
     if no_verify:
         warn_no_verify(model)
-    with progress_bars(True, make_console(stderr=True)) as bars:
+    console = make_console(stderr=True)
+    with progress_bars(console.is_terminal, console) as bars:  # a bar for a folder of images; none in a pipe or log
         result = inference.run_infer(
             model,
             list(images),

@@ -207,14 +207,14 @@ def summarise_reads(reads: list[tuple[Path, str, list[str]]], spec: InputSpec) -
     return notes
 
 
-def load_images(paths: list[str | Path], spec: InputSpec) -> tuple[np.ndarray, list[str]]:
-    """Image files -> uint8 (N, C, H, W) in the card's mode and size, and notes on what was converted."""
+def load_images(paths: list[Path], spec: InputSpec) -> tuple[np.ndarray, list[tuple[Path, str, list[str]]]]:
+    """Image files -> uint8 (N, C, H, W) in the card's mode and size, and (file, what it was, warnings) of each."""
     arrays, reads = [], []
-    for name in paths:
-        array, found, messages = read_image(Path(name), spec)
+    for path in paths:
+        array, found, messages = read_image(path, spec)
         arrays.append(array)
-        reads.append((Path(name), found, messages))
-    return np.stack(arrays), summarise_reads(reads, spec)
+        reads.append((path, found, messages))
+    return np.stack(arrays), reads
 
 
 def predict_files(
@@ -224,12 +224,8 @@ def predict_files(
     the pixels of the first GRID_LIMIT (for the grid) and the notes."""
     logits, kept, reads = [], [], []
     for start in range(0, len(files), BATCH):
-        arrays = []
-        for path in files[start : start + BATCH]:
-            array, found, messages = read_image(path, spec)
-            arrays.append(array)
-            reads.append((path, found, messages))
-        pixels = np.stack(arrays)
+        pixels, more = load_images(files[start : start + BATCH], spec)
+        reads += more
         logits.append(infer_in_batches(rt, normalize(pixels, spec), batch_size=BATCH))
         if start < GRID_LIMIT:
             kept.append(pixels[: GRID_LIMIT - start])
