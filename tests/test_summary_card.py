@@ -87,8 +87,19 @@ def test_a_card_rtool_cannot_build_still_shows(tmp_path):
         (["summary", "runs/none/best.pt"], "model file runs/none/best.pt does not exist"),
         (["summary", "{ckpt}", "--input", "1x1x32x32"], "--input and --num-classes are for model names"),
         (["summary", "{empty}"], "has no manifest.json"),
+        (["summary", "{run}"], "is a training run folder; give one of its checkpoints, e.g. {run}/best.pt"),
     ],
 )
 def test_summary_bad_files_are_one_line(untrained_checkpoint, tmp_path, args, words):
-    args = [a.format(ckpt=untrained_checkpoint, empty=tmp_path) for a in args]
-    assert_one_line_error(run_cli(*args), 2, words)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "best.pt").write_bytes(untrained_checkpoint.read_bytes())
+    names = {"ckpt": untrained_checkpoint, "empty": tmp_path / "empty", "run": tmp_path / "run"}
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(run_cli(*[a.format(**names) for a in args]), 2, words.format(**names))
+
+
+def test_a_model_name_wins_over_a_folder_of_that_name(tmp_path):
+    (tmp_path / "resnet20").mkdir()  # e.g. a run folder named after its model, in the current directory
+    result = run_cli("summary", "resnet20", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["model"] == "resnet20"

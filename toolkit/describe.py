@@ -21,8 +21,13 @@ INPUT_KEYS = {"channels", "height", "width", "mean", "std", "color", "layout", "
 
 
 def looks_like_file(name: str) -> bool:
-    """Whether ``rtool summary NAME`` means a file or folder rather than a model name."""
-    return Path(name).exists() or "/" in name or "\\" in name or name.lower().endswith(MODEL_SUFFIXES)
+    """Whether ``rtool summary NAME`` means a file or folder rather than a model name (a registered model's name
+    wins over a folder of that name in the current directory)."""
+    if "/" in name or "\\" in name or name.lower().endswith(MODEL_SUFFIXES):
+        return True
+    from toolkit.models import list_models
+
+    return Path(name).exists() and name not in list_models()
 
 
 def read_any_card(path: str | Path) -> ModelCard:
@@ -36,6 +41,11 @@ def read_any_card(path: str | Path) -> ModelCard:
         )
     if path.is_dir():
         from toolkit.manifest import read_manifest
+
+        if not (path / MANIFEST_NAME).is_file() and (path / "best.pt").is_file():
+            raise BadInputError(
+                f"{path} is a training run folder; give one of its checkpoints, e.g. {path / 'best.pt'}"
+            )
 
         card = read_manifest(path).get("card")
         if not card:
