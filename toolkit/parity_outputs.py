@@ -113,10 +113,15 @@ def save_outputs(
         "rows": row_meta,
         "arrays": {key: digest(value) for key, value in arrays.items()},
     }
+    text = json.dumps(meta)
     path = Path(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: savez would add '.npz' to a name
-        np.savez_compressed(f, meta=np.array(json.dumps(meta)), **arrays)
+        np.savez_compressed(f, meta=np.array(text), meta_sha256=np.array(_text_digest(text)), **arrays)
     return path
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -133,14 +138,24 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise BadInputError(f"{what} ({reason})") from None
 
 
+def _text(array: np.ndarray | None) -> str | None:
+    return str(array[()]) if array is not None and array.dtype.kind == "U" and array.ndim == 0 else None
+
+
 def _header(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    raw = arrays.pop("meta", None)
+    """The file's JSON header, checked against its own recorded sha256 and format."""
+    text, recorded = _text(arrays.pop("meta", None)), _text(arrays.pop("meta_sha256", None))
     try:
-        meta = json.loads(str(raw[()])) if raw is not None and raw.dtype.kind == "U" and raw.ndim == 0 else None
+        meta = json.loads(text) if text is not None else None
     except ValueError:
         meta = None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise BadInputError(f"{path} holds no rtool parity outputs header; save it with `rtool parity --save-outputs`")
+    if recorded != _text_digest(text):
+        raise UnsafeFileError(
+            f"{path}: its header does not match the sha256 recorded when it was saved (the file changed after it "
+            f"was saved); save it again with `rtool parity --save-outputs`"
+        )
     if meta.get("version") != VERSION:
         raise BadInputError(f"{path} is parity outputs format v{meta.get('version')}; this rtool reads v{VERSION}")
     return meta
