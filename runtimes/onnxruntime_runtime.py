@@ -50,6 +50,7 @@ from runtimes import (
 from runtimes.cards import card_beside, card_from_json, check_card_fits_input
 from toolkit.card import ONNX_METADATA_KEY
 from toolkit.errors import BadInputError, UnavailableError
+from toolkit.fileio import ensure_writable_dir
 from toolkit.safety import check_onnx_file
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -336,16 +337,24 @@ class OnnxRuntimeRuntime(Runtime):
         device_id = cuda_index(device)
         self.tensorrt_batch = parse_batch_range(self.options.get("batch_range"))
         initializers = {t.name for t in model.graph.initializer}
-        graph_input = next(v for v in model.graph.input if v.name not in initializers)
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in graph_input.type.tensor_type.shape.dim]
+        graph_input = next((v for v in model.graph.input if v.name not in initializers), None)
+        name, shape = "", None
+        if graph_input is not None:  # a graph whose image size is fixed gets one profile over the batch range
+            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in graph_input.type.tensor_type.shape.dim]
+            name, shape = graph_input.name, (tuple(dims[1:]) if len(dims) > 1 and all(dims[1:]) else None)
+        cache = Path()
+        if PREFERENCE[0] in providers:
+            cache = tensorrt_cache(path, device_id)
+            for folder in ("engines", "timing"):
+                ensure_writable_dir(cache / folder, "cache folder")
         return provider_settings(
             providers,
             device_id=device_id,
             kind=kind,
-            input_name=graph_input.name,
-            shape=tuple(dims[1:]) if len(dims) > 1 and all(dims[1:]) else None,
+            input_name=name,
+            shape=shape,
             batch_range=self.tensorrt_batch,
-            cache=tensorrt_cache(path, device_id) if PREFERENCE[0] in providers else Path(),
+            cache=cache,
         )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -253,7 +253,10 @@ class TensorRTRuntime(Runtime):
 
         self.context.set_input_shape(self.input_name, self.opt_shape)  # formats show only for concrete shapes
         inspector = self.engine.create_engine_inspector()
-        inspector.execution_context = self.context
+        if hasattr(inspector, "execution_context"):  # TensorRT 10.x and 11
+            inspector.execution_context = self.context
+        else:  # earlier 10.x bindings named it `context`
+            inspector.context = self.context
         return summarize_layers(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
 
     def close(self) -> None:

@@ -102,6 +102,30 @@ def test_tensorrt_provider_options(tmp_path):
     assert not any(key.startswith("trt_profile") for key in free_size[trt]) and free_size[trt]["trt_fp16_enable"]
 
 
+def test_provider_options_come_from_the_exported_graph(cpu_export_dir, tmp_path, monkeypatch):
+    """What a session on GPU 1 would be given for rtool's FP16 file (the GPU itself stands in: none here)."""
+    from exporters.onnx_common import INPUT_NAME
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(ortr, "cuda_index", lambda device: int(device.partition(":")[2] or 0))
+    runtime = ortr.OnnxRuntimeRuntime(batch_range="2:4:16")
+    path = cpu_export_dir / "model.fp16.onnx"
+    model = check_onnx_file(path)
+    settings = dict(runtime.provider_list(path, model, ortr.graph_kind(model), list(ortr.PREFERENCE), "cuda:1"))
+    trt = settings["TensorrtExecutionProvider"]
+    assert trt["device_id"] == 1 and settings["CUDAExecutionProvider"]["device_id"] == 1
+    assert trt["trt_fp16_enable"] is True and trt["trt_int8_enable"] is False
+    assert (trt["trt_profile_min_shapes"], trt["trt_profile_max_shapes"]) == (
+        f"{INPUT_NAME}:2x1x28x28",
+        f"{INPUT_NAME}:16x1x28x28",
+    )
+    assert Path(trt["trt_engine_cache_path"]).is_dir() and Path(trt["trt_timing_cache_path"]).is_dir()
+    assert Path(trt["trt_engine_cache_path"]).parent == ortr.tensorrt_cache(path, 1)
+    assert runtime.tensorrt_batch == (2, 4, 16)
+    cpu_only = ["CPUExecutionProvider"]
+    assert runtime.provider_list(path, model, ("fp16", None), cpu_only, "cpu") == cpu_only
+
+
 @pytest.mark.parametrize("name, provider", [("tensorrt", 0), ("cuda", 1)])
 def test_option_names_exist_in_the_installed_provider(tmp_path, name, provider):
     """ONNX Runtime refuses a session with an unknown provider option: every name rtool passes is one the
