@@ -143,7 +143,7 @@ def gpu_tests(check: Check) -> None:
     if check.env["test_missing"]:
         return unavailable(check, name, f"not installed here: {', '.join(check.env['test_missing'])}")
     command = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "gpu or tensorrt", "tests", "-p", "no:cacheprovider"]
-    code, out, err, seconds = run(check, command, 420)
+    code, out, err, seconds = run(check, command, 360)
     summary = next((line for line in reversed(out.splitlines()) if " passed" in line or " failed" in line), "")
     skipped = [line[:200] for line in out.splitlines() if line.startswith("SKIPPED")]
     row = Row(name, "ok" if code == 0 else "failed", "" if code == 0 else f"exit {code}: {summary or err[-300:]}")
