@@ -28,7 +28,23 @@ from toolkit.plugins import load_registry
 PRECISIONS = ("fp32", "fp16", "int8")
 MAX_BATCH = 4096  # the largest batch every exported file takes (its dynamic batch axis stops here)
 CHECKPOINT_FILE = "model.pt"  # the eager reference every export folder holds (written by the pipeline)
+DEFAULT_BATCH_RANGE = "1:8:64"  # the batch range of TensorRT optimization profiles (engines and ONNX Runtime's)
 T = TypeVar("T")
+
+
+def parse_batch_range(text: str | None) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' -> (min, opt, max) with 1 <= min <= opt <= max; 'N' alone means N:N:N."""
+    text = (text or DEFAULT_BATCH_RANGE).strip()
+    parts = text.split(":")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise BadInputError(f"--batch-range '{text}' is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (e.g. 1:8:64)")
+    return values  # type: ignore[return-value]
 
 
 @dataclass

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from runtimes import Runtime
+from runtimes import Runtime, available
 from toolkit.bench import parse_batch_sizes, run_bench, timed_rounds
 from toolkit.errors import BadInputError
 
@@ -57,7 +57,13 @@ def test_bench_every_runtime_in_one_run(cpu_export_dir):
     for row in result.rows:
         assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms
         assert row.throughput == pytest.approx(1000 * row.batch / row.mean_ms)
-    assert any(u["runtime"] == "tensorrt" for u in result.unavailable)  # no TensorRT on this machine
+    if available("tensorrt")[0]:  # a GPU machine with TensorRT: the export built engines, and they are timed
+        assert {("tensorrt", "fp16", None), ("tensorrt", "int8", None)} <= measured
+        assert all(r.device.startswith("cuda") for r in result.rows if r.runtime == "tensorrt")
+    else:  # elsewhere they are listed with the reason
+        reasons = [u["reason"] for u in result.unavailable if u["runtime"] == "tensorrt"]
+        assert reasons and all("TensorRT" in r or "GPU" in r for r in reasons)
+    assert result.settings["device"] == "auto"
     ratios = result.ratios(1)
     assert ratios["onnxruntime fp32 / eager fp32"] == pytest.approx(
         result.row("onnxruntime", "fp32", 1).p50_ms / result.row("eager", "fp32", 1).p50_ms

@@ -263,7 +263,7 @@ def bench_export_dir(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     threads: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     source: str | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
@@ -355,7 +355,7 @@ def run_bench(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     threads: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     input_shape: tuple[int, ...] | None = None,
     progress: Progress | None = None,
     say: Callable[[str], None] | None = None,

@@ -16,6 +16,7 @@ from exporters import PRECISIONS
 from toolkit import __version__
 from toolkit.card import MAX_CLASSES
 from toolkit.console import make_console
+from toolkit.devices import DeviceSettings
 from toolkit.errors import BadInputError
 from toolkit.flags import click_options, given_on_command_line, run_command
 from toolkit.train.config import LaunchConfig, TrainConfig
@@ -240,13 +241,7 @@ Examples:
     help="ONNX Runtime execution provider (default: the best usable one, TensorRT > CUDA > CPU).",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where eager/TorchScript/pt2 run.",
-)
+@click_options(DeviceSettings)
 @click.option("--dataset", default=None, help="Predict a data set's test images and compare with their labels.")
 @click.option("--first", type=click.IntRange(min=1), default=None, help="How many test images (default 16).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
@@ -300,6 +295,7 @@ def infer(
     from toolkit import infer as inference
     from toolkit.report import progress_bars
 
+    DeviceSettings(device)
     check_output_files(("--save-grid", save_grid), ("--csv", csv_file))
     if as_json and csv_file == "-":
         raise BadInputError("--json and --csv - both write to stdout; give --csv a file name")
@@ -519,7 +515,7 @@ Examples:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N test images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--runtime", default=None, help="Runtime to run the file with (default: by its ending).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click_options(DeviceSettings)
 @click.option("--out", default=None, help="Folder for eval.json and confusion.png (default: eval/ beside the file).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def evaluate(
@@ -545,6 +541,7 @@ def evaluate(
     from toolkit.evaluate import evaluate_file, print_eval, write_eval_outputs
     from toolkit.fileio import check_writable_dir
 
+    DeviceSettings(device)
     eval_dir = check_writable_dir(out or Path(model_file).parent / "eval")
     result = evaluate_file(
         model_file,
@@ -597,6 +594,8 @@ Examples:
   rtool parity runs/r20/export --runtimes onnxruntime --precisions int8 --limit 500
   rtool parity runs/r20/export --threshold int8.agreement=99.5 --threshold int8.accuracy_drop=0.5
   rtool parity runs/r20/export --thresholds thresholds.toml --require tensorrt
+  rtool parity runs/r20/export --save-outputs cpu.npz          on one machine, then on another:
+  rtool parity runs/r20/export --load-outputs cpu.npz --require tensorrt
 \b
 Thresholds file (JSON, or TOML with one [precision] table each):
   {"fp32": {"agreement": 99.9, "max_abs_diff": 0.001}, "int8": {"agreement": 99.0, "accuracy_drop": 1.0}}
@@ -626,17 +625,24 @@ Thresholds file (JSON, or TOML with one [precision] table each):
     help="Set one threshold (keys: agreement %, max_abs_diff x logit range, accuracy_drop points; "
     "'none' switches a check off). Repeatable; wins over the file.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Where eager/TorchScript/pt2 run and which ONNX Runtime providers are used.",
-)
+@click_options(DeviceSettings)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
 @click.option("--plot", "plot_file", default=None, metavar="FILE", help="Write a PNG of accuracy and latency.")
+@click.option(
+    "--save-outputs",
+    default=None,
+    metavar="FILE",
+    help="Also write the reference and every row's logits to FILE (.npz, no pickle) for --load-outputs elsewhere.",
+)
+@click.option(
+    "--load-outputs",
+    default=None,
+    metavar="FILE",
+    help="Judge this machine's rows against the reference stored in FILE (saved on another machine with "
+    "--save-outputs); the report shows both machines' rows.",
+)
 @click.option(
     "--no-verify", is_flag=True, help="Skip checking every file against the sha256 in manifest.json (not recommended)."
 )
@@ -655,6 +661,8 @@ def parity(
     json_file: str | None,
     markdown_file: str | None,
     plot_file: str | None,
+    save_outputs: str | None,
+    load_outputs: str | None,
     no_verify: bool,
 ) -> None:
     """Check that every runtime x precision in EXPORT_DIR predicts what the eager model predicts.
@@ -669,8 +677,11 @@ def parity(
     from toolkit.errors import CheckFailedError
     from toolkit.parity import load_thresholds, run_parity, verify_export
 
+    DeviceSettings(device)
     thresholds = load_thresholds(thresholds_file, threshold_flags)
-    check_output_files(("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file))
+    check_output_files(
+        ("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file), ("--save-outputs", save_outputs)
+    )
     if no_verify:
         warn_no_verify(export_dir)
     else:
@@ -690,8 +701,12 @@ def parity(
             threads=threads,
             progress=bars,
             verify=not no_verify,
+            save_outputs=save_outputs,
+            load_outputs=load_outputs,
         )
     reporting.print_parity(result, console)
+    if save_outputs:
+        console.print(f"wrote {save_outputs} (load it elsewhere with --load-outputs)")
     for path in reporting.write_parity_files(result, json_file, markdown_file, plot_file):
         console.print(f"wrote {path}")
     if not result.passed:
@@ -714,7 +729,7 @@ Examples:
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls first.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls per row.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click_options(DeviceSettings)
 @click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
@@ -741,6 +756,7 @@ def bench(
     from toolkit import report as reporting
     from toolkit.bench import run_bench
 
+    DeviceSettings(device)
     shape = parse_shape(input_shape) if input_shape else None
     check_output_files(("--json", json_file), ("--markdown", markdown_file))
     console = make_console(stderr=json_file == "-", highlight=False)

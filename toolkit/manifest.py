@@ -125,9 +125,14 @@ def verify_manifest(export_dir: str | Path) -> list[str]:
 
 
 def verify_sha256(path: Path, entry: dict[str, Any]) -> None:
-    """Refuse a file whose bytes differ from what its manifest recorded at export."""
+    """Refuse a file whose bytes differ from what its manifest recorded at export, or whose entry records none."""
     expected = entry.get("sha256")
-    if expected and sha256_file(path) != expected:
+    if not isinstance(expected, str) or not expected:
+        raise UnsafeFileError(
+            f"{MANIFEST_NAME} lists {path.name} without a sha256, so its bytes cannot be checked; "
+            f"re-export it rather than run it"
+        )
+    if sha256_file(path) != expected:
         raise UnsafeFileError(
             f"{path.name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
             f"after export; re-export it rather than run it"

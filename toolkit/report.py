@@ -61,7 +61,7 @@ def parity_cells(report: ParityReport) -> list[list[str]]:
     ref = report.reference
     cells = [
         [
-            ref["runtime"],
+            ref["runtime"] + (f" @{ref['machine']}" if ref.get("machine") else ""),
             ref["precision"],
             ref["artifact"],
             ref["device"],
@@ -78,7 +78,7 @@ def parity_cells(report: ParityReport) -> list[list[str]]:
     for row in report.rows:
         cells.append(
             [
-                row.runtime,
+                row.runtime + (f" @{row.machine}" if row.machine else ""),
                 _precision_label(row.runtime, row.precision, row.target),
                 row.artifact or "",
                 row.device or "",
@@ -105,6 +105,11 @@ def parity_summary(report: ParityReport) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     found = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     return f"parity {verdict}: {found} (against eager fp32 on {ref['images']} {ref['dataset']} test images)"
+
+
+def machines_line(report: ParityReport) -> str:
+    """'' or, for a report that joins two machines' rows (--load-outputs), which machine each tag names."""
+    return "; ".join(f"@{tag} = {machine}" for tag, machine in report.machines.items())
 
 
 def _short_device(device: str | None) -> str:
@@ -147,6 +152,8 @@ def print_parity(report: ParityReport, console: Any = None) -> None:
     console.print(f"  files: {ref['artifact']} on {ref['device']} (reference), {files}", markup=False, highlight=False)
     for reason in dict.fromkeys(f"{row.label}: {row.reason}" for row in report.rows if row.reason):
         console.print(f"  {reason}", markup=False, highlight=False)
+    if report.machines:
+        console.print(f"  machines: {machines_line(report)}", markup=False, highlight=False)
     console.print(f"thresholds: {thresholds_line(report)}", highlight=False)
     console.print(("[green]" if report.passed else "[bold red]") + parity_summary(report) + "[/]", highlight=False)
 
@@ -205,6 +212,7 @@ def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
                 f"{markdown_code(ref['dataset'])} test images, in {batch_words(ref)}; every runtime gets the same "
                 f"preprocessed images in the same order.",
                 _markdown_table(PARITY_COLUMNS, parity_cells(report)),
+                *([f"Machines: {markdown_text(machines_line(report))}."] if report.machines else []),
                 f"Thresholds: {markdown_text(thresholds_line(report))}.",
                 f"**{markdown_text(parity_summary(report))}**",
             ]
