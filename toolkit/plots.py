@@ -10,6 +10,7 @@ read ``$...$`` in them as mathtext (and fail on ``$\\frac{a}{$``).
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -97,6 +98,12 @@ def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
     return save_figure(fig, path)
 
 
+def _one_two_five(value: float, _: Any = None) -> str:
+    """A log axis's minor label: only 2x and 5x a power of ten are named, so the labels never crowd."""
+    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value:g}" if round(mantissa, 6) in (2, 5) else ""
+
+
 def draw_degradation(panels: dict[str, dict[str, Sequence[dict[str, Any]]]], title: str = "") -> Any:
     """The figure of ``degradation_figure``, not yet saved (tests read its lines)."""
     fig, axes = plt.subplots(
@@ -113,8 +120,9 @@ def draw_degradation(panels: dict[str, dict[str, Sequence[dict[str, Any]]]], tit
         integer_epochs(ax)
     axes[0][0].set_ylabel("error (%)")
     axes[0][0].set_yscale("log")  # shared: errors from tens of percent down to a fraction of one stay readable
-    for axis_format in (axes[0][0].yaxis.set_major_formatter, axes[0][0].yaxis.set_minor_formatter):
-        axis_format(FuncFormatter(lambda value, _: f"{value:g}"))  # the log formatter's labels are mathtext
+    # Plain-number labels at 1, 2 and 5 of each decade (the log formatter's labels are mathtext).
+    axes[0][0].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes[0][0].yaxis.set_minor_formatter(FuncFormatter(_one_two_five))
     fig.suptitle((f"{title}\n" if title else "") + "training error thin dashed, test error bold", fontsize=10)
     return fig
 

@@ -79,7 +79,7 @@ def run_study(
             return result
     result.wall_seconds = time.perf_counter() - started
     result.nets, runs = summarize_runs([run.config for run in planned])
-    result.files = write_outputs(config, out, result.nets, runs, result.wall_seconds)
+    result.files = write_outputs(config, result, runs)
     return result
 
 
@@ -168,10 +168,9 @@ def study_command(config: DegradationConfig) -> list[str]:
     return argv + [text for flag, value in optional if value is not None for text in (flag, str(value))]
 
 
-def write_outputs(
-    config: DegradationConfig, out: Path, nets: list[dict[str, Any]], runs: list[dict[str, Any]], wall: float
-) -> dict[str, Path]:
-    """degradation.png, .json and .md in ``out``, each written atomically from the same numbers."""
+def write_outputs(config: DegradationConfig, result: StudyResult, runs: list[dict[str, Any]]) -> dict[str, Path]:
+    """degradation.png, .json and .md in the study folder, each written atomically from the same numbers."""
+    out, nets = result.out, result.nets
     seeds = config.seed_list()
     epochs = config.epoch_count()
     title = f"{config.dataset}, {epochs} epoch{'' if epochs == 1 else 's'}, " + (
@@ -186,7 +185,11 @@ def write_outputs(
         "seeds": seeds,
         "recipe": config.recipe(),
         "training_seconds": round(sum(r["seconds"] for r in runs), 1),
-        "wall_seconds_last_invocation": round(wall, 1),
+        "last_invocation": {
+            "wall_seconds": round(result.wall_seconds, 1),
+            "trained": [run.name for run in result.planned if run.state != FINISHED],
+            "skipped": [run.name for run in result.planned if run.state == FINISHED],
+        },
         "machine": {"platform": platform.platform(), "cpu_threads": torch.get_num_threads()},
         "paper_cifar10_test_error": PAPER_TEST_ERROR,
         "nets": nets,
@@ -222,6 +225,19 @@ def table_rows(nets: list[dict[str, Any]]) -> list[list[str]]:
     ]
 
 
+def timing_sentence(document: dict[str, Any]) -> str:
+    """How long the study took: every epoch summed over all invocations, and the last invocation's wall time."""
+    last, machine = document["last_invocation"], document["machine"]
+    threads = machine["cpu_threads"]
+    done = [f"trained {', '.join(last['trained'])}"] if last["trained"] else []
+    done += [f"skipped {', '.join(last['skipped'])} (finished earlier)"] if last["skipped"] else []
+    return (
+        f"Training took {document['training_seconds']:.0f} s in all (every epoch's training and evaluation, summed "
+        f"over every invocation). The last invocation took {last['wall_seconds']:.0f} s of wall time "
+        f"({'; '.join(done)}) on {markdown_code(machine['platform'])} with {threads} thread{'s' * (threads != 1)}."
+    )
+
+
 def study_markdown(config: DegradationConfig, document: dict[str, Any]) -> str:
     """The table page: command, recipe, table, figure, time taken (and the paper's numbers on CIFAR-10)."""
     recipe = ", ".join(f"{k} {v}" for k, v in document["recipe"].items())
@@ -234,10 +250,7 @@ def study_markdown(config: DegradationConfig, document: dict[str, Any]) -> str:
         "during each epoch's training pass, as in the paper; s/epoch is the training pass alone.",
         markdown_table(TABLE_COLUMNS, table_rows(document["nets"])),
         f"![degradation]({FIGURE})",
-        f"Training took {document['training_seconds']:.0f} s in all (the sum of every epoch's training and "
-        f"evaluation, over every invocation); the last invocation took {document['wall_seconds_last_invocation']:.0f}"
-        f" s of wall time on {markdown_code(document['machine']['platform'])} "
-        f"with {document['machine']['cpu_threads']} threads.",
+        timing_sentence(document),
     ]
     if config.dataset.lower() == "cifar10":
         paper = ", ".join(f"ResNet-{m[6:]} {e}%" for m, e in PAPER_TEST_ERROR.items())
