@@ -117,6 +117,14 @@ class DegradationConfig:
         ]
 
 
+def kind_and_depth(model: str) -> tuple[str, int]:
+    """'plain56' -> ('plain', 56): the family and depth of a net the study trains."""
+    match = re.fullmatch(rf"({'|'.join(KINDS)})(\d+)", model)
+    if match is None:
+        raise BadInputError(f"{model} is not one of the study's nets ({', '.join(f'{k}D' for k in KINDS)})")
+    return match[1], int(match[2])
+
+
 def _numbers(text: str) -> list[int]:
     """'20, 56,' -> [20, 56] (duplicates dropped, order kept)."""
     return list(dict.fromkeys(int(part) for part in text.split(",") if part.strip()))

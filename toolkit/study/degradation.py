@@ -28,7 +28,7 @@ from toolkit.markdown import markdown_code, markdown_shell_block, markdown_table
 from toolkit.models import create_model, list_models
 from toolkit.models.summary import count_params
 from toolkit.plots import degradation_figure
-from toolkit.study.config import KINDS, PAPER_TEST_ERROR, DegradationConfig
+from toolkit.study.config import KINDS, PAPER_TEST_ERROR, DegradationConfig, kind_and_depth
 from toolkit.study.runs import FINISHED, PlannedRun, finished_history, plan_runs, train_run
 from toolkit.train.config import TrainConfig
 
@@ -89,10 +89,11 @@ def run_row(config: TrainConfig) -> dict[str, Any]:
     with torch.device("meta"):  # shapes only: no weights are made
         model = create_model(config.model, in_channels=card.input.channels, num_classes=len(card.class_names))
     last = history[-1]
+    kind, depth = kind_and_depth(config.model)
     return {
         "model": config.model,
-        "kind": config.model.rstrip("0123456789"),
-        "depth": int(config.model.lstrip("abcdefghijklmnopqrstuvwxyz")),
+        "kind": kind,
+        "depth": depth,
         "seed": config.seed,
         "run_dir": str(config.out),
         "epochs": len(history),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from toolkit.card import ModelCard
 from toolkit.checkpoint import load_checkpoint
 from toolkit.errors import BadInputError
 from toolkit.train.config import TrainConfig
@@ -89,7 +90,7 @@ def train_run(planned: PlannedRun, should_stop: Callable[[], bool] | None = None
     return run_training(config, should_stop).interrupted
 
 
-def finished_history(config: TrainConfig) -> tuple[list[dict[str, Any]], Any]:
+def finished_history(config: TrainConfig) -> tuple[list[dict[str, Any]], ModelCard]:
     """The per-epoch rows of a finished run and its card, from last.pt (written before the metrics files)."""
     checkpoint = load_checkpoint(Path(str(config.out)) / "last.pt")
     return list(checkpoint.train_state["history"]), checkpoint.card
