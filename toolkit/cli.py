@@ -19,6 +19,7 @@ from toolkit.console import make_console
 from toolkit.devices import DeviceSettings
 from toolkit.errors import BadInputError
 from toolkit.flags import click_options, given_on_command_line, run_command
+from toolkit.study.config import DegradationConfig
 from toolkit.train.config import LaunchConfig, TrainConfig
 
 MAX_SHAPE_DIM = 1 << 20  # far above any image side or batch; beyond it sizes overflow, not describe a model
@@ -584,6 +585,46 @@ def compare(runs: tuple[str, ...], out: str, title: str, as_json: bool) -> None:
             f"final {100 * r['final_test_acc']:.2f}%, final train loss {r['final_train_loss']:.4f}"
         )
     click.echo(f"figure written to {out}")
+
+
+@cli.group()
+def study() -> None:
+    """Reproduce the ResNet paper's experiments with ordinary rtool training runs."""
+
+
+@study.command(
+    "degradation",
+    epilog="""\b
+Examples:
+  rtool study degradation                                   plain/resnet 20 and 56 on mnist5k
+  rtool study degradation --depths 20,56,110 --epochs 6 --seeds 0,1
+  rtool study degradation --dataset cifar10 --data-dir ~/data   the paper's CIFAR-10 setting, 164 epochs
+  rtool study degradation --depths 20 --epochs 1 --train-limit 256 --test-limit 128 --out /tmp/trial
+""",
+)
+@click_options(DegradationConfig)
+def degradation(**options: object) -> None:
+    """Train plain and residual nets of each depth with one recipe and seed set; draw and tabulate them.
+
+    Every net gets the paper's recipe (SGD, batch 128, lr 0.1 divided by 10 at 50% and 75% of the epochs,
+    weight decay 1e-4, momentum 0.9; on cifar10 also 4-pixel pad + crop + flip). Writes OUT/degradation.png
+    (plain left, ResNet right: training error dashed, test error bold), degradation.json and degradation.md.
+    Each run is a run folder in OUT/runs: run the same command again to continue a stopped study.
+    """
+    import sys
+
+    from toolkit.study.degradation import run_study
+
+    result = run_study(DegradationConfig(**options), say=click.echo)
+    if result.interrupted:
+        click.echo(f"rtool: interrupted in {result.stopped_run}; run the same command again to continue", err=True)
+        sys.exit(130)
+    for net in result.nets:
+        click.echo(
+            f"{net['model']}: train error {net['final_train_error']:.2f}%, test error {net['final_test_error']:.2f}%, "
+            f"{net['params']:,} parameters, {net['train_seconds_per_epoch']:.1f} s/epoch"
+        )
+    click.echo(f"wrote {', '.join(str(path) for path in result.files.values())}")
 
 
 @cli.command(

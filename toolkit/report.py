@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
-import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
@@ -21,6 +19,7 @@ from rich.markup import escape
 from toolkit.bench import BenchReport
 from toolkit.console import make_console
 from toolkit.fileio import atomic_write_text
+from toolkit.markdown import markdown_code, markdown_shell_block, markdown_table, markdown_text
 from toolkit.parity import ParityReport, ParityRow
 
 PARITY_COLUMNS = (
@@ -158,35 +157,6 @@ def print_parity(report: ParityReport, console: Any = None) -> None:
     console.print(("[green]" if report.passed else "[bold red]") + parity_summary(report) + "[/]", highlight=False)
 
 
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~&$!])")
-LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
-
-
-def markdown_text(text: Any) -> str:
-    """``text`` as literal Markdown: every character that could start emphasis, a link, HTML, a table cell,
-    math (GitHub's ``$``) or a new block is backslash-escaped, and line breaks become spaces.
-
-    Paths, titles, class names and error messages come from users; in a page rtool writes they stay text.
-    """
-    return MARKDOWN_SPECIAL.sub(r"\\\1", LINE_BREAKS.sub(" ", str(text)))
-
-
-def markdown_code(text: Any) -> str:
-    """``text`` as an inline code span, fenced by more backticks than it holds (so no backtick ends it)."""
-    text = LINE_BREAKS.sub(" ", str(text))
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def markdown_shell_block(commands: list[list[str]]) -> str:
-    """Shell commands, each argument quoted with shlex, in a code fence no backtick inside can close."""
-    lines = [shlex.join(str(arg) for arg in argv) for argv in commands]
-    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return "\n".join([f"{fence}sh", *lines, fence])
-
-
 def batch_words(reference: dict[str, Any]) -> str:
     """How the test images were batched: 'one batch of 60', 'batches of 100', 'batches of 100 (the last of 50)'."""
     images, size = int(reference["images"]), int(reference["batch_size"])
@@ -194,12 +164,6 @@ def batch_words(reference: dict[str, Any]) -> str:
         return f"one batch of {images}"
     rest = images % size
     return f"batches of {size}" + (f" (the last of {rest})" if rest else "")
-
-
-def _markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
@@ -211,7 +175,7 @@ def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
                 f"Reference: eager FP32 ({markdown_code(ref['artifact'])}) on {ref['images']} "
                 f"{markdown_code(ref['dataset'])} test images, in {batch_words(ref)}; every runtime gets the same "
                 f"preprocessed images in the same order.",
-                _markdown_table(PARITY_COLUMNS, parity_cells(report)),
+                markdown_table(PARITY_COLUMNS, parity_cells(report)),
                 *([f"Machines: {markdown_text(machines_line(report))}."] if report.machines else []),
                 f"Thresholds: {markdown_text(thresholds_line(report))}.",
                 f"**{markdown_text(parity_summary(report))}**",
@@ -272,7 +236,7 @@ def bench_markdown(report: BenchReport, heading: str = "## Benchmark") -> str:
     parts = [
         heading,
         markdown_text(bench_settings_line(report)) + ".",
-        _markdown_table(BENCH_COLUMNS, bench_cells(report)),
+        markdown_table(BENCH_COLUMNS, bench_cells(report)),
     ]
     ratios = report.ratios(1)
     if ratios:
@@ -532,7 +496,7 @@ def demo_markdown(
         ]
         for e in exports
     ]
-    parts.append("## Exported files\n\n" + _markdown_table(("file", "format", "precision", "runtime", "size"), rows))
+    parts.append("## Exported files\n\n" + markdown_table(("file", "format", "precision", "runtime", "size"), rows))
     parts.append(parity_markdown(parity).rstrip())
     if parity_plot_file:
         parts.append(f"![parity: accuracy, agreement and latency per runtime]({_link(parity_plot_file)})")
