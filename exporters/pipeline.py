@@ -387,8 +387,8 @@ def summary_rows(result: ExportResult) -> list[dict[str, Any]]:
                 "runtime": artifact.runtime,
                 "size": size,
                 "size_text": f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB",
-                "max_abs_diff": artifact.validation.get("max_abs_diff", float("nan")),
-                "top1_agreement": artifact.validation.get("top1_agreement", float("nan")),
+                "max_abs_diff": artifact.validation.get("max_abs_diff"),  # None: not a model (a web page's files)
+                "top1_agreement": artifact.validation.get("top1_agreement"),
             }
         )
     return rows

@@ -177,6 +177,24 @@ def artifact_label(runtime: str, precision: str, target: str | None = None) -> s
     return f"{runtime} {precision}{suffix}"
 
 
+PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)  # the smallest probability a float32 model output can state
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """What a runtime returns for a model that ends in a softmax: log(p), floored at float32's smallest normal.
+
+    That equals the logits up to a constant per row; parity compares it with the eager model's ``log_softmax``.
+    """
+    return np.log(np.maximum(probabilities, PROBABILITY_FLOOR)).astype(np.float32)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log-probabilities of ``logits`` (computed in float64), floored as ``log_probabilities`` floors them."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    out = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return np.maximum(out, np.log(PROBABILITY_FLOOR)).astype(np.float32)
+
+
 def run_torch_module(module: Any, batch: np.ndarray, device: str, kind: str) -> np.ndarray:
     """Logits of a loaded TorchScript or torch.export module; its interpreter's errors become one BadInputError.
 

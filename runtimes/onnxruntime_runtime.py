@@ -43,6 +43,7 @@ from runtimes import (
     cuda_gpus,
     cuda_index,
     error_summary,
+    log_probabilities,
     parse_device,
     physical_cores,
     register_runtime,
@@ -366,7 +367,7 @@ class OnnxRuntimeRuntime(Runtime):
                 f"ONNX Runtime failed to run this model ({error_summary(e)}); the file may be corrupt, re-export it"
             ) from None
         if self.card.output == "probabilities":
-            return np.log(np.maximum(out, np.finfo(np.float32).tiny))
+            return log_probabilities(out)
         return out
 
     def close(self) -> None:

@@ -52,6 +52,8 @@ def test_bench_every_runtime_in_one_run(cpu_export_dir):
         ("onnxruntime", "fp32", None),
         ("onnxruntime", "fp16", None),
         ("onnxruntime", "int8", "cpu"),
+        ("browser", "fp32", None),
+        ("browser", "int8", None),
     } <= measured
     assert sorted({r.batch for r in result.rows}) == [1, 4]
     for row in result.rows:

@@ -24,7 +24,7 @@ def test_demo_end_to_end(demo_run):
     # --overwrite replaces the demo's own files only: the user's files survive
     assert {name: (out / name).read_text() for name in DEMO_USER_FILES} == DEMO_USER_FILES
     report = (out / "report.md").read_text()
-    for link in ("train/curves.png", "parity.png", "predictions.png"):
+    for link in ("train/curves.png", "parity.png", "predictions.png", "browser.png"):
         assert f"]({link})" in report
         assert (out / link).read_bytes()[:4] == b"\x89PNG"
     assert "## Parity" in report and "## Benchmark" in report and "parity PASSED" in report
@@ -32,6 +32,8 @@ def test_demo_end_to_end(demo_run):
     assert parity["passed"] is True and parity["reference"]["images"] == 500
     statuses = {(r["runtime"], r["precision"], r["target"]): r["status"] for r in parity["rows"]}
     assert statuses[("onnxruntime", "int8", "cpu")] == "ok"
+    assert statuses[("browser", "fp32", None)] == statuses[("browser", "int8", None)] == "ok"
+    assert "## In the browser" in report and "headless Chromium" in report
     assert statuses[("tensorrt", "fp16", None)] in ("ok", "unavailable")
     bench = json.loads((out / "bench.json").read_text())
     assert {r["batch"] for r in bench["rows"]} == {1, 32}
@@ -47,6 +49,8 @@ def test_demo_end_to_end(demo_run):
         "model.fp16.onnx",
         "model.int8-cpu.onnx",
         "model.int8-trt.onnx",
+        "web/model.onnx",
+        "web/model.int8.onnx",
     } <= {a["file"] for a in manifest["artifacts"]}
     for step in ("[1/6]", "[3/6]", "[6/6]", "report:"):
         assert step in result.stdout

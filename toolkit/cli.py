@@ -461,8 +461,8 @@ def print_export(result: object, as_json: bool) -> None:
             r["precision"],
             r["target"] or "",
             r["size_text"],
-            f"{r['max_abs_diff']:.2e}",
-            f"{r['top1_agreement']:.1%}",
+            "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}",
+            "" if r["top1_agreement"] is None else f"{r['top1_agreement']:.1%}",
         )
     console = make_console()
     console.print(table)
@@ -818,6 +818,36 @@ def bench(
     reporting.print_bench(result, console)
     for path in reporting.write_bench_files(result, json_file, markdown_file):
         console.print(f"wrote {path}")
+
+
+@cli.group()
+def web() -> None:
+    """The exported web page (`rtool export CHECKPOINT --format web`): preview it locally."""
+
+
+@web.command(
+    "serve",
+    epilog="""\b
+Examples:
+  rtool web serve runs/r20/export/web          http://127.0.0.1:8000/
+  rtool web serve runs/r20/export --port 9000  an export folder: its web/ page
+""",
+)
+@click.argument("folder")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port on 127.0.0.1 (0: any free)."
+)
+def web_serve(folder: str, port: int) -> None:
+    """Serve FOLDER's page on 127.0.0.1 until Ctrl-C: a plain static server, for a preview.
+
+    Any static host serves the folder as well; it needs no special headers.
+    """
+    from runtimes.web_server import serve
+
+    def announce(url: str, served: object) -> None:
+        click.echo(f"serving {served} at {url} (Ctrl-C to stop)")
+
+    serve(folder, port, announce)
 
 
 @cli.command(

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from exporters import PRECISIONS, precisions_of_runtime
-from runtimes import artifact_label, available, error_summary, list_runtimes, open_runtime
+from runtimes import artifact_label, available, error_summary, list_runtimes, log_softmax, open_runtime
 from runtimes.cards import artifact_runs, skipped_runs
 from toolkit import parity_outputs as outputs
 from toolkit.card import MANIFEST_NAME, ModelCard
@@ -43,6 +43,7 @@ from toolkit.manifest import entry_path, read_manifest, verify_manifest, verify_
 from toolkit.preprocess import prepare_batch
 
 BATCH_SIZE = 100  # images per inference call; every runtime gets the same batches
+LOG_PROBABILITIES = "log-probabilities"  # how rows of models that end in a softmax are compared
 THRESHOLD_LIMITS = {"agreement": 100.0, "accuracy_drop": 100.0, "max_abs_diff": None}  # largest meaningful value
 
 Progress = Callable[[str, int, int], None]  # (task label, images just done, images in the task)
@@ -165,6 +166,7 @@ class ParityRow:
     mean_abs_diff: float | None = None
     max_abs_diff_rel: float | None = None  # max_abs_diff / eager logit range
     latency_ms: float | None = None  # mean per batch
+    compared_as: str = "logits"  # or log-probabilities: the model ends in a softmax (eager's log_softmax compared)
     failed_thresholds: list[str] = field(default_factory=list)
     machine: str = ""  # with --load-outputs: "saved" (the other machine's row) or "here"
 
@@ -304,8 +306,9 @@ def run_logits(
     device: str,
     options: dict[str, Any],
     progress: Progress | None,
-) -> tuple[np.ndarray, float, str]:
-    """(logits, mean ms per batch, device) of one artifact over ``batch``; one untimed warm-up call first."""
+) -> tuple[np.ndarray, float, str, str]:
+    """(logits, mean ms per batch, device, what the logits are) of one artifact over ``batch``; one untimed
+    warm-up call first. A model that ends in a softmax gives log-probabilities (``LOG_PROBABILITIES``)."""
     with open_runtime(runtime_name, path, device, **options) as runtime:
         step = min(x for x in (BATCH_SIZE, runtime.max_batch) if x)
         runtime.infer(batch[:step])  # warm-up: first-call allocation and graph set-up are not latency
@@ -318,7 +321,8 @@ def run_logits(
             if progress:
                 progress(label, len(chunk), len(batch))
         calls = math.ceil(len(batch) / step)
-        return np.concatenate(outputs), 1000 * seconds / calls, runtime.device
+        kind = LOG_PROBABILITIES if runtime.card is not None and runtime.card.output == "probabilities" else "logits"
+        return np.concatenate(outputs), 1000 * seconds / calls, runtime.device, kind
 
 
 def compare(
@@ -579,7 +583,7 @@ class ParityRun:
             self.logits = self.stored.reference
             self.reference = {**(self.stored.meta.get("reference") or {}), "machine": "saved"}
             return
-        self.logits, ref_ms, ref_device = run_logits(
+        self.logits, ref_ms, ref_device, _ = run_logits(
             "eager", ref_path, self.batch, "eager fp32 (reference)", self.device, self.options, self.progress
         )
         accuracy = 100.0 * float((self.logits.argmax(axis=1) == self.labels).mean())
@@ -625,7 +629,7 @@ class ParityRun:
             row.status, row.reason = ("failed" if needed else "unavailable"), why
             return None
         try:
-            logits, row.latency_ms, row.device = run_logits(
+            logits, row.latency_ms, row.device, row.compared_as = run_logits(
                 row.runtime,
                 self.checked_path(entry),
                 self.batch,
@@ -634,7 +638,8 @@ class ParityRun:
                 self.row_options(row),
                 self.progress,
             )
-            compare(row, logits, self.logits, self.labels, self.reference["accuracy"], self.reference["logit_range"])
+            reference = log_softmax(self.logits) if row.compared_as == LOG_PROBABILITIES else self.logits
+            compare(row, logits, reference, self.labels, self.reference["accuracy"], self.reference["logit_range"])
         except RtoolError as e:
             row.status, row.reason = "failed", str(e)
             return None

@@ -469,6 +469,7 @@ def demo_markdown(
     parity: ParityReport,
     parity_plot_file: str | None,
     bench: BenchReport | None,
+    browser: tuple[str | None, str] | None = None,
     grid: str | None,
     grid_caption: str,
     exports: list[dict[str, Any]],
@@ -500,6 +501,10 @@ def demo_markdown(
     parts.append(parity_markdown(parity).rstrip())
     if parity_plot_file:
         parts.append(f"![parity: accuracy, agreement and latency per runtime]({_link(parity_plot_file)})")
+    if browser is not None:
+        shot, caption = browser
+        image = f"\n\n![the exported web page in headless Chromium]({_link(shot)})" if shot else ""
+        parts.append(f"## In the browser\n\n{markdown_text(caption)}{image}")
     if bench is not None:
         parts.append(bench_markdown(bench).rstrip())
     if grid:
