@@ -241,8 +241,7 @@ def export_model(
         _move_into_place(staging, out)
         for artifact in artifacts:
             artifact.path = out / artifact.path.relative_to(staging)
-        for name in stale:
-            (out / name).unlink(missing_ok=True)
+        _remove_stale(out, stale)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     context.notes.extend(
@@ -296,6 +295,18 @@ def _write_checkpoint_copy(src: Source, staging: Path, context: ExportContext) -
         settings={"contents": "weights + model card (no training state)"},
         validation=stats,
     )
+
+
+def _remove_stale(out: Path, stale: list[str]) -> None:
+    """Remove another model's files (proven rtool's by ``_previous_entries``), then the folders they leave empty."""
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    folders = {parent for name in stale for parent in Path(name).parents if parent != Path(".")}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):  # deepest first
+        try:
+            (out / folder).rmdir()
+        except OSError:  # not empty (the user's files, or this export's) or already gone: it stays
+            pass
 
 
 def _move_into_place(staging: Path, out: Path) -> None:

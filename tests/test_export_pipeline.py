@@ -25,6 +25,10 @@ CPU_FILES = {
     "model.fp16.onnx",
     "model.int8-cpu.onnx",
     "model.int8-trt.onnx",
+    "web/model.onnx",
+    "web/model.int8.onnx",
+    *(f"web/{name}" for name in ("index.html", "app.js", "classifier.js", "style.css", "card.json")),
+    *(f"web/ort/{name}" for name in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")),
 }
 
 
@@ -36,8 +40,9 @@ def test_manifest_lists_every_file_with_true_sha256_and_size(pipeline_export, un
         data = (folder / entry["file"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         assert entry["size"] == len(data)
-        assert isinstance(entry["validation"]["max_abs_diff"], float)
-        assert entry["runtime"] in {"eager", "torchscript", "pt2", "onnxruntime"}
+        if entry["runtime"] != "static":  # the web page's own files are not models
+            assert isinstance(entry["validation"]["max_abs_diff"], float)
+        assert entry["runtime"] in {"eager", "torchscript", "pt2", "onnxruntime", "browser", "static"}
     assert verify_manifest(folder) == []
     assert manifest["manifest_version"] == 1 and manifest["created"] and manifest["rtool_version"]
     source = manifest["source"]
@@ -47,7 +52,9 @@ def test_manifest_lists_every_file_with_true_sha256_and_size(pipeline_export, un
     assert {"torch", "onnx", "numpy"} <= set(manifest["versions"])
     onnx_entry = next(e for e in manifest["artifacts"] if e["file"] == "model.onnx")
     assert onnx_entry["settings"]["opset"] == 18 and onnx_entry["target"] is None
-    targets = {e["file"]: e["target"] for e in manifest["artifacts"] if e["precision"] == "int8"}
+    targets = {
+        e["file"]: e["target"] for e in manifest["artifacts"] if e["format"] == "onnx" and e["precision"] == "int8"
+    }
     assert targets == {"model.int8-cpu.onnx": "cpu", "model.int8-trt.onnx": "tensorrt"}
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], "no staging or temporary files left"
 
@@ -135,6 +142,8 @@ def test_plan_for_all_and_for_single_formats():
         "onnx int8 (target tensorrt)",
         "tensorrt fp16",
         "tensorrt int8",
+        "web fp32",
+        "web int8",
     } == described
     assert [j.describe() for j in plan("onnx", "int8")[0]] == ["onnx int8 (target cpu)"]
     assert [j.describe() for j in plan("onnx", "fp32,int8", "tensorrt")[0]] == [

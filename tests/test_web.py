@@ -202,7 +202,6 @@ def page_error(folder: Path) -> str:
     page = SharedBrowser.get().new_page()
     try:
         page.goto(server.url + "index.html")
-        page.wait_for_function("!document.getElementById('error').hidden || (window.rtool && window.rtool.ready)")
         page.wait_for_function("!document.getElementById('error').hidden", timeout=60_000)
         assert page.get_attribute("#error", "role") == "alert"
         return page.text_content("#error")

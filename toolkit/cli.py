@@ -354,6 +354,7 @@ Examples:
   rtool export resnet18 --input-shape 3x224x224 --num-classes 1000 --weights resnet18.pth
   rtool export runs/r20/best.pt --embed-preprocessing --embed-softmax   + model.raw-softmax.onnx for apps
   rtool export runs/r20/best.pt --format triton        Triton model repository in runs/r20/export/triton/
+  rtool export runs/r20/best.pt --format web --precision fp32,int8   web page in runs/r20/export/web/
 """,
 )
 @click.argument("source")

@@ -19,6 +19,10 @@ provider its graph suits, TensorRT engines on the GPU. Across machines,
 ``save_outputs`` keeps the reference and every row's logits and
 ``load_outputs`` judges this machine's rows against the stored reference, so
 one report holds both machines' rows (toolkit.parity_outputs).
+
+A file whose model ends in a softmax (the web page's, run by the ``browser``
+runtime in headless Chromium) gives log-probabilities; its row is compared
+with the eager model's log-softmax (``compared_as``), with the same thresholds.
 """
 
 from __future__ import annotations
@@ -166,9 +170,9 @@ class ParityRow:
     mean_abs_diff: float | None = None
     max_abs_diff_rel: float | None = None  # max_abs_diff / eager logit range
     latency_ms: float | None = None  # mean per batch
-    compared_as: str = "logits"  # or log-probabilities: the model ends in a softmax (eager's log_softmax compared)
     failed_thresholds: list[str] = field(default_factory=list)
     machine: str = ""  # with --load-outputs: "saved" (the other machine's row) or "here"
+    compared_as: str = "logits"  # or log-probabilities: the model ends in a softmax (eager's log_softmax compared)
 
     @property
     def label(self) -> str:
