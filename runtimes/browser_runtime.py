@@ -26,6 +26,7 @@ import shutil
 import threading
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -93,13 +94,14 @@ class SharedBrowser:
 
     @classmethod
     def close(cls) -> None:
-        for closing in (cls.browser, cls.playwright):
-            if closing is not None:
+        browser, playwright = cls.browser, cls.playwright
+        cls.playwright = cls.browser = cls.thread = None
+        for release in (browser and browser.close, playwright and playwright.stop):
+            if release:
                 try:
-                    closing.close() if closing is cls.browser else closing.stop()
+                    release()
                 except Exception:  # already gone (the driver exited first): nothing left to release
                     pass
-        cls.playwright = cls.browser = cls.thread = None
 
 
 atexit.register(SharedBrowser.close)
@@ -147,19 +149,18 @@ class BrowserRuntime(Runtime):
             raise BadInputError(f"{path.name} is not a web page's model (uint8 pixels in, probabilities out)")
         check_card_fits_input(self.card, dims, raw_pixels, path)
         self.max_batch = max(1, MAX_CALL_BYTES // int(np.prod(self.card.input.shape)))
-        self.errors: list[str] = []
         self.server = BackgroundServer(path.parent)
         self.page = SharedBrowser.get().new_page(viewport={"width": 800, "height": 900})
         self.page.set_default_timeout(TIMEOUT_MS)
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.goto(f"{self.server.url}{PAGE_FILE}?model={path.name}")
+        self.page.goto(f"{self.server.url}{PAGE_FILE}?model={quote(path.name)}")
         self.page.wait_for_function("() => window.rtool !== undefined || !document.getElementById('error').hidden")
-        state = self.page.evaluate(
-            "async () => { try { await window.rtool.ready; return ''; } catch (e) {"
-            " return document.getElementById('error').textContent || String(e); } }"
+        loaded, message = self.page.evaluate(
+            "async () => { try { return [await window.rtool.ready, '']; } catch (e) {"
+            " return ['', document.getElementById('error').textContent || String(e)]; } }"
         )
-        if state:
-            raise BadInputError(f"the page in {path.parent} could not load {path.name}: {state}")
+        if message or loaded != path.name:
+            why = message or f"the page loads only the model files rtool names, not {path.name}"
+            raise BadInputError(f"the page in {path.parent} could not load {path.name}: {why}")
         self.device = f"Chromium {SharedBrowser.get().version.split('.')[0]} (onnxruntime-web wasm, 1 thread)"
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -216,8 +216,11 @@ def test_page_says_when_the_model_cannot_load(web_dir, tmp_path):
     message = page_error(broken)
     assert "The model could not be loaded: model.onnx is not a model onnxruntime-web can run" in message
     assert "rtool export CHECKPOINT --format web" in message
+    script = broken / "classifier.js"  # its exports still link; evaluating it throws
+    script.write_text("throw new Error('half-copied file');\n" + script.read_text())
+    assert "The page could not start: Uncaught Error: half-copied file" in page_error(broken)
     shutil.rmtree(broken / "ort")
-    assert "could not load its scripts" in page_error(broken)
+    assert "The page could not start: its scripts" in page_error(broken)
     with pytest.raises(BadInputError, match="not in an exported web page"):
         open_runtime("browser", REPO / "tests" / "conftest.py")
 

@@ -120,6 +120,7 @@ def browser_screenshot(export_dir: Path, dataset: str, out: Path) -> tuple[Path 
     from runtimes import available, open_runtime
     from runtimes.cards import resolve_artifact
     from toolkit.data import load_dataset
+    from toolkit.preprocess import prepare_batch
 
     ok, why = available("browser")
     if not ok:
@@ -131,6 +132,7 @@ def browser_screenshot(export_dir: Path, dataset: str, out: Path) -> tuple[Path 
     data = load_dataset(dataset)
     pixels, label = data.test.images[0].numpy(), data.class_names[int(data.test.labels[0])]
     with open_runtime("browser", path, "cpu") as runtime:
+        runtime.infer(prepare_batch(pixels[None], runtime.card.input))  # warm-up: the first run sets up kernels
         shown = runtime.show(pixels, out)
     top = shown["top"][0]
     caption = (

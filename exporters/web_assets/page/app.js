@@ -49,6 +49,7 @@ async function start() {
       + 'Choose, drop or draw an image.';
     $('about').textContent = `Images are resized to ${card.input.width}x${card.input.height}`
       + `${card.input.channels === 1 ? ' grey' : ' RGB'} and classified on this device; nothing is uploaded.`;
+    return state.model;
   } catch (error) {
     showError(`The model could not be loaded: ${error.message}. Re-export this folder with `
       + '"rtool export CHECKPOINT --format web" and serve it over HTTP ("rtool web serve FOLDER"); '
@@ -57,7 +58,7 @@ async function start() {
   }
 }
 
-const ready = start();
+const ready = start(); // resolves to the model file loaded
 ready.catch(() => {}); // shown on the page; window.rtool.ready still rejects for callers
 
 function context2d(canvas) {
