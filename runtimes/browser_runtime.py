@@ -34,6 +34,7 @@ from runtimes import Runtime, error_summary, log_probabilities, register_runtime
 from runtimes.cards import check_card_fits_input, onnx_input_dims, read_card
 from runtimes.onnxruntime_runtime import pixels_from_input
 from runtimes.web_server import CARD_FILE, PAGE_FILE, BackgroundServer
+from toolkit.devices import parse_device
 from toolkit.errors import BadInputError, UnavailableError
 from toolkit.fileio import atomic_path
 from toolkit.safety import check_onnx_file
@@ -139,8 +140,8 @@ class BrowserRuntime(Runtime):
         return True, ""
 
     def load(self, artifact_path: str | Path, device: str = "auto") -> None:
-        if device not in ("auto", "cpu"):
-            raise UnavailableError(f"--device {device}: the browser runtime runs on the CPU (wasm); use --device cpu")
+        if parse_device(device)[0] == "cuda":  # the page's backend is wasm: asking for a GPU changes nothing
+            self.notes.append(f"--device {device}: the browser runtime runs on the CPU (onnxruntime-web wasm)")
         path = self.expect_file(artifact_path)
         page_files(path)
         self.card = read_card(path)

@@ -98,6 +98,8 @@ CPU_ROWS = {
     ("onnxruntime", "fp16", None),
     ("onnxruntime", "int8", "cpu"),
     ("onnxruntime", "int8", "tensorrt"),
+    ("browser", "fp32", None),  # the web page in headless Chromium (tests/test_web.py)
+    ("browser", "int8", None),
 }
 
 

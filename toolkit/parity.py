@@ -525,12 +525,14 @@ def stored_rows(
     rows = []
     for entry, logits in stored.rows:
         row = ParityRow(**outputs.stored_row_fields(entry, ParityRow), machine="saved")
+        row.compared_as = row.compared_as or "logits"  # saved before rows said what they compare
         if not chosen(row.runtime, row.precision):
             continue
         if logits is not None:
             row.status, row.reason = "ok", ""
+            expected = log_softmax(stored.reference) if row.compared_as == LOG_PROBABILITIES else stored.reference
             try:
-                compare(row, logits, stored.reference, stored.labels, reference["accuracy"], reference["logit_range"])
+                compare(row, logits, expected, stored.labels, reference["accuracy"], reference["logit_range"])
             except (BadInputError, KeyError, TypeError) as e:
                 row.status, row.reason = "failed", f"stored logits unusable ({e})"
             else:
