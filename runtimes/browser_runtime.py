@@ -180,6 +180,7 @@ class BrowserRuntime(Runtime):
     def show(self, pixels: np.ndarray, screenshot: str | Path) -> dict[str, Any]:
         """Classify one uint8 (C, H, W) image as a user's image is, then save a PNG of the page."""
         data = base64.b64encode(np.ascontiguousarray(pixels.transpose(1, 2, 0)).tobytes()).decode("ascii")
+        self.page.bring_to_front()  # a background page may skip painting
         shown = self.page.evaluate("(data) => window.rtool.showPixels(data)", data)
         with atomic_path(Path(screenshot)) as tmp:
             self.page.screenshot(path=str(tmp), type="png", full_page=True)

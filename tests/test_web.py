@@ -164,6 +164,7 @@ def test_keyboard_chooses_an_image_and_the_page_reads_it_as_pillow_does(web_dir,
     pixels = convert_image(Image.open(path), fp32_page.card.input)[None]
     expected = python_onnxruntime(web_dir / "model.onnx", pixels)[0]
     page = fp32_page.page
+    page.bring_to_front()  # the visitor's tab: Chromium opens file choosers for the active page
     page.evaluate("document.getElementById('results').replaceChildren(); document.activeElement.blur()")
     for _ in range(8):
         page.keyboard.press("Tab")
