@@ -237,6 +237,15 @@ def test_parity_has_browser_rows(cpu_export_dir, rtool, tmp_path):
     assert re.search(r"browser\s+fp32\s+ok", result.stdout) and re.search(r"browser\s+int8\s+ok", result.stdout)
 
 
+def test_bench_times_the_browser(cpu_export_dir, rtool, tmp_path):
+    args = ("--runtimes", "browser", "--precisions", "fp32", "--batch-sizes", "1,4", "--iters", "2", "--warmup", "1")
+    result = rtool("bench", cpu_export_dir, *args, "--json", tmp_path / "b.json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [(r["runtime"], r["precision"], r["batch"]) for r in rows] == [("browser", "fp32", b) for b in (1, 4)]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] and "Chromium" in r["device"] for r in rows)
+
+
 def test_missing_chromium_is_an_unavailable_row_with_the_command(cpu_export_dir, monkeypatch, rtool, tmp_path):
     monkeypatch.setenv("RTOOL_CHROMIUM", str(tmp_path / "no-chromium"))
     ok, why = available("browser")
