@@ -17,18 +17,10 @@ from toolkit.models import create_model
 REPO = Path(__file__).resolve().parents[1]
 
 
-# `make test` runs the suite on every core (pytest-xdist, `--dist loadfile`): a test file is one unit of work,
-# so its module fixtures are built once. The file that trains the demo model (`demo_run`) is the longest unit:
-# it goes first.
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    demo_files = {item.path for item in items if "demo_run" in item.fixturenames}
-    items.sort(key=lambda item: item.path not in demo_files)
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
-    """Keep each test process from oversubscribing the cores: two threads alone, one per parallel worker."""
-    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+    """Two cores on CI: keep each test process from oversubscribing them."""
+    torch.set_num_threads(2)
 
 
 def run_rtool(
