@@ -171,10 +171,22 @@ def runtime_for_file(path: str | Path) -> str:
     )
 
 
-def artifact_label(runtime: str, precision: str, target: str | None = None) -> str:
-    """How reports name a file's row: 'onnxruntime int8 (cpu)'; the INT8 target tells the two INT8 files apart."""
-    suffix = f" ({target})" if target and precision == "int8" else ""
-    return f"{runtime} {precision}{suffix}"
+def artifact_variant(runtime: str, precision: str, target: str | None = None, fmt: str | None = None) -> str:
+    """What tells a file apart from the runtime's other files of one precision: the format, when the runtime
+    runs several ('ort' beside 'onnx'), and the INT8 target ('cpu', 'tensorrt'); '' when nothing needs to."""
+    load_all()
+    parts = []
+    if fmt and fmt in _REGISTRY.get(runtime, Runtime).formats[1:]:
+        parts.append(fmt)
+    if target and precision == "int8":
+        parts.append(target)
+    return ", ".join(parts)
+
+
+def artifact_label(runtime: str, precision: str, target: str | None = None, fmt: str | None = None) -> str:
+    """How reports name a file's row: 'onnxruntime int8 (cpu)', 'onnxruntime fp32 (ort)'."""
+    variant = artifact_variant(runtime, precision, target, fmt)
+    return f"{runtime} {precision}" + (f" ({variant})" if variant else "")
 
 
 PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)  # the smallest probability a float32 model output can state

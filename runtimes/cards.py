@@ -165,10 +165,14 @@ def resolve_artifact(
         and a.get("precision") == precision
         and (target is None or a.get("target") in (target, None))
     ]
-    # Several files may fit (e.g. model.onnx and model.raw.onnx for apps): prefer the standard name,
-    # then the CPU-tuned INT8 file when no target was asked for.
+    # Several files may fit (e.g. model.onnx and model.raw.onnx for apps, model.ort): prefer the runtime's own
+    # format, then the standard name, then the CPU-tuned INT8 file when no target was asked for.
+    from runtimes import get_runtime_class, list_runtimes
+
+    home = get_runtime_class(runtime).formats[:1] if runtime in list_runtimes() else ()
     matches.sort(
         key=lambda a: (
+            a.get("format") not in home,
             a.get("file") != artifact_filename(str(a.get("format")), precision, a.get("target")),
             target is None and a.get("target") not in (None, "cpu"),
         )

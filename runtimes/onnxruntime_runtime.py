@@ -1,4 +1,5 @@
-"""ONNX Runtime (.onnx, FP32/FP16/INT8) with execution providers chosen from what really works here.
+"""ONNX Runtime (.onnx FP32/FP16/INT8, and its own .ort format) with execution providers chosen from what really
+works here.
 
 onnxruntime-gpu lists the TensorRT and CUDA providers wherever it is
 installed, even on machines with no GPU; asking for one there prints a long
@@ -52,7 +53,7 @@ from runtimes.cards import card_beside, card_from_json, check_card_fits_input
 from toolkit.card import ONNX_METADATA_KEY
 from toolkit.errors import BadInputError, UnavailableError
 from toolkit.fileio import ensure_writable_dir
-from toolkit.safety import check_onnx_file
+from toolkit.safety import check_onnx_file, check_ort_file
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 ALIASES = {"tensorrt": PREFERENCE[0], "trt": PREFERENCE[0], "cuda": PREFERENCE[1], "cpu": PREFERENCE[2]}
@@ -264,8 +265,8 @@ class OnnxRuntimeRuntime(Runtime):
     ``batch_range`` (TensorRT provider's profile MIN:OPT:MAX, default exporters.DEFAULT_BATCH_RANGE)."""
 
     name = "onnxruntime"
-    suffixes = (".onnx",)
-    formats = ("onnx",)
+    suffixes = (".onnx", ".ort")
+    formats = ("onnx", "ort")
     order = 30
     devices = ("cpu", "cuda")
 
@@ -281,14 +282,15 @@ class OnnxRuntimeRuntime(Runtime):
         import onnxruntime as ort
 
         path = self.expect_file(artifact_path)
-        model = check_onnx_file(path)  # external data outside its folder, absurd sizes: refused before ORT reads it
-        kind = graph_kind(model)
-        providers, self.notes = choose_providers(self.options.get("provider"), device, kind)
+        ort_format = path.name.endswith(".ort")
+        model, kind, providers = self.checked_graph(path, device, ort_format)
         options = session_options(
             self.options.get("threads"),
             self.options.get("optimized_model_path"),
             bool(self.options.get("simulate_qdq")),
         )
+        if ort_format:
+            options.add_session_config_entry("session.load_model_format", "ORT")
         quiet = os.environ.get("RTOOL_DEBUG") is None and providers != [PREFERENCE[2]]
         # A GPU provider that passed the checks can still fail to load (e.g. a missing cuDNN); ONNX Runtime
         # then logs a multi-line error at ERROR severity. It is reported below in one line instead.
@@ -328,6 +330,27 @@ class OnnxRuntimeRuntime(Runtime):
         self.run_options = ort.RunOptions()
         if os.environ.get("RTOOL_DEBUG") is None:  # a failing node is logged in many lines; _run says it in one
             self.run_options.log_severity_level = FATAL_SEVERITY
+
+    def checked_graph(
+        self, path: Path, device: str, ort_format: bool
+    ) -> tuple[Any, tuple[str, str | None] | None, list[str]]:
+        """(ONNX graph or None for a .ort, its (precision, INT8 target), providers), the file checked before ONNX
+        Runtime reads it: external data outside its folder, absurd sizes. A .ort is a flatbuffer, not protobuf,
+        with a check of its own; it was optimized at export for the CPU provider, which runs it."""
+        if not ort_format:
+            model = check_onnx_file(path)
+            kind = graph_kind(model)
+            providers, self.notes = choose_providers(self.options.get("provider"), device, kind)
+            return model, kind, providers
+        check_ort_file(path)
+        requested = str(self.options.get("provider") or "auto").lower()
+        self.notes = []
+        if requested not in ("auto", "cpu") or device.startswith("cuda"):
+            self.notes.append(
+                f"{path.name} is ONNX Runtime's mobile format, optimized at export for the CPU provider: "
+                f"using CPUExecutionProvider"
+            )
+        return None, None, [PREFERENCE[2]]
 
     def provider_list(
         self, path: Path, model: Any, kind: tuple[str, str | None], providers: list[str], device: str

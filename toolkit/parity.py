@@ -37,7 +37,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from exporters import PRECISIONS, precisions_of_runtime
-from runtimes import artifact_label, available, error_summary, list_runtimes, log_softmax, open_runtime
+from runtimes import (
+    artifact_label,
+    artifact_variant,
+    available,
+    error_summary,
+    list_runtimes,
+    log_softmax,
+    open_runtime,
+)
 from runtimes.cards import artifact_runs, skipped_runs
 from toolkit import parity_outputs as outputs
 from toolkit.card import MANIFEST_NAME, ModelCard
@@ -84,6 +92,8 @@ def default_thresholds() -> dict[str, Thresholds]:
     return {
         "fp32": Thresholds(agreement=99.9, max_abs_diff=1e-3),
         "fp16": Thresholds(agreement=99.5),
+        # bf16 keeps 8 significant bits (fp16 keeps 11): OpenVINO's bf16 ResNet-18 logits were 2.3e-2 off
+        "bf16": Thresholds(agreement=99.0, accuracy_drop=0.5),
         "int8": Thresholds(agreement=99.0, accuracy_drop=1.0),
     }
 
@@ -173,10 +183,12 @@ class ParityRow:
     failed_thresholds: list[str] = field(default_factory=list)
     machine: str = ""  # with --load-outputs: "saved" (the other machine's row) or "here"
     compared_as: str = "logits"  # or log-probabilities: the model ends in a softmax (eager's log_softmax compared)
+    format: str | None = None  # the exporter format of the file (onnx, ort, openvino, ...)
 
     @property
     def label(self) -> str:
-        return artifact_label(self.runtime, self.precision, self.target) + (f" @{self.machine}" if self.machine else "")
+        label = artifact_label(self.runtime, self.precision, self.target, self.format)
+        return label + (f" @{self.machine}" if self.machine else "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -356,35 +368,41 @@ def _sort_key(row: ParityRow) -> tuple[int, int, str]:
     order = list_runtimes()
     runtime = order.index(row.runtime) if row.runtime in order else len(order)
     precision = PRECISIONS.index(row.precision) if row.precision in PRECISIONS else len(PRECISIONS)
-    return runtime, precision, row.target or ""
+    return runtime, precision, artifact_variant(row.runtime, row.precision, row.target, row.format)
 
 
 def runnable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool]) -> list[tuple[ParityRow, dict]]:
     """One row per listed file (the eager reference aside) and per registered runtime that runs its format."""
     return [
-        (ParityRow(runtime, str(entry.get("precision")), entry["file"], entry.get("target")), entry)
+        (
+            ParityRow(
+                runtime, str(entry.get("precision")), entry["file"], entry.get("target"), format=entry.get("format")
+            ),
+            entry,
+        )
         for runtime, entry in artifact_runs(manifest)
         if entry.get("format") != "checkpoint" and chosen(runtime, str(entry.get("precision")))
     ]
 
 
 def unavailable_rows(
-    manifest: dict[str, Any], chosen: Callable[[str, str], bool], covered: set[tuple[str, str]]
+    manifest: dict[str, Any], chosen: Callable[[str, str], bool], covered: set[tuple[str, str, Any]]
 ) -> list[tuple[ParityRow, None]]:
     """Rows for what the export skipped and for runtimes that cannot run here, each with its reason."""
     plan: list[tuple[ParityRow, None]] = []
     for runtime, skip in skipped_runs(manifest):
         precision = str(skip.get("precision"))
-        if not chosen(runtime, precision) or (runtime, precision) in covered:
+        if not chosen(runtime, precision) or (runtime, precision, skip.get("format")) in covered:
             continue
         reason = f"not exported: {skip.get('reason') or 'no reason given'}"
-        plan.append(
-            (ParityRow(runtime, precision, None, skip.get("target"), status="unavailable", reason=reason), None)
+        row = ParityRow(
+            runtime, precision, None, skip.get("target"), status="unavailable", reason=reason, format=skip.get("format")
         )
-        covered.add((runtime, precision))
+        plan.append((row, None))
+        covered.add((runtime, precision, skip.get("format")))
     for runtime in list_runtimes():  # a runtime that cannot run here and that the manifest does not mention
         ok, why = available(runtime)
-        if ok or any(r == runtime for r, _ in covered):
+        if ok or any(r == runtime for r, _, _ in covered):
             continue
         plan += [
             (ParityRow(runtime, precision, None, status="unavailable", reason=why), None)
@@ -409,7 +427,7 @@ def planned_rows(
     """Rows for every listed artifact, every skipped one, and every runtime that cannot run here."""
     chosen = chooser(runtimes, precisions)
     plan: list[tuple[ParityRow, dict[str, Any] | None]] = list(runnable_rows(manifest, chosen))
-    plan += unavailable_rows(manifest, chosen, {(r.runtime, r.precision) for r, _ in plan})
+    plan += unavailable_rows(manifest, chosen, {(r.runtime, r.precision, r.format) for r, _ in plan})
     plan.sort(key=lambda item: _sort_key(item[0]))
     return plan
 

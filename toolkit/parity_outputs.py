@@ -34,7 +34,18 @@ from toolkit.fileio import atomic_path
 FORMAT = "rtool-parity-outputs"
 VERSION = 1
 MAX_BYTES = 8 << 30  # uncompressed arrays a file may hold: far above any test set's logits, far below a zip bomb
-ROW_FIELDS = ("runtime", "precision", "artifact", "target", "device", "status", "reason", "latency_ms", "compared_as")
+ROW_FIELDS = (
+    "runtime",
+    "precision",
+    "artifact",
+    "target",
+    "device",
+    "status",
+    "reason",
+    "latency_ms",
+    "compared_as",
+    "format",
+)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from urllib.parse import quote
 
 from rich.markup import escape
 
+from runtimes import artifact_variant
 from toolkit.bench import BenchReport
 from toolkit.console import make_console
 from toolkit.fileio import atomic_write_text
@@ -51,8 +52,13 @@ def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
 
 
-def _precision_label(runtime: str, precision: str, target: str | None) -> str:
-    return f"{precision} ({target})" if target and precision == "int8" else precision
+def _precision_label(runtime: str, precision: str, target: str | None, fmt: str | None = None) -> str:
+    variant = artifact_variant(runtime, precision, target, fmt)
+    return f"{precision} ({variant})" if variant else precision
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 
 def parity_cells(report: ParityReport) -> list[list[str]]:
@@ -78,7 +84,7 @@ def parity_cells(report: ParityReport) -> list[list[str]]:
         cells.append(
             [
                 row.runtime + (f" @{row.machine}" if row.machine else ""),
-                _precision_label(row.runtime, row.precision, row.target),
+                _precision_label(row.runtime, row.precision, row.target, row.format),
                 row.artifact or "",
                 row.device or "",
                 row.status,
@@ -189,7 +195,7 @@ def bench_cells(report: BenchReport) -> list[list[str]]:
     return [
         [
             r.runtime,
-            _precision_label(r.runtime, r.precision, r.target),
+            _precision_label(r.runtime, r.precision, r.target, r.format),
             str(r.batch),
             f"{r.p50_ms:.2f}",
             f"{r.p90_ms:.2f}",
@@ -230,6 +236,17 @@ def print_bench(report: BenchReport, console: Any = None) -> None:
         )
     for name, ratio in report.ratios(1).items():
         console.print(f"p50 at batch 1: {name} = {ratio:.2f}x", highlight=False)
+    for line in fastest_lines(report):
+        console.print(line, markup=False, highlight=False)
+
+
+def fastest_lines(report: BenchReport, batch: int = 1) -> list[str]:
+    """'fastest int8 at batch 1: openvino int8, p50 1.43 ms = 0.08x eager fp32', one per precision."""
+    lines = []
+    for precision, best in report.fastest(batch).items():
+        versus = f" = {best['vs_eager']:.2f}x eager fp32" if best["vs_eager"] is not None else ""
+        lines.append(f"fastest {precision} at batch {batch}: {best['label']}, p50 {best['p50_ms']:.2f} ms{versus}")
+    return lines
 
 
 def bench_markdown(report: BenchReport, heading: str = "## Benchmark") -> str:
@@ -243,6 +260,8 @@ def bench_markdown(report: BenchReport, heading: str = "## Benchmark") -> str:
         parts.append(
             "p50 ratios at batch 1: " + "; ".join(f"{markdown_text(k)} = {v:.2f}x" for k, v in ratios.items()) + "."
         )
+    if report.fastest(1):
+        parts.append("\n".join(f"- {markdown_text(line)}" for line in fastest_lines(report)))
     if report.unavailable:
         parts.append(
             "Not timed here: "
@@ -489,11 +508,11 @@ def demo_markdown(
         parts.append(f"![training curves]({_link(curves)})")
     rows = [
         [
-            e["file"],
+            " + ".join([e["file"], *(c["file"] for c in e.get("companions", []))]),
             e["format"],
             _precision_label(e.get("runtime", ""), e["precision"], e.get("target")),
             e.get("runtime", ""),
-            f"{e['size'] / 1e6:.2f} MB" if e["size"] >= 1e5 else f"{e['size'] / 1e3:.1f} kB",
+            _size_text(e["size"] + sum(c["size"] for c in e.get("companions", []))),
         ]
         for e in exports
     ]
