@@ -15,7 +15,7 @@ CHROMIUM_INSTALL := apt-get install -y chromium
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,browser]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,browser,edge]'
 	touch $(STAMP)
 
 # The pinned onnxruntime-web that `rtool export --format web` copies into every page.

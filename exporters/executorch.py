@@ -95,9 +95,9 @@ def quantized(
 def lower(program: torch.export.ExportedProgram, card: ModelCard, max_batch: int) -> tuple[bytes, dict[str, Any]]:
     """(.pte bytes, what the XNNPACK delegate took), with the card as a constant method.
 
-    NNPACK and oneDNN are off while lowering: XNNPACK's passes run each convolution on fake tensors, and
-    PyTorch's CPU backend choice asks "batch >= 16?" (NNPACK's rule), which pins the symbolic batch below 16
-    (measured with torch 2.14: a program exported for batch 1..64 was planned for 15). The lowered program
+    NNPACK and oneDNN are off while lowering and planning memory: both run each convolution on fake tensors,
+    and PyTorch's CPU backend choice asks "batch >= 16?" (NNPACK's rule), which pins the symbolic batch below
+    16 (measured with torch 2.14: a program exported for batch 1..64 was planned for 15). The lowered program
     runs on XNNPACK either way.
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -105,15 +105,12 @@ def lower(program: torch.export.ExportedProgram, card: ModelCard, max_batch: int
     from executorch.exir import to_edge_transform_and_lower
 
     constants = {CARD_METHOD: torch.tensor(list(card.to_json().encode("utf-8")), dtype=torch.uint8)}
-    with (
-        warnings.catch_warnings(),
-        torch.backends.nnpack.flags(enabled=False),
-        torch.backends.mkldnn.flags(enabled=False),
-    ):
-        warnings.simplefilter("ignore")
-        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants)
-        info = get_delegation_info(edge.exported_program().graph_module)
-        buffer = edge.to_executorch().buffer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # also mkldnn.flags' note that TF32 needs an Intel GPU
+        with torch.backends.nnpack.flags(enabled=False), torch.backends.mkldnn.flags(enabled=False):
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constants)
+            info = get_delegation_info(edge.exported_program().graph_module)
+            buffer = edge.to_executorch().buffer  # memory planning: it runs the graph on fake tensors too
     delegation = {
         "delegate": "XNNPACK",
         "delegated_nodes": info.num_delegated_nodes,

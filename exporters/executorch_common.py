@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,12 +41,15 @@ def executorch_missing() -> str:
 
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
-    """torch's pytree logger warns when ExecuTorch registers its enums; rtool has nothing to do about it."""
+    """torch's pytree logger warns when ExecuTorch registers its enums, and ExecuTorch's Python bindings warn
+    that they are experimental; rtool's user has nothing to do about either."""
     logger = logging.getLogger("torch.utils._pytree")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="This API is experimental")
+            yield
     finally:
         logger.setLevel(level)
 

@@ -13,7 +13,14 @@ from toolkit.demo import MARKER, OWNED, claim_folder
 from toolkit.errors import BadInputError
 from toolkit.parity import default_thresholds, run_parity
 
-from conftest import DEMO_ARGS, DEMO_USER_FILES, assert_one_line_error
+from conftest import (
+    DEMO_ARGS,
+    DEMO_USER_FILES,
+    EXECUTORCH_MISSING,
+    OPENVINO_MISSING,
+    assert_one_line_error,
+    edge_files,
+)
 
 FAST = DEMO_ARGS
 
@@ -51,7 +58,9 @@ def test_demo_end_to_end(demo_run):
         "model.int8-trt.onnx",
         "web/model.onnx",
         "web/model.int8.onnx",
-    } <= {a["file"] for a in manifest["artifacts"]}
+    } | edge_files()[0] <= {a["file"] for a in manifest["artifacts"]}
+    assert "fastest int8 at batch 1:" in result.stdout and "fastest int8 at batch 1:" in report
+    assert "cpuinfo" not in result.stdout + result.stderr  # ExecuTorch's native start-up lines stay out
     for step in ("[1/6]", "[3/6]", "[6/6]", "report:"):
         assert step in result.stdout
     for line in result.stdout.splitlines():  # reasons are printed as they are, not read as rich markup
@@ -101,6 +110,12 @@ CPU_ROWS = {
     ("browser", "fp32", None),  # the web page in headless Chromium (tests/test_web.py)
     ("browser", "int8", None),
 }
+EDGE_ROWS = {  # (runtime, precision, format) of the edge targets whose packages are installed here
+    ("onnxruntime", "fp32", "ort"),
+    ("onnxruntime", "int8", "ort"),
+    *([] if OPENVINO_MISSING else [("openvino", p, "openvino") for p in ("fp32", "fp16", "int8")]),
+    *([] if EXECUTORCH_MISSING else [("executorch", p, "executorch") for p in ("fp32", "int8")]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +132,7 @@ def test_every_available_runtime_meets_the_thresholds(trained_export):
     assert report.reference["images"] == 1000 and report.reference["accuracy"] > 90
     measured = {(r.runtime, r.precision, r.target) for r in report.rows if r.status != "unavailable"}
     assert CPU_ROWS <= measured
+    assert EDGE_ROWS <= {(r.runtime, r.precision, r.format) for r in report.rows if r.status != "unavailable"}
     for row in report.rows:
         if row.status == "unavailable":
             assert not available(row.runtime)[0] or row.artifact is None, row

@@ -14,7 +14,7 @@ from toolkit.errors import BadInputError, RtoolError
 from toolkit.infer import run_infer
 from toolkit.preprocess import convert_image, prepare_batch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, needs_executorch, needs_openvino, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,10 @@ def test_first_16_test_images_int8_table(cpu_export_dir):
         ("onnxruntime", "fp32"),
         ("onnxruntime", "fp16"),
         ("onnxruntime", "int8"),
+        pytest.param("openvino", "fp32", marks=needs_openvino),
+        pytest.param("openvino", "int8", marks=needs_openvino),
+        pytest.param("executorch", "fp32", marks=needs_executorch),
+        pytest.param("executorch", "int8", marks=needs_executorch),
     ],
 )
 def test_every_runtime_predicts_the_first_test_images(cpu_export_dir, runtime, precision):

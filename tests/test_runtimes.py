@@ -20,6 +20,8 @@ from toolkit.data import load_dataset
 from toolkit.errors import BadInputError, UnavailableError, UnsafeFileError
 from toolkit.preprocess import prepare_batch
 
+from conftest import needs_executorch, needs_openvino
+
 # (runtime, file, max |logit - eager| allowed as a fraction of the eager logits' range, min top-1 agreement)
 CASES = [
     ("torchscript", "model.ts", 1e-4, 1.0),
@@ -30,6 +32,13 @@ CASES = [
     # S8S8 for TensorRT, calibrated on 16 images, run as parity runs it where TensorRT is missing: its Q/DQ in
     # float (x86 S8S8 kernels may saturate in int16, which differs by CPU and says nothing about the file)
     ("onnxruntime", "model.int8-trt.onnx", 0.25, 0.9),
+    ("onnxruntime", "model.ort", 1e-4, 1.0),
+    ("onnxruntime", "model.int8-cpu.ort", 0.1, 0.9),
+    pytest.param("openvino", "model.openvino.xml", 1e-4, 1.0, marks=needs_openvino),
+    pytest.param("openvino", "model.fp16.openvino.xml", 2e-3, 0.95, marks=needs_openvino),
+    pytest.param("openvino", "model.int8.openvino.xml", 0.1, 0.9, marks=needs_openvino),
+    pytest.param("executorch", "model.pte", 1e-4, 1.0, marks=needs_executorch),
+    pytest.param("executorch", "model.int8.pte", 0.1, 0.9, marks=needs_executorch),
 ]
 RUN_OPTIONS = {"model.int8-trt.onnx": {"simulate_qdq": True}}
 
@@ -48,7 +57,7 @@ def eager_logits(cpu_export_dir, batch) -> np.ndarray:
         return rt.infer(batch)
 
 
-@pytest.mark.parametrize("name,file,tolerance,agreement", CASES, ids=[c[1] for c in CASES])
+@pytest.mark.parametrize("name,file,tolerance,agreement", CASES, ids=[getattr(c, "values", c)[1] for c in CASES])
 def test_runtime_matches_eager(cpu_export_dir, batch, eager_logits, name, file, tolerance, agreement):
     with open_runtime(name, cpu_export_dir / file, "cpu", threads=1, **RUN_OPTIONS.get(file, {})) as rt:
         logits = rt.infer(batch)

@@ -221,7 +221,7 @@ Examples:
 @click.option(
     "--runtime",
     default=None,
-    help="eager | torchscript | pt2 | onnxruntime | tensorrt "
+    help="eager | torchscript | pt2 | onnxruntime | openvino | executorch | tensorrt "
     "(default: from the file type; onnxruntime for an export folder).",
 )
 @click.option(
@@ -369,7 +369,7 @@ Examples:
     "--precision",
     "precisions",
     default=None,
-    help="Comma list of fp32, fp16, int8 (default: each format's first; every one with --format all).",
+    help=f"Comma list of {', '.join(PRECISIONS)} (default: each format's first; every one with --format all).",
 )
 @click.option(
     "--target",
@@ -647,7 +647,7 @@ Thresholds file (JSON, or TOML with one [precision] table each):
 @click.option("--dataset", default=None, help="Data set whose test split is used (default: the model card's).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
 @click.option("--runtimes", default=None, help="Comma list of runtimes to compare (default: every one listed).")
-@click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
+@click.option("--precisions", default=None, help=f"Comma list of {', '.join(PRECISIONS)} (default: all).")
 @click.option("--require", default=None, help="Comma list of runtimes that must run: unavailable counts as failed.")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Use N evenly spaced test images (default: all)."
@@ -766,7 +766,7 @@ Examples:
 )
 @click.argument("source")
 @click.option("--runtimes", default=None, help="Comma list of runtimes (default: every one available).")
-@click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
+@click.option("--precisions", default=None, help=f"Comma list of {', '.join(PRECISIONS)} (default: all).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma list of batch sizes.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls first.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls per row.")
