@@ -206,3 +206,14 @@ def test_bench_times_a_pte_up_to_its_batch_limit_and_says_why_not_above(cpu_expo
         "batch 40 is above the 32 that model.pte takes",
         "batch 40 is above the 32 that model.int8.pte takes",
     }
+
+
+@needs_executorch
+@needs_openvino
+def test_infer_classifies_test_images_with_the_edge_runtimes(cpu_export_dir):
+    for runtime, device in (("openvino", "CPU (f32)"), ("executorch", "CPU (XNNPACK)")):
+        result = run_cli(
+            "infer", cpu_export_dir, "--runtime", runtime, "--precision", "int8", "--dataset", "mnist5k", "--first", "4"
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"{runtime} int8 on {device}" in result.stdout and "accuracy: " in result.stdout

@@ -45,7 +45,7 @@ class FormatOptionsCommand(click.Command):
             self.formats_added = True
             self.params.extend(click_params(option_classes()))
             rows = [
-                f"  {e.name:<12} {','.join(e.precisions):<15} runs on {e.runtime}"
+                f"  {e.name:<12} {','.join(e.precisions):<20} runs on {e.runtime}"
                 f"{'' if e.in_all else ' (by name only, not in all)'}"
                 for e in exporters()
             ]
@@ -355,6 +355,8 @@ Examples:
   rtool export runs/r20/best.pt --embed-preprocessing --embed-softmax   + model.raw-softmax.onnx for apps
   rtool export runs/r20/best.pt --format triton        Triton model repository in runs/r20/export/triton/
   rtool export runs/r20/best.pt --format web --precision fp32,int8   web page in runs/r20/export/web/
+  rtool export runs/r20/best.pt --format openvino,ort --precision fp32,int8    OpenVINO IR and .ort files
+  rtool export runs/r20/best.pt --format executorch --precision int8 --pte-max-batch 8
 """,
 )
 @click.argument("source")
