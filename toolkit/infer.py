@@ -351,10 +351,10 @@ def save_grid(result: InferResult, out: str | Path, selection: str | None = None
         else:
             titles.append(f"pred {short_label(pred.predicted)}\ntrue {short_label(pred.actual)}")
         wrong.append(pred.correct is False)
-    found = manifest_entry(result.model_file) if result.precision == "int8" else None
-    target = found[1].get("target") if found else None
+    found = manifest_entry(result.model_file) if result.precision else None
+    target, fmt = (found[1].get("target"), found[1].get("format")) if found else (None, None)
     header = f"{result.model_file.name}: " + (
-        artifact_label(result.runtime, result.precision, target) if result.precision else result.runtime
+        artifact_label(result.runtime, result.precision, target, fmt) if result.precision else result.runtime
     )
     total, labelled = len(result.predictions), result.labelled
     if selection:
