@@ -21,7 +21,8 @@ from exporters.executorch_common import (
 )
 from runtimes import Runtime, error_summary, physical_cores, register_runtime
 from runtimes.cards import card_beside, card_from_json
-from toolkit.errors import BadInputError, UnavailableError
+from toolkit.devices import parse_device
+from toolkit.errors import BadInputError
 
 
 @register_runtime
@@ -44,8 +45,8 @@ class ExecuTorchRuntime(Runtime):
 
         self._torch = torch
         path = self.expect_file(artifact_path)
-        if device not in ("auto", "cpu"):
-            raise UnavailableError(f"the executorch runtime runs on the CPU; --device {device} is not one it offers")
+        if parse_device(device)[0] == "cuda":  # the programs are lowered to XNNPACK, a CPU backend
+            self.notes.append(f"--device {device}: the executorch runtime runs on the CPU (XNNPACK)")
         program = load_program(path, self.options.get("threads") or physical_cores())
         stored = stored_card_json(program)
         self.card = card_from_json(stored, path) if stored else card_beside(path)

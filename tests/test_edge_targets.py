@@ -217,3 +217,15 @@ def test_infer_classifies_test_images_with_the_edge_runtimes(cpu_export_dir):
         )
         assert result.returncode == 0, result.stderr
         assert f"{runtime} int8 on {device}" in result.stdout and "accuracy: " in result.stdout
+
+
+def test_read_card_finds_the_card_inside_each_edge_file_alone(cpu_export_dir, tmp_path):
+    from runtimes.cards import read_card
+
+    names = ["model.int8-cpu.ort"]
+    names += [] if OPENVINO_MISSING else ["model.openvino.xml", "model.openvino.bin"]
+    names += [] if EXECUTORCH_MISSING else ["model.pte"]
+    for name in names:  # copied without the manifest: the card must come from the file itself
+        shutil.copy(cpu_export_dir / name, tmp_path / name)
+    for name in (n for n in names if not n.endswith(".bin")):
+        assert read_card(tmp_path / name).to_dict() == read_manifest(cpu_export_dir)["card"], name
