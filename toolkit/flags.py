@@ -141,8 +141,8 @@ def _click_type(kind: Any, rule: Flag) -> click.ParamType:
 def _declaration(f: Field, kind: Any, rule: Flag) -> tuple[list[str], dict[str, Any]]:
     """The click option's names and settings for one field."""
     name = flag_name(f.name)
-    if kind is bool:  # off by default: a plain flag; on by default: --x/--no-x
-        declaration = f"{name}/--no-{name[2:]}" if f.default else name
+    if kind is bool:  # off by default: a plain flag; on (or None: decided later) by default: --x/--no-x
+        declaration = name if f.default is False else f"{name}/--no-{name[2:]}"
         return [declaration, f.name], dict(
             is_flag=True, default=f.default, show_default=bool(f.default), help=rule.help
         )

@@ -37,7 +37,7 @@ _HOMES = {
     ),
     "distributed": ("Distributed", "resolve_device", "init_distributed", "launch_processes"),
     "inputs": ("limit_split", "make_splits", "resolve_shape", "with_statistics", "parse_input_size"),
-    "batching": ("epoch_order", "batch_generator", "random_shift", "normalize", "model_input"),
+    "batching": ("epoch_order", "batch_generator", "random_shift", "random_flip", "normalize", "model_input"),
     "loop": (
         "EpochStats",
         "Trainer",

@@ -60,7 +60,10 @@ class TrainConfig:
     lr: float | None = setting(
         None, f"Peak learning rate (default: {_per_optimizer(DEFAULT_LR)}).", low=0, low_open=True
     )
-    momentum: float = setting(0.9, "SGD momentum (Nesterov).", low=0, high=1)
+    momentum: float = setting(0.9, "SGD momentum.", low=0, high=1)
+    nesterov: bool = setting(
+        True, "Nesterov momentum for SGD (--no-nesterov: the classic momentum of the ResNet paper)."
+    )
     weight_decay: float | None = setting(None, f"Default: {_per_optimizer(DEFAULT_WEIGHT_DECAY)}.", low=0)
     label_smoothing: float = setting(
         0.0, "Share of each label spread over the other classes.", low=0, high=1, high_open=True
@@ -81,7 +84,11 @@ class TrainConfig:
         "flip, colour jitter). Default: light for folders.",
         choices=AUGMENT_PRESETS,
     )
-    flip: bool = setting(True, "Horizontal flips in --augment (turn off for digits, text, anything handed).")
+    flip: bool | None = setting(
+        None,
+        "Random horizontal flips (natural photos; not digits, text or anything handed). Default: on in --augment "
+        "for image folders, off for the in-memory data sets.",
+    )
     val_fraction: float = setting(
         0.1,
         "Share of the training images held out (fixed seed) for validation when the data set has no val/.",

@@ -176,7 +176,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, dist_info: Distributed) ->
     preset = (config.augment or "light") if not data.in_memory else None
     card_training.update(val_split=splits.val_source, input=spec_note)
     if preset:
-        card_training.update(augment=preset, augmentation=augmentation.describe(preset, spec, config.flip))
+        card_training.update(augment=preset, augmentation=augmentation.describe(preset, spec, config.flip is not False))
     return Trainer(
         config=config,
         run_dir=run_dir,
@@ -192,7 +192,7 @@ def build_trainer(config: TrainConfig, run_dir: Path, dist_info: Distributed) ->
         scaler=torch.amp.GradScaler(device.type, enabled=config.amp == "fp16"),
         loss_fn=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
         steps_per_epoch=steps_per_epoch,
-        augment=augmentation.build(preset, spec, config.flip) if preset else None,
+        augment=augmentation.build(preset, spec, config.flip is not False) if preset else None,
         workers=worker_count(config) if not data.in_memory else 0,
         frozen=config.freeze_backbone,
         card_training=card_training,
