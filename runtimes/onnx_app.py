@@ -13,7 +13,7 @@ file's ``metadata_props`` (see docs/onnx-metadata.md).
 Command line: ``python -m runtimes.onnx_app MODEL IMAGE... [--top-k K] [--json]``.
 
 Preprocessing mirrors ``toolkit/preprocess.py`` operation for operation
-(colour conversion, bilinear resize, the centre crop of cards that say
+(EXIF orientation, colour conversion, bilinear resize, the centre crop of cards that say
 ``resize: center_crop``, ``(pixels / 255 - mean) / std`` in float32), so an
 app gets the inputs that rtool measured its parity on; a test keeps the two
 identical.
@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 CARD_KEY = "rtool.model_card"  # the ONNX metadata_props key that holds the card as JSON
 SUPPORTED_CARD_FORMAT = 2  # newest card format this file understands (2 added input.resize)
@@ -117,10 +117,12 @@ class Predictor:
 
     def _pixels(self, image: ImageSource) -> np.ndarray:
         """One image -> uint8 (H, W, C) in the card's colour mode and size (Pillow bilinear resize)."""
-        if not isinstance(image, Image.Image):
+        if isinstance(image, Image.Image):
+            image = _upright(image)
+        else:
             with open_image(image) as opened:
-                try:
-                    image = _convert(opened, self.color)  # reads the pixels; a copy when the mode already fits
+                try:  # reads the pixels; a copy when the mode already fits
+                    image = _convert(_upright(opened), self.color)
                 except (OSError, ValueError) as e:
                     raise PredictorError(f"cannot read image {image} ({e.__class__.__name__}: {e})") from None
         if image.mode != self.color:
@@ -204,6 +206,13 @@ def open_image(path: str | Path) -> Image.Image:
         image.close()
         raise PredictorError(f"image {path} is {image.width}x{image.height} pixels, {too_large}")
     return image
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The EXIF orientation applied, as rtool applies it (``toolkit.preprocess.upright``; browsers do it too)."""
+    if image.getexif().get(0x0112, 1) in (1, 0):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:

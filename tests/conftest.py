@@ -221,6 +221,30 @@ def photo_jpegs(tmp_path_factory) -> list[Path]:
     return paths
 
 
+# EXIF orientation -> the transposition that makes the picture upright (Pillow's ImageOps.exif_transpose)
+EXIF_TURNS = {1: None, 2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE", 6: "ROTATE_270"}
+EXIF_TURNS |= {7: "TRANSVERSE", 8: "ROTATE_90"}
+
+
+@pytest.fixture(scope="session")
+def exif_jpegs(tmp_path_factory) -> dict[int, Path]:
+    """One landscape 45x30 colour JPEG saved with each EXIF orientation 1-8: the same compressed pixels, a tag
+    saying how to turn them (as a phone writes a portrait photo: sideways, plus a tag)."""
+    import matplotlib.cbook
+    from PIL import Image
+
+    photo = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    photo = photo.crop((0, 100, 512, 441)).resize((45, 30))
+    folder = tmp_path_factory.mktemp("exif_jpegs")
+    paths = {}
+    for orientation in EXIF_TURNS:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        paths[orientation] = folder / f"orientation-{orientation}.jpg"
+        photo.save(paths[orientation], quality=95, subsampling=0, exif=exif.tobytes())
+    return paths
+
+
 EMBED_EXPORT_ARGS = (
     "--format",
     "onnx,triton",

@@ -237,6 +237,28 @@ def test_node_decodes_jpegs_within_a_few_levels_of_pillow(node, jpegs, color):
     assert offset == len(got)
 
 
+def test_node_turns_jpegs_upright_by_their_exif_orientation_as_rtool_does(node, exif_jpegs):
+    """Orientations 1-8 of one photo: Node's pixels have the upright size and Pillow's upright pixels (within
+    the JPEG decoders' few levels); a wrong turn would differ by far more, or in shape."""
+    from toolkit.preprocess import upright
+
+    files = [exif_jpegs[k] for k in sorted(exif_jpegs)]
+    got = node_eval(
+        node,
+        f"for (const p of {json.dumps([str(p) for p in files])}) {{ const i = c.loadImage(p, 'RGB'); "
+        "process.stdout.write(JSON.stringify([i.width, i.height]) + '\\n' + Buffer.from(i.data).toString('hex') "
+        "+ '\\n'); }",
+    ).decode()
+    lines = got.splitlines()
+    for k, path in enumerate(files):
+        expected = np.asarray(upright(Image.open(path)).convert("RGB")).astype(int)
+        width, height = json.loads(lines[2 * k])
+        assert (height, width) == expected.shape[:2], path.name
+        pixels = np.frombuffer(bytes.fromhex(lines[2 * k + 1]), dtype=np.uint8).reshape(expected.shape)
+        diff = np.abs(pixels.astype(int) - expected)
+        assert diff.max() <= JPEG_MAX_DIFF and diff.mean() <= JPEG_MEAN_DIFF, (path.name, diff.max(), diff.mean())
+
+
 def test_node_predicts_on_jpegs_what_rtool_infer_predicts(node, embed_export_dir, jpegs):
     result = run_rtool(
         "infer",

@@ -22,7 +22,7 @@ from toolkit.card import ONNX_METADATA_KEY, InputSpec
 from toolkit.checkpoint import make_card
 from toolkit.preprocess import convert_image, prepare_batch
 
-from conftest import REPO
+from conftest import EXIF_TURNS, REPO
 
 TOP_K = 3
 
@@ -225,6 +225,47 @@ def test_crop_card_gives_what_rtool_infer_and_numpy_give_on_non_square_jpegs(cro
     assert not np.array_equal(
         prepare_batch(convert_image(Image.open(photo_jpegs[0]), stretched)[None], stretched), got[:1]
     )
+
+
+def upright_reference(path: Path) -> Image.Image:
+    """The photo of ``exif_jpegs`` turned by hand from its untagged twin (same compressed pixels)."""
+    orientation = int(path.stem.rsplit("-", 1)[1])
+    plain = Image.open(path.with_name("orientation-1.jpg"))
+    turn = EXIF_TURNS[orientation]
+    return plain if turn is None else plain.transpose(getattr(Image.Transpose, turn))
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_exif_orientation_is_applied_alike_by_rtool_training_and_the_app(exif_jpegs, tmp_path, crop):
+    """A photo tagged "turn me" reaches the model upright in rtool (infer's and evaluation's convert_image,
+    training's FileSplit.read) and in onnx_app, for a stretching and a cropping card; ignoring the tag would
+    give other pixels (checked)."""
+    from toolkit.data.imagefolder import FileSplit
+    from toolkit.preprocess import resize_to_input
+
+    path, spec = rgb_model(tmp_path / "rgb.onnx")
+    if crop:
+        spec = InputSpec(3, 24, 32, spec.mean, spec.std, resize="center_crop", resize_size=32)
+    predictor = Predictor(path)
+    predictor.resize, predictor.resize_size = spec.resize, spec.resize_size or 0
+    files = [exif_jpegs[k] for k in sorted(exif_jpegs)]
+    split = FileSplit(files, torch_labels(len(files)), 3)
+    for i, file in enumerate(files):
+        expected = convert_image(upright_reference(file), spec)
+        assert np.array_equal(convert_image(Image.open(file), spec), expected), file.name
+        read = split.read(i, "RGB", lambda image: resize_to_input(image, spec))
+        assert np.array_equal(read, expected), file.name
+        assert np.array_equal(predictor.preprocess([file])[0], prepare_batch(expected[None], spec)[0]), file.name
+        assert np.array_equal(predictor.preprocess([Image.open(file)])[0], prepare_batch(expected[None], spec)[0])
+    for turned in (exif_jpegs[6], exif_jpegs[3]):
+        ignored = convert_image(Image.open(exif_jpegs[1]), spec)
+        assert not np.array_equal(convert_image(Image.open(turned), spec), ignored)
+
+
+def torch_labels(count: int):
+    import torch
+
+    return torch.zeros(count, dtype=torch.int64)
 
 
 def test_single_image_and_pil_input(embed_export_dir, app_images):

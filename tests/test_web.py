@@ -327,18 +327,30 @@ def test_an_rgb_page(tmp_path):
         assert runtime.page.text_content("#title") == "tiny: 4 classes"
 
 
-@pytest.mark.parametrize("size", [(10, 21), (23, 10)])  # portrait and landscape, shorter side = resize_size
-def test_a_center_crop_page_crops_a_chosen_photo_as_rtool_does(tmp_path, size):
-    """A card with resize center_crop: the page draws the centre of a non-square photo, not the stretched whole.
+@pytest.mark.parametrize(
+    "size, orientation",
+    [((10, 21), None), ((23, 10), None), ((21, 10), 6)],  # portrait, landscape; a sideways JPEG tagged "turn"
+)
+def test_a_center_crop_page_crops_a_chosen_photo_as_rtool_does(tmp_path, size, orientation):
+    """A card with resize center_crop: the page draws the centre of a non-square photo, not the stretched whole,
+    and a JPEG's EXIF orientation is applied as rtool applies it (``toolkit.preprocess.upright``).
 
     The photo's shorter side is already resize_size, so the crop is a 1:1 copy in the browser too and its
-    pixels must equal Pillow's exactly (a resized photo goes through the browser's own resampling).
+    pixels must equal Pillow's exactly (a resized photo goes through the browser's own resampling); the JPEG's
+    within a level or two (Chromium's decoder).
     """
     spec = InputSpec(3, 8, 6, mean=[0.4, 0.5, 0.6], std=[0.2, 0.25, 0.3], resize="center_crop", resize_size=10)
     folder = tmp_path / "web"
     tiny_page(folder, spec)
-    path = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(4).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    smooth = np.linspace(0, 255, size[0] * size[1] * 3).reshape(size[1], size[0], 3)  # JPEG keeps it closely
+    photo = Image.fromarray(np.random.default_rng(4).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    if orientation is None:
+        path = tmp_path / "photo.png"
+        photo.save(path)
+    else:
+        path, exif = tmp_path / "photo.jpg", Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(smooth.astype(np.uint8)).save(path, quality=100, subsampling=0, exif=exif.tobytes())
     expected = convert_image(Image.open(path), spec).transpose(1, 2, 0)
     with open_runtime("browser", folder / "model.onnx") as runtime:
         page = runtime.page
@@ -350,4 +362,7 @@ def test_a_center_crop_page_crops_a_chosen_photo_as_rtool_does(tmp_path, size):
         )
         assert "centre crop" in page.text_content("#about")
     drawn = np.array(rgba, dtype=np.uint8).reshape(spec.height, spec.width, 4)[..., :3]
-    np.testing.assert_array_equal(drawn, expected)
+    np.testing.assert_allclose(drawn, expected, atol=0 if orientation is None else 2)
+    if orientation is not None:  # the tag ignored would give another picture
+        sideways = convert_image(Image.fromarray(np.asarray(Image.open(path))), spec)  # pixels alone, no tag
+        assert np.abs(sideways.transpose(1, 2, 0).astype(int) - drawn).max() > 2

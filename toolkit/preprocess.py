@@ -7,12 +7,25 @@ predictor, so a pixel takes one path to the model wherever it runs.
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from toolkit.card import InputSpec
 
 # Grey images with 16-bit samples: Pillow opens 16-bit PNG, PGM and TIFF files in one of these modes.
 SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N"})
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera sets instead of turning the pixels (1: already upright)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as its camera meant it to be seen: the EXIF orientation applied (Pillow's ``exif_transpose``).
+
+    Phones store a portrait photo sideways with a tag saying so, and browsers (the web page's
+    ``createImageBitmap``) turn it upright, so every rtool reader does too: training, infer, onnx_app and the
+    Node example. An image without such a tag comes back as it is.
+    """
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (1, 0):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def to_8bit(image: Image.Image) -> Image.Image:
@@ -54,7 +67,7 @@ def resize_to_input(image: Image.Image, spec: InputSpec) -> Image.Image:
 
 def convert_image(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """A PIL image -> uint8 array (C, H, W) with the card's colour mode and size (``resize_to_input``)."""
-    image = resize_to_input(to_color(image, spec.color), spec)
+    image = resize_to_input(to_color(upright(image), spec.color), spec)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[None, :, :]

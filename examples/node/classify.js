@@ -7,7 +7,7 @@
 // Everything the app needs comes from the model card that `rtool export` writes
 // into the file's metadata_props (docs/onnx-metadata.md). onnxruntime-node does
 // not expose custom metadata, so this script decodes that one field of the ONNX
-// protobuf itself. Preprocessing repeats Pillow's steps (colour conversion,
+// protobuf itself. Preprocessing repeats Pillow's steps (a JPEG's EXIF orientation, colour conversion,
 // bilinear resize, the centre crop of cards that say resize: center_crop,
 // (pixels / 255 - mean) / std in float32): a PNG reaches the
 // model as the same numbers as in Python; a JPEG within a few levels of them
@@ -183,9 +183,10 @@ function loadJpeg(bytes, path, color) {
     throw new ClassifyError(`cannot read image ${path} (${e.message}); this example reads PNG and JPEG files`);
   }
   const { width, height, data } = img;
+  const orientation = exifOrientation(img.exifBuffer);
   // jpeg-js converts Adobe-flagged YCbCr itself (already RGB here); grey arrives as three equal channels.
   if (!layout || layout.components.length !== 3 || !layout.ycc || layout.adobeTransform) {
-    return toColor(width, height, 3, data, color);
+    return orient(toColor(width, height, 3, data, color), orientation);
   }
   const maxH = Math.max(...layout.components.map((c) => c.h)), maxV = Math.max(...layout.components.map((c) => c.v));
   const [cb, cr] = [1, 2].map((k) => fancyUpsample(data, k, width, height, maxH / layout.components[k].h,
@@ -198,7 +199,51 @@ function loadJpeg(bytes, path, color) {
     rgb[3 * i + 1] = clamp(y + ((-FIX(0.34414) * u + 32768 - FIX(0.71414) * w) >> 16));
     rgb[3 * i + 2] = clamp(y + ((FIX(1.772) * u + 32768) >> 16));
   }
-  return toColor(width, height, 3, rgb, color);
+  return orient(toColor(width, height, 3, rgb, color), orientation);
+}
+
+/** The EXIF orientation (1-8) in a JPEG's APP1 Exif segment (jpeg-js hands it over from its padding byte on),
+ * or 1 when there is none or it cannot be read. */
+function exifOrientation(exif) {
+  if (!exif) return 1;
+  const buf = Buffer.from(exif.buffer, exif.byteOffset, exif.byteLength);
+  const t = buf[0] === 0 ? 1 : 0; // the TIFF header follows "Exif\0\0"
+  if (buf.length < t + 8) return 1;
+  const little = buf.toString('latin1', t, t + 2) === 'II';
+  const u16 = (at) => (little ? buf.readUInt16LE(at) : buf.readUInt16BE(at));
+  const u32 = (at) => (little ? buf.readUInt32LE(at) : buf.readUInt32BE(at));
+  const ifd = t + u32(t + 4);
+  if (ifd + 2 > buf.length) return 1;
+  for (let k = 0, n = u16(ifd); k < n && ifd + 2 + 12 * k + 12 <= buf.length; k++) {
+    const entry = ifd + 2 + 12 * k;
+    if (u16(entry) === 0x0112) {
+      const value = u16(entry + 8);
+      return value >= 1 && value <= 8 ? value : 1;
+    }
+  }
+  return 1;
+}
+
+/** An image turned upright as its EXIF orientation says (Pillow's ImageOps.exif_transpose, as rtool does). */
+function orient(img, orientation) {
+  if (orientation === 1) return img;
+  const { width: w, height: h, channels: c, data } = img;
+  const swap = orientation >= 5;
+  const [ow, oh] = swap ? [h, w] : [w, h];
+  // output (x, y) <- source (sx, sy), per orientation (2 mirror, 3 rotate 180, 4 flip, 5 transpose,
+  // 6 rotate 90 clockwise, 7 transverse, 8 rotate 90 anticlockwise)
+  const source = {
+    2: (x, y) => [w - 1 - x, y], 3: (x, y) => [w - 1 - x, h - 1 - y], 4: (x, y) => [x, h - 1 - y],
+    5: (x, y) => [y, x], 6: (x, y) => [y, h - 1 - x], 7: (x, y) => [w - 1 - y, h - 1 - x], 8: (x, y) => [w - 1 - y, x],
+  }[orientation];
+  const out = new Uint8Array(ow * oh * c);
+  for (let y = 0; y < oh; y++) {
+    for (let x = 0; x < ow; x++) {
+      const [sx, sy] = source(x, y);
+      for (let k = 0; k < c; k++) out[(y * ow + x) * c + k] = data[(sy * w + sx) * c + k];
+    }
+  }
+  return { width: ow, height: oh, channels: c, data: out };
 }
 
 /** An image file (PNG or JPEG, told by its first bytes) in the card's colour mode. */

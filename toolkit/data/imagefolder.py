@@ -31,7 +31,7 @@ from toolkit.card import InputSpec
 from toolkit.data.dataset import Dataset, stratified_split
 from toolkit.errors import BadInputError
 from toolkit.imagefiles import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, is_image_name, shown, too_large
-from toolkit.preprocess import SIXTEEN_BIT_MODES, convert_image, to_color
+from toolkit.preprocess import SIXTEEN_BIT_MODES, convert_image, to_color, upright
 
 GREY_MODES = {"1", "L", "LA"} | SIXTEEN_BIT_MODES
 VAL_FOLDERS = ("val", "validation")
@@ -113,7 +113,7 @@ class FileSplit:
         (training's augmentation, which also brings it to the input size)."""
         with open_image(self.files[i]) as image:
             try:
-                image = to_color(image, color)
+                image = to_color(upright(image), color)
                 image.load()
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 raise _unreadable(self.files[i], e) from None
