@@ -116,7 +116,8 @@ def finetune(tmp: Path, source: str, seeds: list[int], epochs: int, pretrain_epo
     pretrained = run_training(
         TrainConfig(dataset=dataset, epochs=pretrain_epochs, quiet=True, out=str(tmp / "pretrained"), **extra)
     )
-    print(f"pretrained resnet20 on {source}: test accuracy {100 * pretrained.test['test_acc']:.1f}%", flush=True)
+    scored = f"{100 * pretrained.test['test_acc']:.1f}%" if pretrained.test else "not scored"
+    print(f"pretrained resnet20 on {source}: test accuracy {scored}, best val {100 * pretrained.best_acc:.1f}%")
     target = make_folder(tmp / "target", {"train": 10, "val": 5, "test": 30}, classes=SHAPES[:3], grey=True, seed=11)
     common = dict(dataset=f"imagefolder:{target}", epochs=epochs, batch_size=8, quiet=True, overwrite=True)
     print(f"target: 3 shapes, 10 train / 5 val / 30 test images per class, {epochs} epochs, batch 8")

@@ -215,3 +215,18 @@ def test_bad_inputs_exit_2_in_one_line_and_write_no_csv(cpu_export_dir, photos, 
     result = run_cli("infer", cpu_export_dir / "model.onnx", args, "--csv", out, "--save-grid", tmp_path / "g.png")
     assert_one_line_error(result, 2, words)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []  # no CSV, no grid, no temporary file
+
+
+def test_csv_cells_that_would_run_as_spreadsheet_formulas_are_kept_as_text(cpu_export_dir, tmp_path):
+    """Photos named like formulas (CSV injection), given as relative paths: each path cell gets a leading
+    apostrophe and is otherwise whole; an ordinary name is left alone."""
+    from toolkit.infer import spreadsheet_safe
+
+    names = ['=HYPERLINK("http-x","y").png', "@SUM(1+1).png", "+1.png", "-cmd.png", "plain.png"]
+    for seed, name in enumerate(names):
+        draw((28, 28), "L", seed).save(tmp_path / name)
+    result = run_cli("infer", cpu_export_dir / "model.onnx", ".", "--csv", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    paths = sorted(row["path"] for row in read_csv(result.stdout))
+    assert paths == sorted([f"'{name}" for name in names[:4]] + ["plain.png"])
+    assert [spreadsheet_safe(t) for t in ("\tx", "\rx", "cat", "7", "")] == ["'\tx", "'\rx", "cat", "7", ""]

@@ -401,6 +401,16 @@ def print_result(result: InferResult) -> None:
         console.print(f"accuracy: {result.correct}/{result.labelled} = {result.accuracy:.1%}")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A text cell that Excel, LibreOffice and Sheets show as text: one that would start a formula (a photo named
+    ``=HYPERLINK(...).jpg``, a class folder ``+cmd``) gets a leading apostrophe, as OWASP's CSV-injection advice
+    says. Numbers rtool writes itself are left as they are."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def csv_text(result: InferResult) -> str:
     """One row per image: path, predicted class, its probability, the other top-k classes, and (for a data set)
     the actual class and whether the prediction matched."""
@@ -413,9 +423,9 @@ def csv_text(result: InferResult) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for p in result.predictions:
-        row = [p.source, p.predicted, f"{p.probability:.6f}"]
-        row += [value for name, prob in p.topk[1:] for value in (name, f"{prob:.6f}")]
-        row += [p.actual, int(bool(p.correct))] if labelled else []
+        row = [spreadsheet_safe(str(p.source)), spreadsheet_safe(p.predicted), f"{p.probability:.6f}"]
+        row += [value for name, prob in p.topk[1:] for value in (spreadsheet_safe(name), f"{prob:.6f}")]
+        row += [spreadsheet_safe(str(p.actual)), int(bool(p.correct))] if labelled else []
         writer.writerow(row)
     return out.getvalue()
 
