@@ -217,7 +217,7 @@ def test_bad_inputs_exit_2_in_one_line_and_write_no_csv(cpu_export_dir, photos, 
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []  # no CSV, no grid, no temporary file
 
 
-def test_csv_cells_that_would_run_as_spreadsheet_formulas_are_kept_as_text(cpu_export_dir, tmp_path):
+def test_csv_cells_that_would_run_as_spreadsheet_formulas_are_kept_as_text(crop_export_dir, tmp_path):
     """Photos named like formulas (CSV injection), given as relative paths: each path cell gets a leading
     apostrophe and is otherwise whole; an ordinary name is left alone."""
     from toolkit.infer import spreadsheet_safe
@@ -225,7 +225,7 @@ def test_csv_cells_that_would_run_as_spreadsheet_formulas_are_kept_as_text(cpu_e
     names = ['=HYPERLINK("http-x","y").png', "@SUM(1+1).png", "+1.png", "-cmd.png", "plain.png"]
     for seed, name in enumerate(names):
         draw((28, 28), "L", seed).save(tmp_path / name)
-    result = run_cli("infer", cpu_export_dir / "model.onnx", ".", "--csv", "-", cwd=tmp_path)
+    result = run_cli("infer", crop_export_dir / "model.onnx", ".", "--csv", "-", "--provider", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     paths = sorted(row["path"] for row in read_csv(result.stdout))
     assert paths == sorted([f"'{name}" for name in names[:4]] + ["plain.png"])
