@@ -22,7 +22,8 @@ from onnx import numpy_helper
 from runtimes import available
 from toolkit.card import MANIFEST_NAME
 from toolkit.errors import BadInputError
-from toolkit.parity import default_thresholds, load_thresholds, run_parity
+from toolkit.parity import run_parity
+from toolkit.thresholds import default_thresholds, load_thresholds
 
 from conftest import assert_one_line_error
 
