@@ -102,7 +102,9 @@ def test_a_broken_int8_file_is_refused_or_kept_marked_failed(trained_checkpoint,
 
 
 def test_a_good_int8_file_passes_the_gate_on_held_out_images(trained_checkpoint, tmp_path):
-    result = run_cli("export", trained_checkpoint, "--precision", "int8", "--calib-size", "32", *GATE, "--out", tmp_path)
+    result = run_cli(
+        "export", trained_checkpoint, "--precision", "int8", "--calib-size", "32", *GATE, "--out", tmp_path
+    )
     assert result.returncode == 0, result.stderr
     entry = next(e for e in json.loads((tmp_path / MANIFEST_NAME).read_text())["artifacts"] if e["precision"] == "int8")
     gate = entry["validation"]["gate"]
