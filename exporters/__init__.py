@@ -9,7 +9,9 @@ A format module declares everything about its format where it registers it:
 its precisions, the file (or folder) each precision writes, the runtime that
 runs those files, whether ``--format all`` includes it, its INT8 targets, its
 typed options (dataclasses; CLI flags and validation come from them, see
-``toolkit.flags``) and ``available() -> (ok, reason)``. Modules are found by
+``toolkit.flags``), ``available() -> (ok, reason)`` and, where a precision
+needs something of this machine (bf16 needs a CPU that computes it),
+``precision_available(precision) -> (ok, reason)``. Modules are found by
 scanning this package, so adding a format is one new module here (and its
 test); export, parity, bench, infer and the CLI read every list from here.
 docs/extending.md walks through it.
@@ -25,10 +27,26 @@ from typing import Any, Callable, Protocol, TypeVar
 from toolkit.errors import BadInputError
 from toolkit.plugins import load_registry
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 MAX_BATCH = 4096  # the largest batch every exported file takes (its dynamic batch axis stops here)
 CHECKPOINT_FILE = "model.pt"  # the eager reference every export folder holds (written by the pipeline)
+DEFAULT_BATCH_RANGE = "1:8:64"  # the batch range of TensorRT optimization profiles (engines and ONNX Runtime's)
 T = TypeVar("T")
+
+
+def parse_batch_range(text: str | None) -> tuple[int, int, int]:
+    """'MIN:OPT:MAX' -> (min, opt, max) with 1 <= min <= opt <= max; 'N' alone means N:N:N."""
+    text = (text or DEFAULT_BATCH_RANGE).strip()
+    parts = text.split(":")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise BadInputError(f"--batch-range '{text}' is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (e.g. 1:8:64)")
+    return values  # type: ignore[return-value]
 
 
 @dataclass
@@ -36,12 +54,15 @@ class Artifact:
     """One exported file and what is known about it."""
 
     format: str  # a registered format name, or "checkpoint" for model.pt
-    precision: str  # "fp32" | "fp16" | "int8"
+    precision: str  # "fp32" | "fp16" | "bf16" | "int8"
     path: Path
     runtime: str  # the runtime that runs it (a registered runtime, or an app/server such as "triton")
     target: str | None = None  # for int8 ONNX: "cpu" or "tensorrt"
     settings: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
+    # files that belong to ``path`` and are useless without it (an OpenVINO IR's .bin weights): each is
+    # recorded in the manifest entry with its sha256 and checked with the file before it runs
+    companions: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -78,6 +99,10 @@ def _always() -> tuple[bool, str]:
     return True, ""
 
 
+def _every_precision(precision: str) -> tuple[bool, str]:
+    return True, ""
+
+
 @dataclass(frozen=True)
 class ExporterEntry:
     """Everything rtool knows about a format; see the module docstring."""
@@ -92,6 +117,8 @@ class ExporterEntry:
     options: tuple[type, ...] = ()  # typed option dataclasses its export reads
     available: Callable[[], tuple[bool, str]] = _always
     owns: tuple[str, ...] = ()  # extra regexes of names it writes (folders, variants), for safe clean-up
+    # (ok, reason) per precision, where one needs more of this machine than the format does (bf16 compute)
+    precision_available: Callable[[str], tuple[bool, str]] = _every_precision
 
     def filename(self, precision: str, target: str | None = None) -> str:
         key = f"{precision}-{target}" if target else precision

@@ -65,7 +65,7 @@ def apply_gate(artifacts: list[Artifact], thresholds: dict[str, Thresholds], kee
     """
     kept = []
     for artifact in artifacts:
-        if artifact.format == "checkpoint":
+        if artifact.format == "checkpoint" or not artifact.validation:  # the eager copy; files that are not models
             continue
         limits = thresholds.get(artifact.precision, Thresholds())
         result = verdict(artifact.validation, limits)

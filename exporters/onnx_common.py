@@ -173,16 +173,21 @@ def check_file(path: Path, name: str) -> None:
         raise CheckFailedError(f"{name} failed onnx.checker ({first}); not written") from None
 
 
-def run_onnxruntime(path: Path, batch: np.ndarray, precision: str = "fp32", simulate: bool = False) -> np.ndarray:
+def run_onnxruntime(
+    path: Path, batch: np.ndarray, precision: str = "fp32", simulate: bool = False, ort_format: bool = False
+) -> np.ndarray:
     """Logits from the file in ONNX Runtime's CPU provider; batch 1 must agree too (dynamic batch axis).
 
     ``simulate`` turns graph optimizations off, so Q/DQ pairs run as float arithmetic
-    instead of being fused into ONNX Runtime's integer kernels.
+    instead of being fused into ONNX Runtime's integer kernels. ``ort_format``: the file is
+    ONNX Runtime's flatbuffer format (ONNX Runtime tells the two apart by the ``.ort`` ending).
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if ort_format:
+        options.add_session_config_entry("session.load_model_format", "ORT")
     if simulate:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:

@@ -42,7 +42,7 @@ from toolkit.checkpoint import load_model, load_pretrained_weights, make_card, s
 from toolkit.errors import BadInputError, UnavailableError
 from toolkit.fileio import ensure_writable_dir
 from toolkit.flags import comma_list, from_values
-from toolkit.manifest import is_inside, read_manifest, sha256_file, write_manifest, written_by_rtool
+from toolkit.manifest import companions, is_inside, read_manifest, sha256_file, write_manifest, written_by_rtool
 from toolkit.models import create_model, get_entry, list_models
 from toolkit.thresholds import default_thresholds
 
@@ -146,6 +146,25 @@ def _precisions_for(entry: ExporterEntry, wanted: list[str], everything: bool) -
     return list(entry.precisions) if everything else [entry.precisions[0]]
 
 
+def _buildable_precisions(
+    entry: ExporterEntry, chosen: list[str], skipped: list[dict[str, Any]], everything: bool
+) -> list[str]:
+    """The chosen precisions this machine can build; the others go to ``skipped`` with the reason.
+
+    A format named on its own whose every chosen precision is unbuildable here is refused in one line.
+    """
+    buildable = []
+    for precision in chosen:
+        ok, reason = entry.precision_available(precision)
+        if ok:
+            buildable.append(precision)
+        else:
+            skipped.append({"format": entry.name, "precision": precision, "reason": reason})
+    if not buildable and not everything:
+        raise UnavailableError(f"cannot export {entry.name} {', '.join(chosen)} here: {skipped[-1]['reason']}")
+    return buildable
+
+
 def _jobs_of(entry: ExporterEntry, precision: str, target: str | None, everything: bool) -> list[Job]:
     """One job per INT8 target the format declares at this precision (the asked one, all, or its default)."""
     targets = entry.targets.get(precision)
@@ -180,7 +199,8 @@ def plan(
                 raise UnavailableError(f"cannot export {entry.name} here: {reason}")
             skipped += [{"format": entry.name, "precision": p, "reason": reason} for p in chosen]
             continue
-        jobs += [job for p in chosen for job in _jobs_of(entry, p, target, everything)]
+        buildable = _buildable_precisions(entry, chosen, skipped, everything)
+        jobs += [job for p in buildable for job in _jobs_of(entry, p, target, everything)]
     if target and not any(j.target for j in jobs):
         raise BadInputError("--target picks the form of an INT8 ONNX file; add --precision int8 and --format onnx")
     return jobs, skipped
@@ -245,12 +265,13 @@ def export_model(
     try:
         artifacts, failed = _run_jobs(src, jobs, staging, context, progress or (lambda message: None))
         entries = [_entry(a, staging) for a in artifacts]
-        kept, stale, left = _previous_entries(out, src, {e["file"] for e in entries})
+        written = {e["file"] for e in entries} | {c["file"] for e in entries for c in e.get("companions", [])}
+        kept, stale, left = _previous_entries(out, src, written)
         _move_into_place(staging, out)
         for artifact in artifacts:
             artifact.path = out / artifact.path.relative_to(staging)
-        for name in stale:
-            (out / name).unlink(missing_ok=True)
+            artifact.companions = [out / c.relative_to(staging) for c in artifact.companions]
+        _remove_stale(out, stale)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     context.notes.extend(
@@ -314,6 +335,18 @@ def _write_checkpoint_copy(src: Source, staging: Path, context: ExportContext) -
     )
 
 
+def _remove_stale(out: Path, stale: list[str]) -> None:
+    """Remove another model's files (proven rtool's by ``_previous_entries``), then the folders they leave empty."""
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    folders = {parent for name in stale for parent in Path(name).parents if parent != Path(".")}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):  # deepest first
+        try:
+            (out / folder).rmdir()
+        except OSError:  # not empty (the user's files, or this export's) or already gone: it stays
+            pass
+
+
 def _move_into_place(staging: Path, out: Path) -> None:
     """Move what the exporters wrote from ``staging`` to ``out``, file by file: a file replaces the file of the
     same name, a folder (e.g. a Triton repository) is merged, so whatever else the user keeps there survives."""
@@ -344,6 +377,16 @@ def _entry(artifact: Artifact, staging: Path) -> dict[str, Any]:
         "size": path.stat().st_size,
         "settings": artifact.settings,
         "validation": artifact.validation,
+        **(
+            {
+                "companions": [
+                    {"file": c.relative_to(staging).as_posix(), "sha256": sha256_file(c), "size": c.stat().st_size}
+                    for c in artifact.companions
+                ]
+            }
+            if artifact.companions
+            else {}
+        ),
     }
 
 
@@ -367,7 +410,11 @@ def _previous_entries(out: Path, src: Source, rewritten: set[str]) -> tuple[list
         if name in rewritten or not is_inside(out, name) or not (out / name).is_file():
             continue
         if written_by_rtool(out, entry, owned_patterns()):
-            (kept if same else stale).append(entry if same else name)
+            if same:
+                kept.append(entry)
+            else:
+                stale.append(name)
+                stale += [c["file"] for c in companions(entry) if written_by_rtool(out, c, owned_patterns())]
         else:
             left.append(name)
     return kept, stale, left
@@ -403,8 +450,8 @@ def summary_rows(result: ExportResult) -> list[dict[str, Any]]:
                 "runtime": artifact.runtime,
                 "size": size,
                 "size_text": f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB",
-                "max_abs_diff": artifact.validation.get("max_abs_diff", float("nan")),
-                "top1_agreement": artifact.validation.get("top1_agreement", float("nan")),
+                "max_abs_diff": artifact.validation.get("max_abs_diff"),  # None: not a model (a web page's files)
+                "top1_agreement": artifact.validation.get("top1_agreement"),
                 "images": artifact.validation.get("images"),
                 "gate": artifact.validation.get("gate", {}).get("status"),
                 "float_layers": artifact.settings.get("float_layers", []),

@@ -7,32 +7,41 @@ network strongly typed, so precision comes from the graph itself: FP16 from
 the FP16 ONNX, INT8 from the Q/DQ ONNX. ``onnx_source`` holds that rule.
 
 The batch range becomes one optimization profile, the workspace a memory pool
-limit, and a timing cache file (one per TensorRT version and GPU) makes
-rebuilds fast. An engine only runs on the TensorRT version and GPU family it
-was built for, so its manifest entry is stamped with both.
+limit, and a timing cache file (one per TensorRT version and GPU model) makes
+rebuilds fast; a cache TensorRT cannot use is replaced with a warning. An
+engine is tuned for the TensorRT version and the GPU model it was built on, so
+its manifest entry is stamped with both and the runtime refuses any other.
+Engines keep their layer details (ProfilingVerbosity.DETAILED) so the engine
+inspector can prove an INT8 engine really runs its convolutions in INT8.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from exporters import Artifact, ExportContext, artifact_filename, register_exporter
+from exporters import (
+    DEFAULT_BATCH_RANGE,
+    Artifact,
+    ExportContext,
+    artifact_filename,
+    parse_batch_range,
+    register_exporter,
+)
 from exporters.onnx import onnx_graph
 from exporters.onnx_common import INPUT_NAME, OUTPUT_NAME, OnnxOptions
 from exporters.onnx_int8 import Int8Options
 from exporters.validation import compare, validation_data
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, CheckFailedError, UnavailableError
-from toolkit.fileio import atomic_path, atomic_write_bytes
+from toolkit.fileio import atomic_path, atomic_write_bytes, cache_dir, slug
 from toolkit.flags import setting
 
 INSTALL_HINT = "pip install 'rtool[tensorrt]'"
-DEFAULT_BATCH_RANGE = "1:8:64"
 FILES = {"fp16": "model.fp16.engine", "int8": "model.int8.engine"}
 
 
@@ -45,7 +54,7 @@ class TensorRTOptions:
     timing_cache: str | None = setting(
         None,
         "TensorRT timing cache file, reused across builds "
-        "(default: ~/.cache/rtool/, one per TensorRT version and GPU).",
+        "(default: ~/.cache/rtool/, one per TensorRT version and GPU model).",
     )
 
     def validate(self) -> None:
@@ -62,21 +71,6 @@ def available() -> tuple[bool, str]:
     if not torch.cuda.is_available():
         missing.append("no CUDA GPU is usable here (TensorRT builds an engine on the GPU it will run on)")
     return not missing, "; ".join(missing)
-
-
-def parse_batch_range(text: str | None) -> tuple[int, int, int]:
-    """'MIN:OPT:MAX' -> (min, opt, max) with 1 <= min <= opt <= max; 'N' alone means N:N:N."""
-    text = (text or DEFAULT_BATCH_RANGE).strip()
-    parts = text.split(":")
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
-        raise BadInputError(f"--batch-range '{text}' is not MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX (e.g. 1:8:64)")
-    return values  # type: ignore[return-value]
 
 
 def major_version(version: str) -> int:
@@ -99,9 +93,47 @@ def onnx_source(trt_major: int, precision: str) -> tuple[str, str | None, list[s
     return ("fp16", None, []) if precision == "fp16" else ("int8", "tensorrt", [])  # strongly typed
 
 
-def default_timing_cache(trt_version: str, compute_capability: str) -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtool"
-    return root / f"tensorrt-{trt_version}-sm{compute_capability.replace('.', '')}.timing-cache"
+def default_timing_cache(trt_version: str, gpu_name: str, compute_capability: str) -> Path:
+    """One timing cache per TensorRT version and GPU model: timings from another GPU are not this one's."""
+    name = f"tensorrt-{trt_version}-{slug(gpu_name)}-sm{compute_capability.replace('.', '')}.timing-cache"
+    return cache_dir() / name
+
+
+def _create_cache(config: Any, data: bytes) -> Any:
+    try:
+        return config.create_timing_cache(data)
+    except Exception:  # TensorRT's own error types for bytes it cannot parse
+        return None
+
+
+def load_timing_cache(config: Any, path: Path) -> tuple[Any, str]:
+    """(the timing cache now set on ``config``, a warning or '').
+
+    A file TensorRT cannot read (corrupt, truncated) or will not use (another
+    TensorRT version or GPU) is not fatal: the build starts from an empty cache,
+    says so in one line, and the file is replaced after the build.
+    """
+    data = path.read_bytes() if path.is_file() else b""
+    cache = _create_cache(config, data) if data else None
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return cache, ""
+    warning = ""
+    if data:
+        why = "unreadable (corrupt or truncated)" if cache is None else "from another TensorRT version or GPU"
+        warning = f"timing cache {path} is {why}: building without it; it is replaced after this build"
+    cache = _create_cache(config, b"")
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise CheckFailedError("TensorRT could not start an empty timing cache (see the TensorRT log above)")
+    return cache, warning
+
+
+def save_timing_cache(config: Any, path: Path) -> str:
+    """Write the builder's timing cache; '' or a warning (a cache that cannot be written only slows the next build)."""
+    try:
+        atomic_write_bytes(path, bytes(memoryview(config.get_timing_cache().serialize())))
+    except (OSError, BadInputError) as e:
+        return f"could not write the timing cache {path} ({e}); the next build starts without it"
+    return ""
 
 
 def engine_stamp() -> dict[str, str]:
@@ -124,8 +156,13 @@ def build_engine(
     batch_range: tuple[int, int, int],
     workspace_gb: float,
     timing_cache: Path,
+    warn: Callable[[str], None] = lambda message: None,
 ) -> bytes:
-    """Serialized engine from an ONNX graph (TensorRT 10 and 11 Python API)."""
+    """Serialized engine from an ONNX graph (TensorRT 10 and 11 Python API).
+
+    Layer details are kept in the engine (ProfilingVerbosity.DETAILED), so the
+    engine inspector can show which precision each layer really runs in.
+    """
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.ERROR)
@@ -137,18 +174,22 @@ def build_engine(
         raise CheckFailedError(f"TensorRT could not parse the ONNX graph: {errors[:300]}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     for flag in flags:
         config.set_flag(getattr(trt.BuilderFlag, flag))
     profile = builder.create_optimization_profile()
     low, opt, high = ((n, *input_shape) for n in batch_range)
     profile.set_shape(INPUT_NAME, low, opt, high)
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    _, problem = load_timing_cache(config, timing_cache)
+    if problem:
+        warn(problem)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise CheckFailedError("TensorRT failed to build the engine (see the TensorRT log above)")
-    atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    problem = save_timing_cache(config, timing_cache)
+    if problem:
+        warn(problem)
     return bytes(memoryview(serialized))
 
 
@@ -212,7 +253,8 @@ def export(
     workspace = options.workspace
     stamp = engine_stamp()
     cache_file = Path(
-        options.timing_cache or default_timing_cache(stamp["tensorrt_version"], stamp["compute_capability"])
+        options.timing_cache
+        or default_timing_cache(stamp["tensorrt_version"], stamp["gpu_name"], stamp["compute_capability"])
     )
     engine = build_engine(
         graph.SerializeToString(),
@@ -221,6 +263,7 @@ def export(
         batch_range=batch_range,
         workspace_gb=workspace,
         timing_cache=cache_file,
+        warn=context.notes.append,
     )
     # The engine is gated like every file: on its precision's images (held-out ones for fp16/int8).
     batch, expected, source = validation_data(model, card, precision, context)

@@ -102,6 +102,13 @@ def test_pixels(
     return random_pixels(card, count), HeldOut(f"random pixels x{count}")
 
 
+def validation_pixels(card: ModelCard, precision: str, context: ExportContext) -> tuple[np.ndarray, HeldOut]:
+    """(uint8 pixels, where they came from) a file of ``precision`` is checked on: ``validation_data``'s images
+    before preprocessing, for files that take pixels (preprocessing in the graph)."""
+    count = VALIDATION_IMAGES if precision == "fp32" else context.option(GateOptions).gate_images
+    return test_pixels(card, context.data_dir, context.cache, count)
+
+
 def validation_batch(
     card: ModelCard, data_dir: str | None = None, cache: dict[str, Any] | None = None, count: int = VALIDATION_IMAGES
 ) -> tuple[np.ndarray, HeldOut]:

@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from toolkit.card import ModelCard
+from toolkit.devices import parse_device
 from toolkit.errors import BadInputError, UnavailableError
 from toolkit.plugins import load_registry
 
@@ -170,10 +171,40 @@ def runtime_for_file(path: str | Path) -> str:
     )
 
 
-def artifact_label(runtime: str, precision: str, target: str | None = None) -> str:
-    """How reports name a file's row: 'onnxruntime int8 (cpu)'; the INT8 target tells the two INT8 files apart."""
-    suffix = f" ({target})" if target and precision == "int8" else ""
-    return f"{runtime} {precision}{suffix}"
+def artifact_variant(runtime: str, precision: str, target: str | None = None, fmt: str | None = None) -> str:
+    """What tells a file apart from the runtime's other files of one precision: the format, when the runtime
+    runs several ('ort' beside 'onnx'), and the INT8 target ('cpu', 'tensorrt'); '' when nothing needs to."""
+    load_all()
+    parts = []
+    if fmt and fmt in _REGISTRY.get(runtime, Runtime).formats[1:]:
+        parts.append(fmt)
+    if target and precision == "int8":
+        parts.append(target)
+    return ", ".join(parts)
+
+
+def artifact_label(runtime: str, precision: str, target: str | None = None, fmt: str | None = None) -> str:
+    """How reports name a file's row: 'onnxruntime int8 (cpu)', 'onnxruntime fp32 (ort)'."""
+    variant = artifact_variant(runtime, precision, target, fmt)
+    return f"{runtime} {precision}" + (f" ({variant})" if variant else "")
+
+
+PROBABILITY_FLOOR = float(np.finfo(np.float32).tiny)  # the smallest probability a float32 model output can state
+
+
+def log_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """What a runtime returns for a model that ends in a softmax: log(p), floored at float32's smallest normal.
+
+    That equals the logits up to a constant per row; parity compares it with the eager model's ``log_softmax``.
+    """
+    return np.log(np.maximum(probabilities, PROBABILITY_FLOOR)).astype(np.float32)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float32 log-probabilities of ``logits`` (computed in float64), floored as ``log_probabilities`` floors them."""
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    out = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return np.maximum(out, np.log(PROBABILITY_FLOOR)).astype(np.float32)
 
 
 def run_torch_module(module: Any, batch: np.ndarray, device: str, kind: str) -> np.ndarray:
@@ -199,26 +230,38 @@ def error_summary(error: BaseException, limit: int = 140) -> str:
     return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
+def cuda_index(device: str) -> int:
+    """The CUDA device a 'cuda' / 'cuda:N' / 'auto' request means; UnavailableError if this machine lacks it."""
+    _, index = parse_device(device)
+    count, why = cuda_gpus()
+    if index >= max(count, 1):
+        raise UnavailableError(
+            f"--device {device} asked for, but {why or f'this machine has {count} CUDA GPU(s) (0..{count - 1})'}"
+        )
+    return index
+
+
 def resolve_device(device: str, threads: int | None = None) -> str:
     """'auto' | 'cpu' | 'cuda' | 'cuda:N' -> the torch device to use; UnavailableError if CUDA is asked for but absent.
 
-    ``threads`` sets torch's CPU threads too: every PyTorch runtime takes the same option.
+    ``threads`` sets torch's CPU threads too: every PyTorch runtime takes the same option. On CUDA, TF32 is
+    switched off: these runtimes are FP32 references, and TF32 convolutions differ from FP32 by about 1e-3.
     """
     import torch
 
+    kind, _ = parse_device(device)
     if threads:
         torch.set_num_threads(int(threads))
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
+    if kind == "cpu" or (kind == "auto" and not torch.cuda.is_available()):
         return "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UnavailableError(
-                f"--device {device} asked for, but {cuda_gpus()[1] or 'CUDA is not usable'}; use --device cpu"
-            )
-        return "cuda:0" if device == "cuda" else device
-    raise BadInputError(f"unknown device '{device}'; choose auto, cpu or cuda")
+    if not torch.cuda.is_available():
+        raise UnavailableError(
+            f"--device {device} asked for, but {cuda_gpus()[1] or 'CUDA is not usable'}; use --device cpu"
+        )
+    index = cuda_index(device)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return f"cuda:{index}"
 
 
 def cuda_gpus() -> tuple[int, str]:
@@ -237,6 +280,20 @@ def cuda_gpus() -> tuple[int, str]:
     if libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
         return 0, "no CUDA GPU"
     return count.value, ""
+
+
+def cuda_device_name(index: int = 0) -> str:
+    """The driver's name of CUDA device ``index`` ('NVIDIA H100 80GB HBM3'), without loading any framework."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no GPU"
+    device, name = ctypes.c_int(0), ctypes.create_string_buffer(256)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGet(ctypes.byref(device), int(index)) != 0:
+        return "no GPU"
+    if libcuda.cuDeviceGetName(name, len(name), device) != 0:
+        return "unknown GPU"
+    return name.value.decode(errors="replace")
 
 
 def available_memory() -> int:

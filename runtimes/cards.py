@@ -118,8 +118,47 @@ def _onnx_card(path: Path) -> ModelCard | None:
     return card
 
 
+def _ort_card(path: Path) -> ModelCard | None:
+    """The card in a .ort file's metadata (ONNX Runtime reads the flatbuffer once it passed its check)."""
+    import onnxruntime as ort
+
+    from toolkit.safety import check_ort_file
+
+    check_ort_file(path)
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.load_model_format", "ORT")
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's own exception classes
+        raise BadInputError(f"{path.name} is not a loadable ONNX Runtime format model ({str(e)[:120]})") from None
+    stored = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+    return card_from_json(stored, path) if stored else None
+
+
+def _openvino_card(path: Path) -> ModelCard | None:
+    """The card in an OpenVINO IR's rt_info (the graph is read, not compiled)."""
+    from exporters.openvino_common import CARD_KEY, core, openvino_missing
+
+    if openvino_missing() or not path.with_suffix(".bin").is_file():
+        return None
+    model = core().read_model(str(path), str(path.with_suffix(".bin")))
+    return card_from_json(str(model.get_rt_info(CARD_KEY).astype(str)), path) if model.has_rt_info(CARD_KEY) else None
+
+
+def _executorch_card(path: Path) -> ModelCard | None:
+    """The card an ExecuTorch program returns from its rtool_card constant method."""
+    from exporters.executorch_common import executorch_missing, load_program, stored_card_json
+
+    if executorch_missing():
+        return None
+    stored = stored_card_json(load_program(path))
+    return card_from_json(stored, path) if stored else None
+
+
 def read_card(artifact_path: str | Path) -> ModelCard:
-    """The ModelCard of any rtool file: checkpoint, .ts, .pt2, .onnx, or an engine (via its manifest)."""
+    """The ModelCard of any rtool file: checkpoint, .ts, .pt2, .onnx, .ort, OpenVINO .xml, .pte, or an engine
+    (via its manifest)."""
     path = Path(artifact_path)
     if not path.is_file():
         raise BadInputError(f"model file {path} does not exist")
@@ -127,7 +166,15 @@ def read_card(artifact_path: str | Path) -> ModelCard:
         from toolkit.checkpoint import load_checkpoint
 
         return load_checkpoint(path).card
-    card = {".ts": _zip_extra_card, ".pt2": _zip_extra_card, ".onnx": _onnx_card}.get(path.suffix, lambda p: None)(path)
+    readers = {
+        ".ts": _zip_extra_card,
+        ".pt2": _zip_extra_card,
+        ".onnx": _onnx_card,
+        ".ort": _ort_card,
+        ".xml": _openvino_card,
+        ".pte": _executorch_card,
+    }
+    card = readers.get(path.suffix, lambda p: None)(path)
     card = card or card_beside(path)
     if card is None:
         raise BadInputError(
@@ -165,10 +212,14 @@ def resolve_artifact(
         and a.get("precision") == precision
         and (target is None or a.get("target") in (target, None))
     ]
-    # Several files may fit (e.g. model.onnx and model.raw.onnx for apps): prefer the standard name,
-    # then the CPU-tuned INT8 file when no target was asked for.
+    # Several files may fit (e.g. model.onnx and model.raw.onnx for apps, model.ort): prefer the runtime's own
+    # format, then the standard name, then the CPU-tuned INT8 file when no target was asked for.
+    from runtimes import get_runtime_class, list_runtimes
+
+    home = get_runtime_class(runtime).formats[:1] if runtime in list_runtimes() else ()
     matches.sort(
         key=lambda a: (
+            a.get("format") not in home,
             a.get("file") != artifact_filename(str(a.get("format")), precision, a.get("target")),
             target is None and a.get("target") not in (None, "cpu"),
         )

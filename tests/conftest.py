@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,25 @@ from toolkit.checkpoint import make_card, save_checkpoint
 from toolkit.models import create_model
 
 REPO = Path(__file__).resolve().parents[1]
+# Edge targets run where their packages are installed (`make` installs both); elsewhere their tests skip.
+OPENVINO_MISSING = "" if importlib.util.find_spec("openvino") else "openvino is not installed (pip install openvino)"
+EXECUTORCH_MISSING = "" if importlib.util.find_spec("executorch") else "executorch is not installed (rtool[edge])"
+needs_openvino = pytest.mark.skipif(bool(OPENVINO_MISSING), reason=OPENVINO_MISSING)
+needs_executorch = pytest.mark.skipif(bool(EXECUTORCH_MISSING), reason=EXECUTORCH_MISSING)
+
+
+def edge_files() -> tuple[set[str], set[str]]:
+    """(manifest entries, their companion files) the edge targets add to an export of every format here."""
+    entries, companions = {"model.ort", "model.int8-cpu.ort"}, set()
+    if not OPENVINO_MISSING:
+        from exporters.openvino_common import precision_support
+
+        stems = ["model", "model.fp16", "model.int8"] + (["model.bf16"] if precision_support("bf16")[0] else [])
+        entries |= {f"{s}.openvino.xml" for s in stems}
+        companions |= {f"{s}.openvino.bin" for s in stems}
+    if not EXECUTORCH_MISSING:
+        entries |= {"model.pte", "model.int8.pte"}
+    return entries, companions
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from runtimes import Runtime
+from runtimes import Runtime, available, list_runtimes
 from toolkit.bench import parse_batch_sizes, run_bench, timed_rounds
 from toolkit.errors import BadInputError
 
@@ -43,7 +43,9 @@ def test_timed_rounds_counts_and_orders_calls():
 
 
 def test_bench_every_runtime_in_one_run(cpu_export_dir):
-    result = run_bench(cpu_export_dir, batch_sizes="1,4", warmup=1, iters=3, threads=1)
+    # the browser is timed in tests/test_web.py, whose worker has Chromium running already
+    runtimes = [name for name in list_runtimes() if name != "browser"]
+    result = run_bench(cpu_export_dir, runtimes=runtimes, batch_sizes="1,4", warmup=1, iters=3, threads=1)
     measured = {(r.runtime, r.precision, r.target) for r in result.rows}
     assert {
         ("eager", "fp32", None),
@@ -57,7 +59,19 @@ def test_bench_every_runtime_in_one_run(cpu_export_dir):
     for row in result.rows:
         assert 0 < row.p50_ms <= row.p90_ms <= row.p99_ms
         assert row.throughput == pytest.approx(1000 * row.batch / row.mean_ms)
-    assert any(u["runtime"] == "tensorrt" for u in result.unavailable)  # no TensorRT on this machine
+    if available("tensorrt")[0]:  # a GPU machine with TensorRT: the export built engines, and they are timed
+        assert {("tensorrt", "fp16", None), ("tensorrt", "int8", None)} <= measured
+        assert all(r.device.startswith("cuda") for r in result.rows if r.runtime == "tensorrt")
+    else:  # elsewhere they are listed with the reason
+        reasons = [u["reason"] for u in result.unavailable if u["runtime"] == "tensorrt"]
+        assert reasons and all("TensorRT" in r or "GPU" in r for r in reasons)
+    assert result.settings["device"] == "auto"
+    eager = result.row("eager", "fp32", 1).p50_ms
+    for precision, best in result.fastest(1).items():  # per precision, the lowest p50 at batch 1 and its ratio
+        rows = [r for r in result.rows if r.batch == 1 and r.precision == precision]
+        assert best["p50_ms"] == min(r.p50_ms for r in rows) and best["vs_eager"] == best["p50_ms"] / eager
+        assert best["label"] in {r.label for r in rows}
+    assert set(result.fastest(1)) == {r.precision for r in result.rows}
     ratios = result.ratios(1)
     assert ratios["onnxruntime fp32 / eager fp32"] == pytest.approx(
         result.row("onnxruntime", "fp32", 1).p50_ms / result.row("eager", "fp32", 1).p50_ms
@@ -86,12 +100,14 @@ def test_bench_cli_json(cpu_export_dir, tmp_path, rtool):
     )
     assert result.returncode == 0, result.stderr
     document = json.loads(out.read_text())
-    labels = {(r["runtime"], r["precision"], r["target"]) for r in document["rows"]}
+    labels = {(r["runtime"], r["precision"], r["target"], r["format"]) for r in document["rows"]}
     assert labels == {
-        ("eager", "fp32", None),
-        ("onnxruntime", "fp32", None),
-        ("onnxruntime", "int8", "cpu"),
-        ("onnxruntime", "int8", "tensorrt"),
+        ("eager", "fp32", None, "checkpoint"),
+        ("onnxruntime", "fp32", None, "onnx"),
+        ("onnxruntime", "int8", "cpu", "onnx"),
+        ("onnxruntime", "int8", "tensorrt", "onnx"),
+        ("onnxruntime", "fp32", None, "ort"),  # the .ort files run in ONNX Runtime too
+        ("onnxruntime", "int8", None, "ort"),
     }
     for row in document["rows"]:
         assert all(key in row for key in ROW_KEYS) and row["batch"] == 2
@@ -121,7 +137,10 @@ def test_bench_a_model_name_exports_first(rtool):
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
     assert document["input_shape"] == [1, 16, 16]
-    assert [(r["runtime"], r["precision"]) for r in document["rows"]] == [("onnxruntime", "fp32")]
+    rows = [(r["runtime"], r["precision"], r["format"]) for r in document["rows"]]
+    assert rows == [("onnxruntime", "fp32", "onnx"), ("onnxruntime", "fp32", "ort")]  # the formats it runs
+    fastest = document["fastest_batch1"]["fp32"]
+    assert fastest["p50_ms"] == min(r["p50_ms"] for r in document["rows"]) and fastest["vs_eager"] is None
 
 
 @pytest.mark.parametrize("text", ["1,x", "0", ""])

@@ -17,6 +17,9 @@ from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.manifest import read_manifest, verify_manifest
 from toolkit.models import create_model
 
+from conftest import edge_files
+
+EDGE_ENTRIES, EDGE_COMPANIONS = edge_files()
 CPU_FILES = {
     "model.pt",
     "model.ts",
@@ -25,7 +28,11 @@ CPU_FILES = {
     "model.fp16.onnx",
     "model.int8-cpu.onnx",
     "model.int8-trt.onnx",
-}
+    "web/model.onnx",
+    "web/model.int8.onnx",
+    *(f"web/{name}" for name in ("index.html", "app.js", "classifier.js", "style.css", "card.json")),
+    *(f"web/ort/{name}" for name in ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")),
+} | EDGE_ENTRIES
 
 
 def test_manifest_lists_every_file_with_true_sha256_and_size(pipeline_export, untrained_checkpoint):
@@ -36,8 +43,22 @@ def test_manifest_lists_every_file_with_true_sha256_and_size(pipeline_export, un
         data = (folder / entry["file"]).read_bytes()
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         assert entry["size"] == len(data)
-        assert isinstance(entry["validation"]["max_abs_diff"], float)
-        assert entry["runtime"] in {"eager", "torchscript", "pt2", "onnxruntime"}
+        if entry["runtime"] != "static":  # the web page's own files are not models
+            assert isinstance(entry["validation"]["max_abs_diff"], float)
+        assert entry["runtime"] in {
+            "eager",
+            "torchscript",
+            "pt2",
+            "onnxruntime",
+            "browser",
+            "static",
+            "openvino",
+            "executorch",
+        }
+        for companion in entry.get("companions", []):  # an OpenVINO IR's .bin, recorded with its .xml
+            data = (folder / companion["file"]).read_bytes()
+            assert companion["sha256"] == hashlib.sha256(data).hexdigest() and companion["size"] == len(data)
+    assert {c["file"] for e in manifest["artifacts"] for c in e.get("companions", [])} == EDGE_COMPANIONS
     assert verify_manifest(folder) == []
     assert manifest["manifest_version"] == 1 and manifest["created"] and manifest["rtool_version"]
     source = manifest["source"]
@@ -47,7 +68,9 @@ def test_manifest_lists_every_file_with_true_sha256_and_size(pipeline_export, un
     assert {"torch", "onnx", "numpy"} <= set(manifest["versions"])
     onnx_entry = next(e for e in manifest["artifacts"] if e["file"] == "model.onnx")
     assert onnx_entry["settings"]["opset"] == 18 and onnx_entry["target"] is None
-    targets = {e["file"]: e["target"] for e in manifest["artifacts"] if e["precision"] == "int8"}
+    targets = {
+        e["file"]: e["target"] for e in manifest["artifacts"] if e["format"] == "onnx" and e["precision"] == "int8"
+    }
     assert targets == {"model.int8-cpu.onnx": "cpu", "model.int8-trt.onnx": "tensorrt"}
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], "no staging or temporary files left"
 
@@ -67,9 +90,14 @@ def test_verify_manifest_finds_a_changed_file(pipeline_export, tmp_path):
     data[len(data) // 2] ^= 0xFF
     (folder / "model.onnx").write_bytes(bytes(data))
     (folder / "model.ts").unlink()
+    for companion in EDGE_COMPANIONS:  # an IR's weights are checked like any listed file
+        weights = bytearray((folder / companion).read_bytes())
+        weights[len(weights) // 2] ^= 0xFF
+        (folder / companion).write_bytes(bytes(weights))
     problems = verify_manifest(folder)
     assert any("model.onnx" in p and "sha256" in p for p in problems)
     assert any("model.ts" in p and "missing" in p for p in problems)
+    assert all(any(name in p and "sha256" in p for p in problems) for name in EDGE_COMPANIONS)
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     manifest["artifacts"][0]["file"] = "../outside.onnx"
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
@@ -90,7 +118,7 @@ def test_re_export_keeps_files_of_the_same_model_and_removes_another_models(
     card = load_model(untrained_checkpoint)[1]
     other_ckpt = save_checkpoint(tmp_path / "other.pt", other, card)
     result = export_model(other_ckpt, "torchscript", None, folder)
-    assert set(result.removed) == CPU_FILES - {"model.pt", "model.ts"}
+    assert set(result.removed) == (CPU_FILES | EDGE_COMPANIONS) - {"model.pt", "model.ts"}  # .bin with its .xml
     assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.pt", "model.ts"]
     assert verify_manifest(folder) == []
 
@@ -135,7 +163,17 @@ def test_plan_for_all_and_for_single_formats():
         "onnx int8 (target tensorrt)",
         "tensorrt fp16",
         "tensorrt int8",
-    } == described
+        "web fp32",
+        "web int8",
+        "openvino fp32",
+        "openvino fp16",
+        "openvino bf16",
+        "openvino int8",
+        "executorch fp32",
+        "executorch int8",
+        "ort fp32",
+        "ort int8",
+    } == described  # each either planned or skipped with its reason
     assert [j.describe() for j in plan("onnx", "int8")[0]] == ["onnx int8 (target cpu)"]
     assert [j.describe() for j in plan("onnx", "fp32,int8", "tensorrt")[0]] == [
         "onnx fp32",

@@ -14,7 +14,7 @@ from toolkit.errors import BadInputError, RtoolError
 from toolkit.infer import run_infer
 from toolkit.preprocess import convert_image, prepare_batch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, needs_executorch, needs_openvino, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,8 @@ def digit_png(tmp_path_factory):
 def test_png_of_another_size_and_mode_is_converted_with_a_note(cpu_export_dir, digit_png):
     result = run_cli("infer", cpu_export_dir / "model.onnx", digit_png, "--topk", "3", "--json")
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == "rtool: note: digit.png is 45x30 RGBA; converted to 28x28 L as the model card says"
+    note = f"rtool: note: {digit_png} is 45x30 RGBA; converted to 28x28 L as the model card says"
+    assert result.stderr.strip() == note
     doc = json.loads(result.stdout)
     (prediction,) = doc["predictions"]
     assert len(prediction["topk"]) == 3 and prediction["actual"] is None and doc["accuracy"] is None
@@ -55,7 +56,7 @@ def test_first_16_test_images_int8_table(cpu_export_dir):
         "16",
     )
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if "mnist5k test #" in line]
+    rows = [line for line in result.stdout.splitlines() if "mnist5k test[" in line]
     assert len(rows) == 16
     assert "model.int8-cpu.onnx: onnxruntime int8 on CPUExecutionProvider" in result.stdout
     correct = sum(" yes " in row for row in rows)
@@ -72,6 +73,10 @@ def test_first_16_test_images_int8_table(cpu_export_dir):
         ("onnxruntime", "fp32"),
         ("onnxruntime", "fp16"),
         ("onnxruntime", "int8"),
+        pytest.param("openvino", "fp32", marks=needs_openvino),
+        pytest.param("openvino", "int8", marks=needs_openvino),
+        pytest.param("executorch", "fp32", marks=needs_executorch),
+        pytest.param("executorch", "int8", marks=needs_executorch),
     ],
 )
 def test_every_runtime_predicts_the_first_test_images(cpu_export_dir, runtime, precision):

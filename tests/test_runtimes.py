@@ -20,6 +20,8 @@ from toolkit.data import load_dataset
 from toolkit.errors import BadInputError, UnavailableError, UnsafeFileError
 from toolkit.preprocess import prepare_batch
 
+from conftest import needs_executorch, needs_openvino
+
 # (runtime, file, max |logit - eager| allowed as a fraction of the eager logits' range, min top-1 agreement)
 CASES = [
     ("torchscript", "model.ts", 1e-4, 1.0),
@@ -30,6 +32,13 @@ CASES = [
     # S8S8 for TensorRT, calibrated on 16 images, run as parity runs it where TensorRT is missing: its Q/DQ in
     # float (x86 S8S8 kernels may saturate in int16, which differs by CPU and says nothing about the file)
     ("onnxruntime", "model.int8-trt.onnx", 0.25, 0.9),
+    ("onnxruntime", "model.ort", 1e-4, 1.0),
+    ("onnxruntime", "model.int8-cpu.ort", 0.1, 0.9),
+    pytest.param("openvino", "model.openvino.xml", 1e-4, 1.0, marks=needs_openvino),
+    pytest.param("openvino", "model.fp16.openvino.xml", 2e-3, 0.95, marks=needs_openvino),
+    pytest.param("openvino", "model.int8.openvino.xml", 0.1, 0.9, marks=needs_openvino),
+    pytest.param("executorch", "model.pte", 1e-4, 1.0, marks=needs_executorch),
+    pytest.param("executorch", "model.int8.pte", 0.1, 0.9, marks=needs_executorch),
 ]
 RUN_OPTIONS = {"model.int8-trt.onnx": {"simulate_qdq": True}}
 
@@ -48,7 +57,7 @@ def eager_logits(cpu_export_dir, batch) -> np.ndarray:
         return rt.infer(batch)
 
 
-@pytest.mark.parametrize("name,file,tolerance,agreement", CASES, ids=[c[1] for c in CASES])
+@pytest.mark.parametrize("name,file,tolerance,agreement", CASES, ids=[getattr(c, "values", c)[1] for c in CASES])
 def test_runtime_matches_eager(cpu_export_dir, batch, eager_logits, name, file, tolerance, agreement):
     with open_runtime(name, cpu_export_dir / file, "cpu", threads=1, **RUN_OPTIONS.get(file, {})) as rt:
         logits = rt.infer(batch)
@@ -180,14 +189,23 @@ def test_providers_choose_only_what_is_usable(monkeypatch):
 def test_providers_in_order_tensorrt_cuda_cpu_when_a_gpu_exists(monkeypatch):
     import onnxruntime as ort
 
+    trt, cuda, cpu = ortr.PREFERENCE
     monkeypatch.setattr(ort, "get_available_providers", lambda: list(ortr.PREFERENCE))
     monkeypatch.setattr(ortr, "cuda_gpus", lambda: (1, ""))
     monkeypatch.setattr(ortr, "_tensorrt_library", lambda: "")
     assert ortr.choose_providers() == (list(ortr.PREFERENCE), [])
-    assert ortr.choose_providers("cuda") == (["CUDAExecutionProvider", "CPUExecutionProvider"], [])
-    assert ortr.choose_providers(None, "cpu") == (["CPUExecutionProvider"], [])
+    assert ortr.choose_providers("cuda") == ([cuda, cpu], [])
+    assert ortr.choose_providers(None, "cpu") == ([cpu], [])
+    # by graph: TensorRT for FP16 and its INT8 form, CUDA (TF32 off) for FP32, the CPU for the CPU's INT8 form
+    assert ortr.choose_providers(None, "auto", ("fp16", None))[0] == [trt, cuda, cpu]
+    assert ortr.choose_providers(None, "cuda:0", ("int8", "tensorrt"))[0] == [trt, cuda, cpu]
+    assert ortr.choose_providers(None, "auto", ("fp32", None))[0] == [cuda, cpu]
+    assert ortr.choose_providers(None, "auto", ("int8", "cpu"))[0] == [cpu]
+    assert ortr.choose_providers(None, "cuda", ("int8", "cpu"))[0] == [cuda, cpu]
+    assert ortr.choose_providers("tensorrt", "auto", ("fp32", None))[0] == [trt, cpu]  # asked for by name
     monkeypatch.setattr(ortr, "_tensorrt_library", lambda: "TensorRT is not installed")
-    assert ortr.choose_providers() == (["CUDAExecutionProvider", "CPUExecutionProvider"], [])
+    assert ortr.choose_providers() == ([cuda, cpu], [])
+    assert ortr.choose_providers(None, "auto", ("fp16", None))[0] == [cuda, cpu]
 
 
 @pytest.mark.skipif(runtimes.cuda_gpus()[0] > 0, reason="a CUDA GPU is present: no fallback to show")
@@ -257,6 +275,24 @@ def test_resolve_artifact_refuses_changed_missing_or_escaping_files(cpu_export_d
         resolve_artifact(tmp_path, "onnxruntime", "fp32")
 
 
+def test_an_entry_without_sha256_is_refused_not_skipped(cpu_export_dir, tmp_path):
+    """A manifest entry that records no sha256 cannot vouch for its file: it is refused wherever files are run."""
+    from toolkit.parity import run_parity
+
+    folder = tmp_path / "export"
+    shutil.copytree(cpu_export_dir, folder)
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    for entry in manifest["artifacts"]:
+        if entry["file"] == "model.onnx":
+            del entry["sha256"]
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(UnsafeFileError, match="lists model.onnx without a sha256"):
+        resolve_artifact(folder, "onnxruntime", "fp32")
+    report = run_parity(folder, runtimes=["onnxruntime"], precisions=["fp32"], limit=10)
+    [row] = [r for r in report.rows if r.runtime == "onnxruntime"]
+    assert row.status == "failed" and "without a sha256" in row.reason
+
+
 # --- TensorRT ------------------------------------------------------------------------------------------
 
 
@@ -284,7 +320,8 @@ def test_engine_stamp_is_read_from_settings_or_validation():
     "here,problem",
     [
         (("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0"), ""),
-        (("10.13.0.35", "NVIDIA H100 PCIe", "9.0"), ""),
+        # same compute capability, another GPU model: TensorRT would only warn (below rtool's log level)
+        (("10.13.0.35", "NVIDIA H100 PCIe", "9.0"), "built on NVIDIA H100 80GB HBM3 (compute capability 9.0) but"),
         (("11.0.0.1", "NVIDIA H100 80GB HBM3", "9.0"), "built with TensorRT 10.13.0.35 but this is TensorRT 11.0.0.1"),
         (("10.13.0.35", "NVIDIA A100-SXM4-80GB", "8.0"), "compute capability 9.0) but this GPU is NVIDIA A100"),
     ],
@@ -292,7 +329,9 @@ def test_engine_stamp_is_read_from_settings_or_validation():
 def test_mismatched_engine_is_refused_with_the_reason(here, problem):
     found = stamp_problem(STAMP, *here)
     assert (problem in found) if problem else found == ""
-    assert "records no TensorRT version" in stamp_problem({}, *here)
+    assert "records no TensorRT version / GPU name / compute capability" in stamp_problem({}, *here)
+    without_name = {k: v for k, v in STAMP.items() if k != "gpu_name"}
+    assert stamp_problem(without_name, *here).startswith("its manifest records no GPU name")
 
 
 @pytest.mark.tensorrt
@@ -361,3 +400,25 @@ def test_onnx_with_embedded_preprocessing_and_softmax(untrained_checkpoint, tmp_
         logits = rt.infer(batch)
     shift = lambda z: z - z.max(axis=1, keepdims=True)  # noqa: E731
     np.testing.assert_allclose(shift(logits), shift(eager_logits), atol=1e-4 * float(np.ptp(eager_logits)))
+
+
+def test_onnxruntime_workers_stop_spinning_when_a_call_returns(cpu_export_dir, batch):
+    """ONNX Runtime's workers spin on after a call unless told (about 50 ms of CPU per call here), taking the
+    cores from whatever runs next: in `rtool bench`, the next runtime's timed calls."""
+    import resource
+    import time
+
+    def cpu_seconds() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    assert ortr.session_options().get_session_config_entry("session.force_spinning_stop") == "1"
+    with open_runtime("onnxruntime", cpu_export_dir / "model.int8-cpu.onnx", "cpu", threads=2) as rt:
+        rt.infer(batch)
+        burnt = []
+        for _ in range(3):
+            rt.infer(batch)
+            began = cpu_seconds()
+            time.sleep(0.2)
+            burnt.append(cpu_seconds() - began)
+    assert min(burnt) < 0.01, burnt

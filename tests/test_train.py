@@ -21,6 +21,7 @@ from toolkit.data import load_dataset
 from toolkit.errors import BadInputError
 from toolkit.preprocess import normalize as numpy_normalize
 from toolkit.train import TrainConfig, TrainingDiverged, resume_config, run_training
+from toolkit.train.batching import training_batch
 
 TINY = dict(train_limit=192, test_limit=64, batch_size=64, quiet=True)  # 3 batches per epoch
 
@@ -50,6 +51,21 @@ def test_random_shift_moves_whole_images_within_the_padding():
     again = train.random_shift(images, 2, torch.Generator().manual_seed(0))
     assert torch.equal(shifted, again)
     assert train.random_shift(images, 0, torch.Generator()) is images
+
+
+def test_random_flip_mirrors_about_half_of_a_batch_and_only_with_flip(mnist):
+    images = mnist.train.images[:64]
+    flipped = train.random_flip(images, torch.Generator().manual_seed(0))
+    mirrored = [torch.equal(out, image.flip(-1)) and not torch.equal(out, image) for out, image in zip(flipped, images)]
+    kept = [torch.equal(out, image) for out, image in zip(flipped, images)]
+    assert all(m or k for m, k in zip(mirrored, kept)) and 20 < sum(mirrored) < 44
+    spec, idx = mnist.input_spec(), torch.arange(64)
+    config = TrainConfig(shift=2, quiet=True)
+    plain, _ = training_batch(mnist.train, idx, spec, config, 0, 0, 0)
+    with_flip, _ = training_batch(mnist.train, idx, spec, TrainConfig(shift=2, flip=True), 0, 0, 0)
+    same = [torch.equal(a, b) for a, b in zip(plain, with_flip)]
+    assert 20 < sum(same) < 44  # the same shifts, then about half mirrored
+    assert all(s or torch.equal(a.flip(-1), b) for s, a, b in zip(same, plain, with_flip))
 
 
 def test_rank_shards_cover_the_epoch_like_a_distributed_sampler():

@@ -24,6 +24,7 @@ from exporters import MAX_BATCH, PRECISIONS, precisions_of_runtime
 from runtimes import (
     Runtime,
     artifact_label,
+    artifact_variant,
     available,
     available_memory,
     get_runtime_class,
@@ -58,10 +59,11 @@ class BenchRow:
     target: str | None = None
     artifact: str = ""
     device: str = ""
+    format: str | None = None  # the exporter format of the file (onnx, ort, openvino, ...)
 
     @property
     def label(self) -> str:
-        return artifact_label(self.runtime, self.precision, self.target)
+        return artifact_label(self.runtime, self.precision, self.target, self.format)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,13 +78,16 @@ class BenchReport:
     rows: list[BenchRow]
     unavailable: list[dict[str, str]] = field(default_factory=list)
 
-    def row(self, runtime: str, precision: str, batch: int, target: str | None = None) -> BenchRow | None:
+    def row(
+        self, runtime: str, precision: str, batch: int, target: str | None = None, fmt: str | None = None
+    ) -> BenchRow | None:
         for r in self.rows:
             if (
                 r.runtime == runtime
                 and r.precision == precision
                 and r.batch == batch
                 and (target is None or r.target in (target, None))
+                and (fmt is None or r.format in (fmt, None))
             ):
                 return r
         return None
@@ -95,10 +100,28 @@ class BenchReport:
             for r in self.rows:
                 if r.batch == batch and r is not eager:
                     out[f"{r.label} / eager fp32"] = r.p50_ms / eager.p50_ms
-        ort, int8 = self.row("onnxruntime", "fp32", batch), self.row("onnxruntime", "int8", batch, "cpu")
+        ort = self.row("onnxruntime", "fp32", batch, fmt="onnx")
+        int8 = self.row("onnxruntime", "int8", batch, "cpu", fmt="onnx")
         if ort and int8:
             out["onnxruntime int8 (cpu) / onnxruntime fp32"] = int8.p50_ms / ort.p50_ms
         return out
+
+    def fastest(self, batch: int = 1) -> dict[str, dict[str, Any]]:
+        """Per precision, the row with the lowest p50 at ``batch``: its label, p50 and ratio to eager fp32."""
+        eager = self.row("eager", "fp32", batch)
+        best: dict[str, BenchRow] = {}
+        for r in self.rows:
+            if r.batch == batch and (r.precision not in best or r.p50_ms < best[r.precision].p50_ms):
+                best[r.precision] = r
+        order = sorted(best, key=lambda p: PRECISIONS.index(p) if p in PRECISIONS else len(PRECISIONS))
+        return {
+            p: {
+                "label": best[p].label,
+                "p50_ms": best[p].p50_ms,
+                "vs_eager": best[p].p50_ms / eager.p50_ms if eager else None,
+            }
+            for p in order
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -109,6 +132,7 @@ class BenchReport:
             "rows": [r.to_dict() for r in self.rows],
             "unavailable": self.unavailable,
             "p50_ratios_batch1": self.ratios(1),
+            "fastest_batch1": self.fastest(1),
         }
 
 
@@ -156,6 +180,7 @@ def percentile_row(entry: dict[str, Any], batch: int, times_s: list[float], devi
         target=entry.get("target"),
         artifact=str(entry["file"]),
         device=device,
+        format=entry.get("format"),
     )
 
 
@@ -248,7 +273,7 @@ def select_artifacts(
         key=lambda e: (
             order.index(e["runtime"]) if e["runtime"] in order else len(order),
             PRECISIONS.index(e["precision"]) if e["precision"] in PRECISIONS else 99,
-            e.get("target") or "",
+            artifact_variant(e["runtime"], e["precision"], e.get("target"), e.get("format")),
         )
     )
     return runnable, unavailable
@@ -263,7 +288,7 @@ def bench_export_dir(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     threads: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     source: str | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
@@ -295,17 +320,24 @@ def bench_export_dir(
                 raise BadInputError(f"{path.name} is listed in {MANIFEST_NAME} but missing; re-export")
             verify_sha256(path, entry)
             loaded.append(stack.enter_context(open_runtime(entry["runtime"], path, device, threads=threads)))
-        limit = min((rt.max_batch for rt in loaded if rt.max_batch), default=None)
-        if limit is not None and max(sizes) > limit:
-            raise BadInputError(
-                f"batch {max(sizes)} exceeds an engine's limit of {limit}; choose --batch-sizes up to {limit}"
-            )
         for size in sizes:
+            fits = [k for k, rt in enumerate(loaded) if not rt.max_batch or size <= rt.max_batch]
+            unavailable += [
+                {
+                    "runtime": runnable[k]["runtime"],
+                    "precision": str(runnable[k]["precision"]),
+                    "reason": f"batch {size} is above the {loaded[k].max_batch} that {runnable[k]['file']} takes",
+                }
+                for k in range(len(loaded))
+                if k not in fits
+            ]
+            if not fits:
+                continue
             batch = rng.standard_normal((size, *card.input.shape)).astype(np.float32)
-            label = f"batch {size}: {len(loaded)} runtimes x {iters} timed calls"
+            label = f"batch {size}: {len(fits)} runtimes x {iters} timed calls"
             tick = (lambda calls, label=label: progress(label, calls, iters)) if progress else None
-            times = timed_rounds(loaded, batch, warmup, iters, tick)
-            rows += [percentile_row(e, size, t, rt.device) for e, t, rt in zip(runnable, times, loaded)]
+            times = timed_rounds([loaded[k] for k in fits], batch, warmup, iters, tick)
+            rows += [percentile_row(runnable[k], size, t, loaded[k].device) for k, t in zip(fits, times)]
     settings = {
         "batch_sizes": sizes,
         "warmup": warmup,
@@ -355,7 +387,7 @@ def run_bench(
     warmup: int = DEFAULT_WARMUP,
     iters: int = DEFAULT_ITERS,
     threads: int | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     input_shape: tuple[int, ...] | None = None,
     progress: Progress | None = None,
     say: Callable[[str], None] | None = None,

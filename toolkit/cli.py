@@ -16,8 +16,10 @@ from exporters import PRECISIONS
 from toolkit import __version__
 from toolkit.card import MAX_CLASSES
 from toolkit.console import make_console
+from toolkit.devices import DeviceSettings
 from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.flags import click_options, given_on_command_line, run_command
+from toolkit.study.config import DegradationConfig
 from toolkit.train.config import LaunchConfig, TrainConfig
 
 MAX_SHAPE_DIM = 1 << 20  # far above any image side or batch; beyond it sizes overflow, not describe a model
@@ -44,7 +46,7 @@ class FormatOptionsCommand(click.Command):
             self.formats_added = True
             self.params.extend(click_params(export_option_classes()))
             rows = [
-                f"  {e.name:<12} {','.join(e.precisions):<15} runs on {e.runtime}"
+                f"  {e.name:<12} {','.join(e.precisions):<20} runs on {e.runtime}"
                 f"{'' if e.in_all else ' (by name only, not in all)'}"
                 for e in exporters()
             ]
@@ -137,6 +139,8 @@ def models(as_json: bool) -> None:
 Examples:
   rtool summary resnet18 --input 1x1x224x224
   rtool summary resnet20 --input 1x3x32x32 --num-classes 100
+  rtool summary runs/r20/best.pt              the model card: classes, input, preprocessing, metrics
+  rtool summary runs/r20/export --json
 """
 )
 @click.argument("model")
@@ -146,7 +150,18 @@ Examples:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def summary(model: str, input_shape: str | None, num_classes: int | None, as_json: bool) -> None:
-    """Walk MODEL layer by layer: output shape and parameters of each layer."""
+    """Walk MODEL layer by layer: output shape and parameters of each layer.
+
+    MODEL is a model name (see `rtool models`), or a checkpoint, exported file
+    or export folder: then its model card comes first (classes, input,
+    preprocessing, training, metrics) and the walk runs on the card's input.
+    """
+    from toolkit.describe import looks_like_file
+
+    if looks_like_file(model):
+        if input_shape or num_classes:
+            raise BadInputError(f"--input and --num-classes are for model names; the card of {model} sets both")
+        return summarize_file(model, as_json)
     shape = parse_shape(input_shape) if input_shape else None
     if shape is not None and len(shape) != 4:
         raise click.BadParameter("--input must have four dimensions, NxCxHxW")
@@ -156,6 +171,11 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
+    print_layers(model, result, make_console())
+
+
+def print_layers(model: str, result: dict, console: object) -> None:
+    """The layer walk as a table and its totals."""
     from rich.table import Table
 
     table = Table(title=f"{model} on input {result['input']}")
@@ -163,11 +183,26 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
         table.add_column(col, justify="right" if col == "params" else "left")
     for r in result["layers"]:
         table.add_row(r["name"], r["kind"], str(r["output_shape"]), f"{r['params']:,}")
-    console = make_console()
     console.print(table)
     console.print(
         f"total params: {result['params']:,}   GFLOPs: {result['gflops']:.3f}   output: {result['output_shape']}"
     )
+
+
+def summarize_file(path: str, as_json: bool) -> None:
+    """`rtool summary FILE`: the layer walk on the card's input, then the card."""
+    from toolkit.describe import describe_file, print_card
+
+    card, layers, why_not = describe_file(path)
+    if as_json:
+        click.echo(json.dumps({"file": path, "card": card.to_dict(), "summary": layers, "note": why_not}, indent=2))
+        return
+    console = make_console(highlight=False)
+    if layers:
+        print_layers(card.model, layers, console)
+    else:
+        click.echo(f"rtool: note: no layer walk: {why_not}", err=True)
+    print_card(path, card, console)
 
 
 @cli.command(
@@ -175,6 +210,8 @@ def summary(model: str, input_shape: str | None, num_classes: int | None, as_jso
 Examples:
   rtool infer runs/r20/best.pt digit.png
   rtool infer runs/r20/export/model.onnx a.png b.png --topk 3
+  rtool infer runs/r20/export photos/ --csv predictions.csv --save-grid grid.png
+  rtool infer runs/r20/export 'shots/**/*.jpg' --csv -          (quoted: rtool expands the glob)
   rtool infer runs/r20/export --runtime onnxruntime --precision int8 --dataset mnist5k --first 16
   rtool infer runs/r20/export --runtime torchscript --dataset mnist5k --first 32 --save-grid grid.png
   rtool infer runs/r20/export --provider cuda --threads 2 --json digit.png
@@ -185,7 +222,7 @@ Examples:
 @click.option(
     "--runtime",
     default=None,
-    help="eager | torchscript | pt2 | onnxruntime | tensorrt "
+    help="eager | torchscript | pt2 | onnxruntime | openvino | executorch | tensorrt "
     "(default: from the file type; onnxruntime for an export folder).",
 )
 @click.option(
@@ -206,18 +243,19 @@ Examples:
     help="ONNX Runtime execution provider (default: the best usable one, TensorRT > CUDA > CPU).",
 )
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where eager/TorchScript/pt2 run.",
-)
+@click_options(DeviceSettings)
 @click.option("--dataset", default=None, help="Predict a data set's test images and compare with their labels.")
 @click.option("--first", type=click.IntRange(min=1), default=None, help="How many test images (default 16).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
 @click.option("--topk", type=click.IntRange(min=1), default=1, show_default=True, help="Classes shown per image.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
+@click.option(
+    "--csv",
+    "csv_file",
+    default=None,
+    metavar="FILE",
+    help="Write one row per image: path, predicted class, probability, the other --topk classes ('-': stdout).",
+)
 @click.option(
     "--save-grid",
     type=click.Path(dir_okay=False),
@@ -244,44 +282,65 @@ def infer(
     data_dir: str | None,
     topk: int,
     as_json: bool,
+    csv_file: str | None,
     save_grid: str | None,
     no_verify: bool,
 ) -> None:
     """Predict the class of IMAGES (or of a data set's first test images) with MODEL on any runtime.
 
     MODEL is a checkpoint, an exported file (.ts, .pt2, .onnx, .engine) or an
-    export folder, where --runtime and --precision pick the file. Images are
-    resized and converted as the model card says.
+    export folder, where --runtime and --precision pick the file. IMAGES are
+    image files, folders (searched with their sub-folders for .png, .jpg and
+    other image files) or quoted globs ('shots/**/*.jpg'). Images are resized
+    and converted as the model card says.
     """
     from toolkit import infer as inference
+    from toolkit.report import progress_bars
 
-    check_output_files(("--save-grid", save_grid))
+    DeviceSettings(device)
+    check_output_files(("--save-grid", save_grid), ("--csv", csv_file))
+    if as_json and csv_file == "-":
+        raise BadInputError("--json and --csv - both write to stdout; give --csv a file name")
     if no_verify:
         warn_no_verify(model)
-    result = inference.run_infer(
-        model,
-        list(images),
-        runtime=runtime,
-        precision=precision,
-        target=target,
-        provider=provider,
-        threads=threads,
-        device=device,
-        dataset=dataset,
-        first=first,
-        topk=topk,
-        data_dir=data_dir,
-        verify=not no_verify,
-    )
+    console = make_console(stderr=True)
+    with progress_bars(console.is_terminal, console) as bars:  # a bar for a folder of images; none in a pipe or log
+        result = inference.run_infer(
+            model,
+            list(images),
+            runtime=runtime,
+            precision=precision,
+            target=target,
+            provider=provider,
+            threads=threads,
+            device=device,
+            dataset=dataset,
+            first=first,
+            topk=topk,
+            data_dir=data_dir,
+            verify=not no_verify,
+            progress=bars,
+        )
     for note in result.notes:
         click.echo(f"rtool: note: {note}", err=True)
-    grid = inference.save_grid(result, save_grid) if save_grid else None
+    print_infer(result, as_json, csv_file, inference.save_grid(result, save_grid) if save_grid else None)
+
+
+def print_infer(result: object, as_json: bool, csv_file: str | None, grid: object) -> None:
+    """The predictions as a table, JSON or CSV (to stdout or a file written atomically), and what was written."""
+    from toolkit import infer as inference
+
+    if csv_file == "-":
+        click.echo(inference.csv_text(result), nl=False)
+    elif csv_file:
+        inference.write_csv(result, csv_file)
     if as_json:
-        click.echo(json.dumps({**result.to_dict(), "grid": str(grid) if grid else None}, indent=2))
-        return
-    inference.print_result(result)
-    if grid:
-        click.echo(f"grid written to {grid}")
+        click.echo(json.dumps({**result.to_dict(), "grid": str(grid) if grid else None, "csv": csv_file}, indent=2))
+    elif csv_file != "-":
+        inference.print_result(result)
+    for what, path in (("csv", csv_file), ("grid", grid)):
+        if path and path != "-" and not as_json:
+            click.echo(f"{what} written to {path}")
 
 
 @cli.command(
@@ -296,6 +355,9 @@ Examples:
   rtool export resnet18 --input-shape 3x224x224 --num-classes 1000 --weights resnet18.pth
   rtool export runs/r20/best.pt --embed-preprocessing --embed-softmax   + model.raw-softmax.onnx for apps
   rtool export runs/r20/best.pt --format triton        Triton model repository in runs/r20/export/triton/
+  rtool export runs/r20/best.pt --format web --precision fp32,int8   web page in runs/r20/export/web/
+  rtool export runs/r20/best.pt --format openvino,ort --precision fp32,int8    OpenVINO IR and .ort files
+  rtool export runs/r20/best.pt --format executorch --precision int8 --pte-max-batch 8
 """,
 )
 @click.argument("source")
@@ -310,7 +372,7 @@ Examples:
     "--precision",
     "precisions",
     default=None,
-    help="Comma list of fp32, fp16, int8 (default: each format's first; every one with --format all).",
+    help=f"Comma list of {', '.join(PRECISIONS)} (default: each format's first; every one with --format all).",
 )
 @click.option(
     "--target",
@@ -407,8 +469,8 @@ def print_export(result: object, as_json: bool) -> None:
             r["precision"],
             r["target"] or "",
             r["size_text"],
-            f"{r['max_abs_diff']:.2e}",
-            f"{r['top1_agreement']:.1%}",
+            "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}",
+            "" if r["top1_agreement"] is None else f"{r['top1_agreement']:.1%}",
             f"[{style[gate]}]{gate}[/] ({r['images']} images)" if gate in style else gate,
         )
     console = make_console()
@@ -470,7 +532,7 @@ Examples:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N test images.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--runtime", default=None, help="Runtime to run the file with (default: by its ending).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click_options(DeviceSettings)
 @click.option("--out", default=None, help="Folder for eval.json and confusion.png (default: eval/ beside the file).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of a table.")
 def evaluate(
@@ -485,15 +547,18 @@ def evaluate(
     out: str | None,
     as_json: bool,
 ) -> None:
-    """Loss, accuracy, per-class accuracy and a confusion matrix of MODEL_FILE on a test split.
+    """Loss, accuracy (top-5 too, above 5 classes), per-class precision/recall/F1 and a confusion matrix.
+
+    MODEL_FILE is scored on its data set's test split.
 
     MODEL_FILE is a checkpoint or any exported file a runtime opens.
     """
     from pathlib import Path
 
-    from toolkit.evaluate import evaluate_file, write_eval_outputs
+    from toolkit.evaluate import evaluate_file, print_eval, write_eval_outputs
     from toolkit.fileio import check_writable_dir
 
+    DeviceSettings(device)
     eval_dir = check_writable_dir(out or Path(model_file).parent / "eval")
     result = evaluate_file(
         model_file,
@@ -509,19 +574,7 @@ def evaluate(
     if as_json:
         click.echo(json.dumps({**result.to_dict(), "files": {k: str(v) for k, v in files.items()}}, indent=2))
         return
-    from rich.table import Table
-
-    table = Table(title=f"{model_file} on {result.dataset} ({result.num_images} test images)")
-    table.add_column("class")
-    table.add_column("accuracy", justify="right")
-    for name, acc in result.per_class_accuracy.items():
-        table.add_row(name, f"{100 * acc:.2f}%")
-    console = make_console(highlight=False)
-    console.print(table)
-    console.print(
-        f"accuracy {100 * result.accuracy:.2f}%   loss {result.loss:.4f}   confusion matrix: {files['confusion']}",
-        markup=False,
-    )
+    print_eval(result, model_file, files, make_console(highlight=False))
 
 
 @cli.command(
@@ -550,6 +603,46 @@ def compare(runs: tuple[str, ...], out: str, title: str, as_json: bool) -> None:
     click.echo(f"figure written to {out}")
 
 
+@cli.group()
+def study() -> None:
+    """Reproduce the ResNet paper's experiments with ordinary rtool training runs."""
+
+
+@study.command(
+    "degradation",
+    epilog="""\b
+Examples:
+  rtool study degradation                                   plain/resnet 20 and 56 on mnist5k
+  rtool study degradation --depths 20,56,110 --epochs 6 --seeds 0,1
+  rtool study degradation --dataset cifar10 --data-dir ~/data   the paper's CIFAR-10 setting, 164 epochs
+  rtool study degradation --depths 20 --epochs 1 --train-limit 256 --test-limit 128 --out /tmp/trial
+""",
+)
+@click_options(DegradationConfig)
+def degradation(**options: object) -> None:
+    """Train plain and residual nets of each depth with one recipe and seed set; draw and tabulate them.
+
+    Every net gets the paper's recipe (SGD, batch 128, lr 0.1 divided by 10 at 50% and 75% of the epochs,
+    weight decay 1e-4, momentum 0.9; on cifar10 also 4-pixel pad + crop + flip). Writes OUT/degradation.png
+    (plain left, ResNet right: training error dashed, test error bold), degradation.json and degradation.md.
+    Each run is a run folder in OUT/runs: run the same command again to continue a stopped study.
+    """
+    import sys
+
+    from toolkit.study.degradation import run_study
+
+    result = run_study(DegradationConfig(**options), say=click.echo)
+    if result.interrupted:
+        click.echo(f"rtool: interrupted in {result.stopped_run}; run the same command again to continue", err=True)
+        sys.exit(130)
+    for net in result.nets:
+        click.echo(
+            f"{net['model']}: train error {net['final_train_error']:.2f}%, test error {net['final_test_error']:.2f}%, "
+            f"{net['params']:,} parameters, {net['train_seconds_per_epoch']:.1f} s/epoch"
+        )
+    click.echo(f"wrote {', '.join(str(path) for path in result.files.values())}")
+
+
 @cli.command(
     epilog="""\b
 Examples:
@@ -558,6 +651,8 @@ Examples:
   rtool parity runs/r20/export --runtimes onnxruntime --precisions int8 --limit 500
   rtool parity runs/r20/export --threshold int8.agreement=99.5 --threshold int8.accuracy_drop=0.5
   rtool parity runs/r20/export --thresholds thresholds.toml --require tensorrt
+  rtool parity runs/r20/export --save-outputs cpu.npz          on one machine, then on another:
+  rtool parity runs/r20/export --load-outputs cpu.npz --require tensorrt
 \b
 Thresholds file (JSON, or TOML with one [precision] table each):
   {"fp32": {"agreement": 99.9, "max_abs_diff": 0.001}, "int8": {"agreement": 99.0, "accuracy_drop": 1.0}}
@@ -567,7 +662,7 @@ Thresholds file (JSON, or TOML with one [precision] table each):
 @click.option("--dataset", default=None, help="Data set whose test split is used (default: the model card's).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (torchvision ones).")
 @click.option("--runtimes", default=None, help="Comma list of runtimes to compare (default: every one listed).")
-@click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
+@click.option("--precisions", default=None, help=f"Comma list of {', '.join(PRECISIONS)} (default: all).")
 @click.option("--require", default=None, help="Comma list of runtimes that must run: unavailable counts as failed.")
 @click.option(
     "--limit", type=click.IntRange(min=1), default=None, help="Use N evenly spaced test images (default: all)."
@@ -587,17 +682,24 @@ Thresholds file (JSON, or TOML with one [precision] table each):
     help="Set one threshold (keys: agreement %, max_abs_diff x logit range, accuracy_drop points; "
     "'none' switches a check off). Repeatable; wins over the file.",
 )
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Where eager/TorchScript/pt2 run and which ONNX Runtime providers are used.",
-)
+@click_options(DeviceSettings)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
 @click.option("--plot", "plot_file", default=None, metavar="FILE", help="Write a PNG of accuracy and latency.")
+@click.option(
+    "--save-outputs",
+    default=None,
+    metavar="FILE",
+    help="Also write the reference and every row's logits to FILE (.npz, no pickle) for --load-outputs elsewhere.",
+)
+@click.option(
+    "--load-outputs",
+    default=None,
+    metavar="FILE",
+    help="Judge this machine's rows against the reference stored in FILE (saved on another machine with "
+    "--save-outputs); the report shows both machines' rows.",
+)
 @click.option(
     "--no-verify", is_flag=True, help="Skip checking every file against the sha256 in manifest.json (not recommended)."
 )
@@ -616,6 +718,8 @@ def parity(
     json_file: str | None,
     markdown_file: str | None,
     plot_file: str | None,
+    save_outputs: str | None,
+    load_outputs: str | None,
     no_verify: bool,
 ) -> None:
     """Check that every runtime x precision in EXPORT_DIR predicts what the eager model predicts.
@@ -631,8 +735,11 @@ def parity(
     from toolkit.parity import run_parity, verify_export
     from toolkit.thresholds import load_thresholds
 
+    DeviceSettings(device)
     thresholds = load_thresholds(thresholds_file, threshold_flags)
-    check_output_files(("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file))
+    check_output_files(
+        ("--json", json_file), ("--markdown", markdown_file), ("--plot", plot_file), ("--save-outputs", save_outputs)
+    )
     if no_verify:
         warn_no_verify(export_dir)
     else:
@@ -652,8 +759,12 @@ def parity(
             threads=threads,
             progress=bars,
             verify=not no_verify,
+            save_outputs=save_outputs,
+            load_outputs=load_outputs,
         )
     reporting.print_parity(result, console)
+    if save_outputs:
+        console.print(f"wrote {save_outputs} (load it elsewhere with --load-outputs)")
     for path in reporting.write_parity_files(result, json_file, markdown_file, plot_file):
         console.print(f"wrote {path}")
     if not result.passed:
@@ -741,12 +852,12 @@ Examples:
 )
 @click.argument("source")
 @click.option("--runtimes", default=None, help="Comma list of runtimes (default: every one available).")
-@click.option("--precisions", default=None, help="Comma list of fp32, fp16, int8 (default: all).")
+@click.option("--precisions", default=None, help=f"Comma list of {', '.join(PRECISIONS)} (default: all).")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma list of batch sizes.")
 @click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls first.")
 @click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls per row.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click_options(DeviceSettings)
 @click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
@@ -773,6 +884,7 @@ def bench(
     from toolkit import report as reporting
     from toolkit.bench import run_bench
 
+    DeviceSettings(device)
     shape = parse_shape(input_shape) if input_shape else None
     check_output_files(("--json", json_file), ("--markdown", markdown_file))
     console = make_console(stderr=json_file == "-", highlight=False)
@@ -793,6 +905,36 @@ def bench(
     reporting.print_bench(result, console)
     for path in reporting.write_bench_files(result, json_file, markdown_file):
         console.print(f"wrote {path}")
+
+
+@cli.group()
+def web() -> None:
+    """The exported web page (`rtool export CHECKPOINT --format web`): preview it locally."""
+
+
+@web.command(
+    "serve",
+    epilog="""\b
+Examples:
+  rtool web serve runs/r20/export/web          http://127.0.0.1:8000/
+  rtool web serve runs/r20/export --port 9000  an export folder: its web/ page
+""",
+)
+@click.argument("folder")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port on 127.0.0.1 (0: any free)."
+)
+def web_serve(folder: str, port: int) -> None:
+    """Serve FOLDER's page on 127.0.0.1 until Ctrl-C: a plain static server, for a preview.
+
+    Any static host serves the folder as well; it needs no special headers.
+    """
+    from runtimes.web_server import serve
+
+    def announce(url: str, served: object) -> None:
+        click.echo(f"serving {served} at {url} (Ctrl-C to stop)")
+
+    serve(folder, port, announce)
 
 
 @cli.command(

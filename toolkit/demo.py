@@ -24,7 +24,16 @@ from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.fileio import atomic_write_text, ensure_writable_dir
 
 MARKER = "demo.json"  # says "this folder is a demo's" and, when done, what it found
-REPORT_FILES = ("report.md", "parity.json", "parity.md", "parity.png", "bench.json", "bench.md", "predictions.png")
+REPORT_FILES = (
+    "report.md",
+    "parity.json",
+    "parity.md",
+    "parity.png",
+    "browser.png",
+    "bench.json",
+    "bench.md",
+    "predictions.png",
+)
 OWNED = ("train", "export", *REPORT_FILES)
 GRID_IMAGES = 32  # evenly spaced test images in the predictions grid (plus up to GRID_WRONG mistakes)
 GRID_WRONG = 8
@@ -103,6 +112,34 @@ def prediction_grid(export_dir: Path, dataset: str, out: Path) -> tuple[Path, st
         f"{runtime} {precision} on {total} {dataset} test images: {result.correct}/{result.labelled} correct "
         f"({100 * result.accuracy:.2f}%). The grid shows {len(spaced)} evenly spaced test images and "
         f"{len(wrong)} of the mistakes (red)."
+    )
+    return out, caption
+
+
+def browser_screenshot(export_dir: Path, dataset: str, out: Path) -> tuple[Path | None, str]:
+    """(PNG of the exported page classifying the first test image in headless Chromium, caption); (None, why not)."""
+    from runtimes import available, open_runtime
+    from runtimes.cards import resolve_artifact
+    from toolkit.data import load_dataset
+    from toolkit.preprocess import prepare_batch
+
+    ok, why = available("browser")
+    if not ok:
+        return None, f"The browser runtime is unavailable here: {why}."
+    try:
+        path = resolve_artifact(export_dir, runtime="browser", precision="fp32")
+    except BadInputError as e:
+        return None, f"No web page to show: {e}."
+    data = load_dataset(dataset)
+    pixels, label = data.test.images[0].numpy(), data.class_names[int(data.test.labels[0])]
+    with open_runtime("browser", path, "cpu") as runtime:
+        runtime.infer(prepare_batch(pixels[None], runtime.card.input))  # warm-up: the first run sets up kernels
+        shown = runtime.show(pixels, out)
+    top = shown["top"][0]
+    caption = (
+        f"{path.parent.name}/{path.name} in headless {runtime.device}, classifying the first {dataset} test "
+        f"image (label {label}) as the page classifies a chosen image: top class {top['name']} "
+        f"({100 * top['probability']:.1f}%), {shown['ms']:.1f} ms in the model."
     )
     return out, caption
 
@@ -203,6 +240,14 @@ class DemoSteps:
         self.timings["parity"] = time.perf_counter() - began
         return parity
 
+    def browser(self) -> tuple[Path | None, str]:
+        """The web page classifying a test image in headless Chromium, for the report (part of step 3)."""
+        began = time.perf_counter()
+        shot, caption = browser_screenshot(self.out / "export", self.config.dataset, self.out / "browser.png")
+        self.console.print(f"    {caption}", markup=False)
+        self.timings["browser screenshot"] = time.perf_counter() - began
+        return shot, caption
+
     def bench(self) -> Any:
         from toolkit import report as reporting
         from toolkit.bench import bench_export_dir
@@ -232,7 +277,13 @@ class DemoSteps:
 
 
 def write_report(
-    steps: DemoSteps, trained: Any, exported: Any, parity: Any, bench: Any, grid: tuple[Path, str]
+    steps: DemoSteps,
+    trained: Any,
+    exported: Any,
+    parity: Any,
+    bench: Any,
+    grid: tuple[Path, str],
+    browser: tuple[Path | None, str],
 ) -> Path:
     """report.md: every figure of this run, with the commands that reproduce it step by step."""
     from toolkit import report as reporting
@@ -258,6 +309,7 @@ def write_report(
         curves="train/curves.png" if (out / "train" / "curves.png").is_file() else None,
         parity=parity,
         parity_plot_file="parity.png",
+        browser=(browser[0].name if browser[0] else None, browser[1]),
         bench=bench,
         grid=grid[0].name,
         grid_caption=grid[1],
@@ -277,11 +329,12 @@ def run_demo(config: DemoConfig, console: Any = None) -> DemoResult:
     trained = steps.train()
     exported = steps.export(trained.best_path)
     parity = steps.parity()
+    browser = steps.browser()
     bench = steps.bench()
     grid = steps.grid()
     steps.step(6, "report")
     steps.timings["total"] = time.perf_counter() - started
-    report_path = write_report(steps, trained, exported, parity, bench, grid)
+    report_path = write_report(steps, trained, exported, parity, bench, grid, browser)
     summary = {
         "status": "done",
         "passed": parity.passed,

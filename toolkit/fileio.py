@@ -83,3 +83,15 @@ def atomic_write_bytes(final: str | Path, data: bytes) -> None:
 
 def atomic_write_text(final: str | Path, text: str) -> None:
     atomic_write_bytes(final, text.encode("utf-8"))
+
+
+def cache_dir(*parts: str) -> Path:
+    """rtool's folder under the user's cache ($XDG_CACHE_HOME or ~/.cache): timing caches, engine caches."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").joinpath("rtool", *parts)
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a name ('NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3')."""
+    import re
+
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-.") or "unknown"

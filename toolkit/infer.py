@@ -8,10 +8,12 @@ of another size or colour mode is converted, and a note says so.
 
 from __future__ import annotations
 
+import csv
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,14 +22,18 @@ from runtimes.cards import manifest_entry, resolve_artifact
 from toolkit.card import InputSpec, ModelCard
 from toolkit.console import make_console
 from toolkit.errors import BadInputError, UnavailableError
+from toolkit.imagefiles import MAX_IMAGE_PIXELS, find_images, shown, too_large
 from toolkit.preprocess import conform_pixels, convert_image, normalize
 
 GRID_LIMIT = 100  # images drawn in a --save-grid figure
+BATCH = 64  # images read, converted and run at a time
+NOTE_GROUPS = 3  # kinds of conversion (or Pillow warnings) named in the notes; the rest are counted
+Progress = Callable[[str, int, int], None]  # (label, advance, total), as toolkit.report.progress_bars gives
 
 
 @dataclass
 class Prediction:
-    source: str
+    source: str  # the image file (as given, or found in a folder or by a glob), or "mnist5k test[7]"
     topk: list[tuple[str, float]]  # (class name, probability), best first
     actual: str | None = None
 
@@ -52,7 +58,8 @@ class InferResult:
     device: str
     card: ModelCard
     predictions: list[Prediction]
-    pixels: np.ndarray  # uint8 (N, C, H, W) as the model saw them (after conversion), for the grid
+    pixels: np.ndarray  # uint8 (N, C, H, W) as the model saw them (after conversion), for the grid: from files,
+    # only the first GRID_LIMIT are kept
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -139,38 +146,99 @@ def describe_image(mode: str, size: tuple[int, int]) -> str:
     return f"{size[0]}x{size[1]} {mode}"
 
 
-def load_images(paths: list[str | Path], spec: InputSpec) -> tuple[np.ndarray, list[str]]:
-    """Image files -> uint8 (N, C, H, W) in the card's mode and size, and a note for each one converted."""
+def read_image(path: Path, spec: InputSpec) -> tuple[np.ndarray, str, list[str]]:
+    """One file -> uint8 (C, H, W) in the card's mode and size, what it was ("45x30 RGBA"), Pillow's warnings.
+
+    A picture above MAX_IMAGE_PIXELS is refused from its header, before any pixel is decoded.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    arrays, notes = [], []
+    if not path.is_file():
+        raise BadInputError(
+            f"image {shown(path)} {'is a folder' if path.is_dir() else 'does not exist'}; give image files"
+        )
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # Pillow warns about damaged files: a note, not a stack
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise too_large(path, image.size)
+                image.load()
+                found = describe_image(image.mode, image.size)
+                array = convert_image(image, spec)
+    except Image.DecompressionBombError:
+        raise too_large(path, None) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
+        raise BadInputError(f"{shown(path)} is not a usable image ({shown(reason)})") from None
+    return array, found, [shown(w.message) for w in caught]
+
+
+def summarise_reads(reads: list[tuple[Path, str, list[str]]], spec: InputSpec) -> list[str]:
+    """A few note lines for many images: those converted to the card's size and mode, grouped by what they
+    were, and Pillow's warnings, grouped by message. ``reads`` holds (file, what it was, warnings)."""
     wanted = describe_image(spec.color, (spec.width, spec.height))
-    for name in paths:
-        path = Path(name)
-        if not path.is_file():
-            raise BadInputError(
-                f"image {path} {'is a folder' if path.is_dir() else 'does not exist'}; give image files"
-            )
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")  # Pillow warns about damaged files: a note each, not a stack
-                with Image.open(path) as image:
-                    image.load()
-                    found = describe_image(image.mode, image.size)
-                    arrays.append(convert_image(image, spec))
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-            reason = "not an image Pillow can read" if isinstance(e, UnidentifiedImageError) else str(e)[:120]
-            raise BadInputError(f"{path} is not a usable image ({reason})") from None
-        notes += [f"{path.name}: {warning.message}" for warning in caught]
+    converted: dict[str, list[Path]] = {}
+    warned: dict[str, list[Path]] = {}
+    for path, found, messages in reads:
         if found != wanted:
-            notes.append(f"{path.name} is {found}; converted to {wanted} as the model card says")
-    return np.stack(arrays), notes
+            converted.setdefault(found, []).append(path)
+        for message in dict.fromkeys(messages):
+            warned.setdefault(message, []).append(path)
+    notes = []
+    for message, paths in list(warned.items())[:NOTE_GROUPS]:
+        notes.append(f"{shown(paths[0])}: {message}" if len(paths) == 1 else f"{len(paths)} images: {message}")
+    if len(warned) > NOTE_GROUPS:
+        notes.append(f"{len(warned) - NOTE_GROUPS} other Pillow warnings not shown")
+    count = sum(len(paths) for paths in converted.values())
+    if count == 1:
+        ((found, (path,)),) = converted.items()
+        notes.append(f"{shown(path)} is {found}; converted to {wanted} as the model card says")
+    elif count:
+        groups = sorted(converted.items(), key=lambda item: -len(item[1]))
+        parts = [
+            f"{len(paths)} {'was' if len(paths) == 1 else 'were'} {found} (e.g. {shown(paths[0])})"
+            for found, paths in groups[:NOTE_GROUPS]
+        ]
+        if len(groups) > NOTE_GROUPS:
+            rest = sum(len(paths) for _, paths in groups[NOTE_GROUPS:])
+            parts.append(f"and {rest} of other sizes or modes")
+        notes.append(f"{count} of {len(reads)} images converted to {wanted} as the model card says: {', '.join(parts)}")
+    return notes
+
+
+def load_images(paths: list[Path], spec: InputSpec) -> tuple[np.ndarray, list[tuple[Path, str, list[str]]]]:
+    """Image files -> uint8 (N, C, H, W) in the card's mode and size, and (file, what it was, warnings) of each."""
+    arrays, reads = [], []
+    for path in paths:
+        array, found, messages = read_image(path, spec)
+        arrays.append(array)
+        reads.append((path, found, messages))
+    return np.stack(arrays), reads
+
+
+def predict_files(
+    rt: Any, files: list[Path], spec: InputSpec, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Logits of every file, read and run a batch at a time (memory stays flat for any number of files),
+    the pixels of the first GRID_LIMIT (for the grid) and the notes."""
+    logits, kept, reads = [], [], []
+    for start in range(0, len(files), BATCH):
+        pixels, more = load_images(files[start : start + BATCH], spec)
+        reads += more
+        logits.append(infer_in_batches(rt, normalize(pixels, spec), batch_size=BATCH))
+        if start < GRID_LIMIT:
+            kept.append(pixels[: GRID_LIMIT - start])
+        if progress:
+            progress("infer", len(pixels), len(files))
+    return np.concatenate(logits), np.concatenate(kept), summarise_reads(reads, spec)
 
 
 def dataset_images(
     name: str, first: int, spec: InputSpec, card: ModelCard, data_dir: str | Path | None = None
-) -> tuple[np.ndarray, list[str], list[str]]:
-    """The first ``first`` test images of a data set in the card's shape, their class names, and notes."""
+) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """The first ``first`` test images of a data set in the card's shape, their class names, what to call
+    each one (its file for an image folder, else ``mnist5k test[7]``: its index in the test split), and notes."""
     from toolkit.data import load_dataset
 
     dataset = load_dataset(name, data_dir)
@@ -184,13 +252,14 @@ def dataset_images(
         )
     pixels = dataset.test.images[:first].numpy()
     labels = dataset.test.labels[:first].tolist()
+    sources = dataset.test.files[:first] if dataset.test.files else [f"{name} test[{i}]" for i in range(first)]
     notes = []
     if tuple(pixels.shape[1:]) != spec.shape:
         notes.append(
             f"{dataset.name} images are {'x'.join(map(str, pixels.shape[1:]))} (CxHxW); converted to "
             f"{'x'.join(map(str, spec.shape))} as the model card says"
         )
-    return pixels, [dataset.class_names[i] for i in labels], notes
+    return pixels, [dataset.class_names[i] for i in labels], sources, notes
 
 
 def top_k(logits: np.ndarray, class_names: list[str], k: int) -> list[list[tuple[str, float]]]:
@@ -217,15 +286,16 @@ def run_infer(
     topk: int = 1,
     data_dir: str | Path | None = None,
     verify: bool = True,
+    progress: Progress | None = None,
 ) -> InferResult:
-    """Predict classes for image files or a data set's first test images.
+    """Predict classes for images (files, folders, globs: see ``find_images``) or a data set's first test images.
 
     ``verify=False`` skips the sha256 check of a file picked from an export folder (``--no-verify``).
     """
     images = list(images or [])
     provider = None if provider in (None, "", "auto") else provider
     if dataset is None and not images:
-        raise BadInputError("nothing to predict: give image files, or --dataset NAME --first N")
+        raise BadInputError("nothing to predict: give image files, folders or globs, or --dataset NAME --first N")
     if dataset is not None and images:
         raise BadInputError("give image files or --dataset, not both")
     if first is not None and dataset is None:
@@ -236,22 +306,21 @@ def run_infer(
     model_file, runtime, precision = pick_model_file(model, runtime, precision, target, provider, verify)
     if provider and runtime != "onnxruntime":
         raise BadInputError(f"--provider is for the onnxruntime runtime; {runtime} runs where --device says")
+    files = find_images(images) if images else []
     options = {k: v for k, v in (("provider", provider), ("threads", threads)) if v}
     with open_runtime(runtime, model_file, device, **options) as rt:
         card, spec = rt.card, rt.card.input
         notes = list(rt.notes)
         if dataset is not None:
-            pixels, actual, more = dataset_images(dataset, first or 16, spec, card, data_dir)
-            sources = [f"{dataset} test #{i}" for i in range(len(pixels))]
+            pixels, actual, sources, more = dataset_images(dataset, first or 16, spec, card, data_dir)
+            pixels = conform_pixels(pixels, spec)
+            logits = infer_in_batches(rt, normalize(pixels, spec), batch_size=BATCH)
         else:
-            pixels, more = load_images(images, spec)
-            actual = [None] * len(pixels)
-            sources = [Path(p).name for p in images]
+            logits, pixels, more = predict_files(rt, files, spec, progress)
+            actual, sources = [None] * len(files), [str(f) for f in files]
         notes += more
-        pixels = conform_pixels(pixels, spec)
-        logits = infer_in_batches(rt, normalize(pixels, spec), batch_size=64)
         device_used = rt.device
-    if logits.shape != (len(pixels), card.num_classes):
+    if logits.shape != (len(sources), card.num_classes):
         raise BadInputError(
             f"{model_file.name} returned logits of shape {logits.shape}, but its card lists "
             f"{card.num_classes} classes; re-export the model"
@@ -276,14 +345,16 @@ def save_grid(result: InferResult, out: str | Path, selection: str | None = None
     titles, wrong = [], []
     for pred in shown:
         if pred.actual is None:
-            titles.append(f"{short_label(pred.predicted, GRID_LABEL_CHARS - 6)} ({pred.probability:.0%})")
+            name = " ".join("/".join(Path(pred.source).parts[-2:]).split())  # class folder / file, on one line
+            name = name if len(name) <= GRID_LABEL_CHARS else "…" + name[1 - GRID_LABEL_CHARS :]
+            titles.append(f"{short_label(pred.predicted, GRID_LABEL_CHARS - 6)} ({pred.probability:.0%})\n{name}")
         else:
             titles.append(f"pred {short_label(pred.predicted)}\ntrue {short_label(pred.actual)}")
         wrong.append(pred.correct is False)
-    found = manifest_entry(result.model_file) if result.precision == "int8" else None
-    target = found[1].get("target") if found else None
+    found = manifest_entry(result.model_file) if result.precision else None
+    target, fmt = (found[1].get("target"), found[1].get("format")) if found else (None, None)
     header = f"{result.model_file.name}: " + (
-        artifact_label(result.runtime, result.precision, target) if result.precision else result.runtime
+        artifact_label(result.runtime, result.precision, target, fmt) if result.precision else result.runtime
     )
     total, labelled = len(result.predictions), result.labelled
     if selection:
@@ -298,6 +369,7 @@ def save_grid(result: InferResult, out: str | Path, selection: str | None = None
 
 def print_result(result: InferResult) -> None:
     """A table of predictions (and actual classes), then the accuracy."""
+    from rich.markup import escape
     from rich.table import Table
 
     labelled = result.labelled > 0
@@ -315,12 +387,39 @@ def print_result(result: InferResult) -> None:
         table.add_column("actual")
         table.add_column("match")
     for i, p in enumerate(result.predictions):
-        row = [str(i), p.source, p.predicted, f"{p.probability:.1%}"]
+        row = [str(i), escape(shown(p.source)), escape(p.predicted), f"{p.probability:.1%}"]
         if len(p.topk) > 1:
-            row.append(", ".join(f"{c} {pr:.1%}" for c, pr in p.topk))
+            row.append(escape(", ".join(f"{c} {pr:.1%}" for c, pr in p.topk)))
         if labelled:
-            row += [p.actual or "", "[green]yes[/]" if p.correct else "[bold red]NO[/]"]
+            row += [escape(p.actual or ""), "[green]yes[/]" if p.correct else "[bold red]NO[/]"]
         table.add_row(*row)
     console.print(table)
     if labelled:
         console.print(f"accuracy: {result.correct}/{result.labelled} = {result.accuracy:.1%}")
+
+
+def csv_text(result: InferResult) -> str:
+    """One row per image: path, predicted class, its probability, the other top-k classes, and (for a data set)
+    the actual class and whether the prediction matched."""
+    k = len(result.predictions[0].topk) if result.predictions else 1
+    labelled = result.labelled > 0
+    header = ["path", "predicted", "probability"]
+    header += [f"{name}_{rank}" for rank in range(2, k + 1) for name in ("class", "probability")]
+    header += ["actual", "correct"] if labelled else []
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for p in result.predictions:
+        row = [p.source, p.predicted, f"{p.probability:.6f}"]
+        row += [value for name, prob in p.topk[1:] for value in (name, f"{prob:.6f}")]
+        row += [p.actual, int(bool(p.correct))] if labelled else []
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def write_csv(result: InferResult, out: str | Path) -> Path:
+    """``csv_text`` written atomically: the file is complete, or (on any failure) not there."""
+    from toolkit.fileio import atomic_write_text
+
+    atomic_write_text(out, csv_text(result))
+    return Path(out)

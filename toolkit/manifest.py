@@ -105,33 +105,57 @@ def write_manifest(export_dir: Path, manifest: dict[str, Any]) -> Path:
     return path
 
 
+def companions(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files recorded with an entry that belong to it (an OpenVINO IR's .bin weights), each with its sha256."""
+    found = entry.get("companions")
+    if not isinstance(found, list):
+        return []
+    return [c for c in found if isinstance(c, dict) and isinstance(c.get("file"), str)]
+
+
+def _file_problem(folder: Path, record: dict[str, Any]) -> str:
+    """Why one recorded file (an entry or a companion) is not what was exported; '' when it is."""
+    name = record["file"]
+    if not is_inside(folder, name):
+        return f"{name!r} points outside the export folder"
+    path = folder / name
+    if not path.is_file():
+        return f"{name} is listed but missing"
+    if path.stat().st_size != record.get("size"):
+        return f"{name} has {path.stat().st_size} bytes, the manifest says {record.get('size')}"
+    if sha256_file(path) != record.get("sha256"):
+        return f"{name} does not match its sha256 (changed after export)"
+    return ""
+
+
 def verify_manifest(export_dir: str | Path) -> list[str]:
     """Problems with the folder against its manifest (missing files, sizes, sha256); empty when all is well."""
     folder = Path(export_dir)
-    problems = []
-    for entry in read_manifest(folder)["artifacts"]:
-        name = entry["file"]
-        if not is_inside(folder, name):
-            problems.append(f"{name!r} points outside the export folder")
-            continue
-        path = folder / name
-        if not path.is_file():
-            problems.append(f"{name} is listed but missing")
-        elif path.stat().st_size != entry.get("size"):
-            problems.append(f"{name} has {path.stat().st_size} bytes, the manifest says {entry.get('size')}")
-        elif sha256_file(path) != entry.get("sha256"):
-            problems.append(f"{name} does not match its sha256 (changed after export)")
-    return problems
+    records = [r for entry in read_manifest(folder)["artifacts"] for r in (entry, *companions(entry))]
+    return [problem for problem in (_file_problem(folder, record) for record in records) if problem]
 
 
 def verify_sha256(path: Path, entry: dict[str, Any]) -> None:
-    """Refuse a file whose bytes differ from what its manifest recorded at export."""
-    expected = entry.get("sha256")
-    if expected and sha256_file(path) != expected:
-        raise UnsafeFileError(
-            f"{path.name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
-            f"after export; re-export it rather than run it"
-        )
+    """Refuse a file (or a companion beside it) whose bytes differ from what its manifest recorded at export,
+    or whose record holds no sha256."""
+    for record in (entry, *companions(entry)):
+        name = Path(record["file"]).name if record is not entry else path.name
+        if record is not entry and Path(record["file"]).parent != Path(str(entry.get("file"))).parent:
+            raise UnsafeFileError(f"{MANIFEST_NAME} lists {record['file']} with {path.name} but not beside it")
+        target = path if record is entry else path.parent / name
+        if record is not entry and not target.is_file():
+            raise BadInputError(f"{name}, which {path.name} needs, is missing beside it; re-export")
+        expected = record.get("sha256")
+        if not isinstance(expected, str) or not expected:
+            raise UnsafeFileError(
+                f"{MANIFEST_NAME} lists {name} without a sha256, so its bytes cannot be checked; "
+                f"re-export it rather than run it"
+            )
+        if sha256_file(target) != expected:
+            raise UnsafeFileError(
+                f"{name} does not match its {MANIFEST_NAME} (sha256 differs): it changed "
+                f"after export; re-export it rather than run it"
+            )
 
 
 def written_by_rtool(folder: Path, entry: dict[str, Any], patterns: Iterable[re.Pattern[str]]) -> bool:

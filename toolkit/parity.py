@@ -12,6 +12,17 @@ TensorRT provider where it is usable; elsewhere its Q/DQ graph is computed in
 float on the CPU (``simulate_qdq``), which is exactly the quantization the
 file defines, free of the int16 saturation of x86 int8 kernels without VNNI
 (see docs/parity.md). Its latency there says nothing about TensorRT's.
+
+Device 'auto' (the default) runs each runtime on its own best device: eager,
+TorchScript and pt2 on a CUDA GPU where one is usable, ONNX Runtime on the
+provider its graph suits, TensorRT engines on the GPU. Across machines,
+``save_outputs`` keeps the reference and every row's logits and
+``load_outputs`` judges this machine's rows against the stored reference, so
+one report holds both machines' rows (toolkit.parity_outputs).
+
+A file whose model ends in a softmax (the web page's, run by the ``browser``
+runtime in headless Chromium) gives log-probabilities; its row is compared
+with the eager model's log-softmax (``compared_as``), with the same thresholds.
 """
 
 from __future__ import annotations
@@ -25,8 +36,17 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from exporters import PRECISIONS, precisions_of_runtime
-from runtimes import artifact_label, available, error_summary, list_runtimes, open_runtime
+from runtimes import (
+    artifact_label,
+    artifact_variant,
+    available,
+    error_summary,
+    list_runtimes,
+    log_softmax,
+    open_runtime,
+)
 from runtimes.cards import artifact_runs, skipped_runs
+from toolkit import parity_outputs as outputs
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError, RtoolError, UnsafeFileError
 from toolkit.flags import comma_list
@@ -35,6 +55,7 @@ from toolkit.preprocess import prepare_batch
 from toolkit.thresholds import Thresholds, check_thresholds, default_thresholds
 
 BATCH_SIZE = 100  # images per inference call; every runtime gets the same batches
+LOG_PROBABILITIES = "log-probabilities"  # how rows of models that end in a softmax are compared
 
 Progress = Callable[[str, int, int], None]  # (task label, images just done, images in the task)
 
@@ -59,10 +80,14 @@ class ParityRow:
     latency_ms: float | None = None  # mean per batch
     failed_thresholds: list[str] = field(default_factory=list)
     float_layers: list[str] = field(default_factory=list)  # INT8 files: layers kept in float (--max-accuracy-drop)
+    machine: str = ""  # with --load-outputs: "saved" (the other machine's row) or "here"
+    compared_as: str = "logits"  # or log-probabilities: the model ends in a softmax (eager's log_softmax compared)
+    format: str | None = None  # the exporter format of the file (onnx, ort, openvino, ...)
 
     @property
     def label(self) -> str:
-        return artifact_label(self.runtime, self.precision, self.target)
+        label = artifact_label(self.runtime, self.precision, self.target, self.format)
+        return label + (f" @{self.machine}" if self.machine else "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +99,7 @@ class ParityReport:
     reference: dict[str, Any]
     rows: list[ParityRow]
     thresholds: dict[str, Thresholds]
+    machines: dict[str, str] = field(default_factory=dict)  # "saved" / "here" -> the machine, with --load-outputs
 
     @property
     def passed(self) -> bool:
@@ -93,6 +119,7 @@ class ParityReport:
             "reference": self.reference,
             "thresholds": {p: asdict(t) for p, t in self.thresholds.items()},
             "rows": [row.to_dict() for row in self.rows],
+            "machines": self.machines,
             "passed": self.passed,
         }
 
@@ -174,8 +201,9 @@ def run_logits(
     device: str,
     options: dict[str, Any],
     progress: Progress | None,
-) -> tuple[np.ndarray, float, str]:
-    """(logits, mean ms per batch, device) of one artifact over ``batch``; one untimed warm-up call first."""
+) -> tuple[np.ndarray, float, str, str]:
+    """(logits, mean ms per batch, device, what the logits are) of one artifact over ``batch``; one untimed
+    warm-up call first. A model that ends in a softmax gives log-probabilities (``LOG_PROBABILITIES``)."""
     with open_runtime(runtime_name, path, device, **options) as runtime:
         step = min(x for x in (BATCH_SIZE, runtime.max_batch) if x)
         runtime.infer(batch[:step])  # warm-up: first-call allocation and graph set-up are not latency
@@ -188,7 +216,8 @@ def run_logits(
             if progress:
                 progress(label, len(chunk), len(batch))
         calls = math.ceil(len(batch) / step)
-        return np.concatenate(outputs), 1000 * seconds / calls, runtime.device
+        kind = LOG_PROBABILITIES if runtime.card is not None and runtime.card.output == "probabilities" else "logits"
+        return np.concatenate(outputs), 1000 * seconds / calls, runtime.device, kind
 
 
 def compare(
@@ -218,7 +247,7 @@ def _sort_key(row: ParityRow) -> tuple[int, int, str]:
     order = list_runtimes()
     runtime = order.index(row.runtime) if row.runtime in order else len(order)
     precision = PRECISIONS.index(row.precision) if row.precision in PRECISIONS else len(PRECISIONS)
-    return runtime, precision, row.target or ""
+    return runtime, precision, artifact_variant(row.runtime, row.precision, row.target, row.format)
 
 
 def runnable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool]) -> list[tuple[ParityRow, dict]]:
@@ -231,6 +260,7 @@ def runnable_rows(manifest: dict[str, Any], chosen: Callable[[str, str], bool]) 
                 entry["file"],
                 entry.get("target"),
                 float_layers=float_layers(entry),
+                format=entry.get("format"),
             ),
             entry,
         )
@@ -247,22 +277,23 @@ def float_layers(entry: dict[str, Any]) -> list[str]:
 
 
 def unavailable_rows(
-    manifest: dict[str, Any], chosen: Callable[[str, str], bool], covered: set[tuple[str, str]]
+    manifest: dict[str, Any], chosen: Callable[[str, str], bool], covered: set[tuple[str, str, Any]]
 ) -> list[tuple[ParityRow, None]]:
     """Rows for what the export skipped and for runtimes that cannot run here, each with its reason."""
     plan: list[tuple[ParityRow, None]] = []
     for runtime, skip in skipped_runs(manifest):
         precision = str(skip.get("precision"))
-        if not chosen(runtime, precision) or (runtime, precision) in covered:
+        if not chosen(runtime, precision) or (runtime, precision, skip.get("format")) in covered:
             continue
         reason = f"not exported: {skip.get('reason') or 'no reason given'}"
-        plan.append(
-            (ParityRow(runtime, precision, None, skip.get("target"), status="unavailable", reason=reason), None)
+        row = ParityRow(
+            runtime, precision, None, skip.get("target"), status="unavailable", reason=reason, format=skip.get("format")
         )
-        covered.add((runtime, precision))
+        plan.append((row, None))
+        covered.add((runtime, precision, skip.get("format")))
     for runtime in list_runtimes():  # a runtime that cannot run here and that the manifest does not mention
         ok, why = available(runtime)
-        if ok or any(r == runtime for r, _ in covered):
+        if ok or any(r == runtime for r, _, _ in covered):
             continue
         plan += [
             (ParityRow(runtime, precision, None, status="unavailable", reason=why), None)
@@ -272,16 +303,22 @@ def unavailable_rows(
     return plan
 
 
-def planned_rows(
-    manifest: dict[str, Any], runtimes: list[str] | None, precisions: list[str] | None
-) -> list[tuple[ParityRow, dict[str, Any] | None]]:
-    """Rows for every listed artifact, every skipped one, and every runtime that cannot run here."""
+def chooser(runtimes: list[str] | None, precisions: list[str] | None) -> Callable[[str, str], bool]:
+    """Whether a (runtime, precision) is among those asked for (None: all)."""
 
     def chosen(runtime: str, precision: str) -> bool:
         return (runtimes is None or runtime in runtimes) and (precisions is None or precision in precisions)
 
+    return chosen
+
+
+def planned_rows(
+    manifest: dict[str, Any], runtimes: list[str] | None, precisions: list[str] | None
+) -> list[tuple[ParityRow, dict[str, Any] | None]]:
+    """Rows for every listed artifact, every skipped one, and every runtime that cannot run here."""
+    chosen = chooser(runtimes, precisions)
     plan: list[tuple[ParityRow, dict[str, Any] | None]] = list(runnable_rows(manifest, chosen))
-    plan += unavailable_rows(manifest, chosen, {(r.runtime, r.precision) for r, _ in plan})
+    plan += unavailable_rows(manifest, chosen, {(r.runtime, r.precision, r.format) for r, _ in plan})
     plan.sort(key=lambda item: _sort_key(item[0]))
     return plan
 
@@ -296,21 +333,28 @@ def run_parity(
     require: Iterable[str] | None = None,
     limit: int | None = None,
     thresholds: dict[str, Thresholds] | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     threads: int | None = None,
     progress: Progress | None = None,
     verify: bool = True,
+    save_outputs: str | Path | None = None,
+    load_outputs: str | Path | None = None,
 ) -> ParityReport:
     """Compare every artifact of ``export_dir`` with its eager model; see the module docstring.
 
     Each file's sha256 is checked against the manifest before it runs (a mismatch fails the reference
-    or its row); ``verify=False`` skips that (``--no-verify``).
+    or its row); ``verify=False`` skips that (``--no-verify``). ``device`` 'auto' runs each runtime on its
+    own best device. ``save_outputs`` writes the reference and every row's logits to a file;
+    ``load_outputs`` takes the reference from such a file, saved on another machine, and adds its rows
+    to this machine's (toolkit.parity_outputs).
     """
     export_dir = Path(export_dir)
     if not export_dir.is_dir():
         raise BadInputError(missing_folder(export_dir))
     if limit is not None and limit < 1:
         raise BadInputError("--limit must be at least 1")
+    if save_outputs and load_outputs:
+        raise BadInputError("--save-outputs and --load-outputs go one at a time: save on one machine, load on another")
     runtime_names = comma_list(runtimes, list_runtimes(), "--runtimes") or None
     precision_names = comma_list(precisions, PRECISIONS, "--precisions") or None
     required = comma_list(require, list_runtimes(), "--require")
@@ -319,34 +363,98 @@ def run_parity(
     if not isinstance(manifest.get("card"), dict):
         raise BadInputError(f"{export_dir / MANIFEST_NAME} holds no model card; re-export the model")
     card = ModelCard.from_dict(manifest["card"])
-    run = ParityRun(export_dir, device, {"threads": threads} if threads else {}, progress, verify)
+    stored = outputs.load_outputs(load_outputs) if load_outputs else None
+    if stored is not None:
+        dataset, limit = stored_test_set(stored, dataset, limit)
+    run = ParityRun(export_dir, device, {"threads": threads} if threads else {}, progress, verify, stored)
     run.measure_reference(manifest, card, dataset, limit, data_dir)
     plan = planned_rows(manifest, runtime_names, precision_names)
-    for runtime in required:
-        if not any(row.runtime == runtime for row, _ in plan):
-            plan.append(
-                (
-                    ParityRow(
-                        runtime,
-                        precision_names[0] if precision_names else "fp32",
-                        None,
-                        status="failed",
-                        reason=f"required by --require, but {export_dir} holds no {runtime} file",
-                    ),
-                    None,
-                )
-            )
+    if stored is not None and chooser(runtime_names, precision_names)("eager", "fp32"):
+        plan.insert(0, (ParityRow("eager", "fp32", run.reference_entry["file"]), run.reference_entry))
+    plan += missing_required(plan, required, precision_names, export_dir)
     if not plan:
         raise BadInputError(
             f"nothing to compare: {export_dir} holds no artifact for the chosen runtimes and precisions"
         )
-    for row, entry in plan:
-        if entry is None:
-            if row.status == "unavailable" and row.runtime in required:
-                row.status, row.reason = "failed", f"required by --require: {row.reason}"
+    measured = [(row, run.run_row(row, entry, thresholds, required)) for row, entry in plan]
+    if save_outputs:
+        run.save(save_outputs, manifest["card"], limit, measured)
+    rows = [row for row, _ in plan]
+    if stored is None:
+        return ParityReport(export_dir, run.reference, rows, thresholds)
+    for row in rows:
+        row.machine = "here"
+    saved = stored_rows(stored, chooser(runtime_names, precision_names), thresholds)
+    machines = {"saved": stored.machine, "here": outputs.machine_label()}
+    return ParityReport(export_dir, run.reference, saved + rows, thresholds, machines)
+
+
+def missing_required(
+    plan: list[tuple[ParityRow, dict[str, Any] | None]],
+    required: list[str],
+    precisions: list[str] | None,
+    export_dir: Path,
+) -> list[tuple[ParityRow, None]]:
+    """A failed row for each runtime --require names that has no row at all."""
+    return [
+        (
+            ParityRow(
+                runtime,
+                precisions[0] if precisions else "fp32",
+                None,
+                status="failed",
+                reason=f"required by --require, but {export_dir} holds no {runtime} file",
+            ),
+            None,
+        )
+        for runtime in required
+        if not any(row.runtime == runtime for row, _ in plan)
+    ]
+
+
+def stored_test_set(stored: outputs.StoredOutputs, dataset: str | None, limit: int | None) -> tuple[str, int | None]:
+    """The data set and --limit the stored outputs were saved with; a different one asked for is refused."""
+    saved_dataset, saved_limit = str(stored.meta.get("dataset")), stored.meta.get("limit")
+    if dataset is not None and dataset != saved_dataset:
+        raise BadInputError(
+            f"{stored.path} was saved on {saved_dataset}, not {dataset}; leave out --dataset with --load-outputs"
+        )
+    if limit is not None and limit != saved_limit:
+        raise BadInputError(
+            f"{stored.path} was saved with --limit {saved_limit}, not {limit}; leave out --limit with --load-outputs"
+        )
+    return saved_dataset, saved_limit
+
+
+def stored_rows(
+    stored: outputs.StoredOutputs, chosen: Callable[[str, str], bool], thresholds: dict[str, Thresholds]
+) -> list[ParityRow]:
+    """The other machine's rows, measured again from their stored logits against the stored reference."""
+    reference = stored.meta.get("reference") or {}
+    rows = []
+    for entry, logits in stored.rows:
+        row = ParityRow(**outputs.stored_row_fields(entry, ParityRow), machine="saved")
+        row.compared_as = row.compared_as or "logits"  # saved before rows said what they compare
+        if not chosen(row.runtime, row.precision):
             continue
-        run.measure_row(row, entry, thresholds.get(row.precision, Thresholds()), required)
-    return ParityReport(export_dir, run.reference, [row for row, _ in plan], thresholds)
+        if logits is not None:
+            row.status, row.reason = "ok", ""
+            expected = log_softmax(stored.reference) if row.compared_as == LOG_PROBABILITIES else stored.reference
+            try:
+                compare(row, logits, expected, stored.labels, reference["accuracy"], reference["logit_range"])
+            except (BadInputError, KeyError, TypeError) as e:
+                row.status, row.reason = "failed", f"stored logits unusable ({e})"
+            else:
+                judge(row, thresholds.get(row.precision, Thresholds()))
+        rows.append(row)
+    return rows
+
+
+def judge(row: ParityRow, limits: Thresholds) -> None:
+    """Fail a measured row that breaks one of its precision's thresholds, naming each."""
+    row.failed_thresholds = check_thresholds(row, limits)
+    if row.failed_thresholds:
+        row.status, row.reason = "failed", "; ".join(row.failed_thresholds)
 
 
 @dataclass
@@ -358,7 +466,9 @@ class ParityRun:
     options: dict[str, Any]
     progress: Progress | None
     verify: bool
+    stored: outputs.StoredOutputs | None = None
     reference: dict[str, Any] = field(default_factory=dict)
+    reference_entry: dict[str, Any] = field(default_factory=dict)
     batch: np.ndarray = field(default_factory=lambda: np.zeros(0))
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0))
     logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -379,9 +489,16 @@ class ParityRun:
         limit: int | None,
         data_dir: str | Path | None,
     ) -> None:
-        ref_path = self.checked_path(reference_entry(self.export_dir, manifest))
+        """The eager model's logits on the test images, or with --load-outputs the stored ones (same images)."""
+        self.reference_entry = reference_entry(self.export_dir, manifest)
+        ref_path = self.checked_path(self.reference_entry)
         data_name, self.batch, self.labels = test_images(card, dataset, limit, data_dir)
-        self.logits, ref_ms, ref_device = run_logits(
+        if self.stored is not None:
+            outputs.check_matches(self.stored, manifest["card"], self.batch, self.labels)
+            self.logits = self.stored.reference
+            self.reference = {**(self.stored.meta.get("reference") or {}), "machine": "saved"}
+            return
+        self.logits, ref_ms, ref_device, _ = run_logits(
             "eager", ref_path, self.batch, "eager fp32 (reference)", self.device, self.options, self.progress
         )
         accuracy = 100.0 * float((self.logits.argmax(axis=1) == self.labels).mean())
@@ -407,15 +524,27 @@ class ParityRun:
                 options["provider"] = "tensorrt"
         return options
 
-    def measure_row(self, row: ParityRow, entry: dict[str, Any], limits: Thresholds, required: list[str]) -> None:
-        """Run one file and fill its row: measurements, or why it is unavailable or failed."""
+    def run_row(
+        self, row: ParityRow, entry: dict[str, Any] | None, thresholds: dict[str, Thresholds], required: list[str]
+    ) -> np.ndarray | None:
+        """Measure a planned row (its logits), or settle one that has no file to run."""
+        if entry is not None:
+            return self.measure_row(row, entry, thresholds.get(row.precision, Thresholds()), required)
+        if row.status == "unavailable" and row.runtime in required:
+            row.status, row.reason = "failed", f"required by --require: {row.reason}"
+        return None
+
+    def measure_row(
+        self, row: ParityRow, entry: dict[str, Any], limits: Thresholds, required: list[str]
+    ) -> np.ndarray | None:
+        """Run one file and fill its row: measurements, or why it is unavailable or failed; its logits if it ran."""
         ok, why = available(row.runtime)
         if not ok:
             needed = row.runtime in required or (row.target == "tensorrt" and "tensorrt" in required)
             row.status, row.reason = ("failed" if needed else "unavailable"), why
-            return
+            return None
         try:
-            logits, row.latency_ms, row.device = run_logits(
+            logits, row.latency_ms, row.device, row.compared_as = run_logits(
                 row.runtime,
                 self.checked_path(entry),
                 self.batch,
@@ -424,13 +553,33 @@ class ParityRun:
                 self.row_options(row),
                 self.progress,
             )
-            compare(row, logits, self.logits, self.labels, self.reference["accuracy"], self.reference["logit_range"])
+            reference = log_softmax(self.logits) if row.compared_as == LOG_PROBABILITIES else self.logits
+            compare(row, logits, reference, self.labels, self.reference["accuracy"], self.reference["logit_range"])
         except RtoolError as e:
             row.status, row.reason = "failed", str(e)
-            return
+            return None
         except Exception as e:  # a runtime library's own error on this file: the row fails, the report goes on
             row.status, row.reason = "failed", f"{row.runtime} raised {e.__class__.__name__}: {error_summary(e)}"
-            return
-        row.failed_thresholds = check_thresholds(row, limits)
-        if row.failed_thresholds:
-            row.status, row.reason = "failed", "; ".join(row.failed_thresholds)
+            return None
+        judge(row, limits)
+        return logits
+
+    def save(
+        self,
+        path: str | Path,
+        card: dict[str, Any],
+        limit: int | None,
+        measured: list[tuple[ParityRow, np.ndarray | None]],
+    ) -> None:
+        """--save-outputs: this run's reference and rows, for `rtool parity --load-outputs` on another machine."""
+        outputs.save_outputs(
+            path,
+            card=card,
+            dataset=self.reference["dataset"],
+            limit=limit,
+            inputs=self.batch,
+            labels=self.labels,
+            reference=self.reference,
+            reference_logits=self.logits,
+            rows=measured,
+        )

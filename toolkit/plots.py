@@ -10,6 +10,7 @@ read ``$...$`` in them as mathtext (and fail on ``$\\frac{a}{$``).
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from toolkit.fileio import atomic_path  # noqa: E402
 
@@ -67,6 +68,14 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | Path, title: 
     return save_figure(fig, path)
 
 
+def error_curves(ax: Any, history: Sequence[dict[str, Any]], color: str, label: str, marker: str = "") -> None:
+    """One run's error per epoch in the paper's style: training error thin dashed, test error bold."""
+    epochs = [row["epoch"] for row in history]
+    style = {"color": color, "marker": marker, "markersize": 4}
+    ax.plot(epochs, [100 * (1 - row["train_acc"]) for row in history], linestyle="--", linewidth=1, **style)
+    ax.plot(epochs, [100 * (1 - row["test_acc"]) for row in history], linewidth=2, label=label, **style)
+
+
 @plain_text()
 def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, title: str = "") -> Path:
     """Several runs on one figure: train loss, and train (dashed) / test (solid) error per epoch.
@@ -77,10 +86,8 @@ def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, history) in enumerate(runs.items()):
         color = colors[i % len(colors)]
-        epochs = [row["epoch"] for row in history]
-        loss_ax.plot(epochs, [row["train_loss"] for row in history], color=color, label=name)
-        err_ax.plot(epochs, [100 * (1 - row["train_acc"]) for row in history], color=color, linestyle="--", linewidth=1)
-        err_ax.plot(epochs, [100 * (1 - row["test_acc"]) for row in history], color=color, linewidth=2, label=name)
+        loss_ax.plot([row["epoch"] for row in history], [row["train_loss"] for row in history], color=color, label=name)
+        error_curves(err_ax, history, color, name)
     loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss")
     err_ax.set(xlabel="epoch", ylabel="error (%)", title="error: test (solid), train (dashed)")
     for ax in (loss_ax, err_ax):
@@ -90,6 +97,43 @@ def compare_runs(runs: dict[str, Sequence[dict[str, Any]]], path: str | Path, ti
     if title:
         fig.suptitle(title)
     return save_figure(fig, path)
+
+
+def _one_two_five(value: float, _: Any = None) -> str:
+    """A log axis's minor label: only 2x and 5x a power of ten are named, so the labels never crowd."""
+    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value:g}" if round(mantissa, 6) in (2, 5) else ""
+
+
+def draw_degradation(panels: dict[str, dict[str, Sequence[dict[str, Any]]]], title: str = "") -> Any:
+    """The figure of ``degradation_figure``, not yet saved (tests read its lines)."""
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(5.2 * len(panels), 4), sharey=True, squeeze=False, layout="constrained"
+    )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel, runs) in zip(axes[0], panels.items()):
+        for i, (name, history) in enumerate(runs.items()):  # the i-th depth has one color in every panel
+            error_curves(ax, history, colors[i % len(colors)], name, marker=".")
+        last = max((row["epoch"] for history in runs.values() for row in history), default=1)
+        ax.set(xlabel="epoch", title=panel, xlim=(0, last + 0.5))
+        ax.grid(alpha=0.3)
+        ax.legend()
+        integer_epochs(ax)
+    axes[0][0].set_ylabel("error (%)")
+    axes[0][0].set_yscale("log")  # shared: errors from tens of percent down to a fraction of one stay readable
+    # Plain-number labels at 1, 2 and 5 of each decade (the log formatter's labels are mathtext).
+    axes[0][0].yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axes[0][0].yaxis.set_minor_formatter(FuncFormatter(_one_two_five))
+    fig.suptitle((f"{title}\n" if title else "") + "training error thin dashed, test error bold", fontsize=10)
+    return fig
+
+
+@plain_text()
+def degradation_figure(
+    panels: dict[str, dict[str, Sequence[dict[str, Any]]]], path: str | Path, title: str = ""
+) -> Path:
+    """He et al.'s Figure 6 layout: one panel per family (plain left, ResNet right), one color per depth."""
+    return save_figure(draw_degradation(panels, title), path)
 
 
 @plain_text()

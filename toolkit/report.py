@@ -10,17 +10,17 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
-import shlex
 from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import quote
 
 from rich.markup import escape
 
+from runtimes import artifact_variant
 from toolkit.bench import BenchReport
 from toolkit.console import make_console
 from toolkit.fileio import atomic_write_text
+from toolkit.markdown import markdown_code, markdown_shell_block, markdown_table, markdown_text
 from toolkit.parity import ParityReport, ParityRow
 
 PARITY_COLUMNS = (
@@ -52,8 +52,13 @@ def _signed(value: float | None) -> str:
     return "" if value is None else f"{value:+.2f}"
 
 
-def _precision_label(runtime: str, precision: str, target: str | None) -> str:
-    return f"{precision} ({target})" if target and precision == "int8" else precision
+def _precision_label(runtime: str, precision: str, target: str | None, fmt: str | None = None) -> str:
+    variant = artifact_variant(runtime, precision, target, fmt)
+    return f"{precision} ({variant})" if variant else precision
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
 
 
 def parity_cells(report: ParityReport) -> list[list[str]]:
@@ -61,7 +66,7 @@ def parity_cells(report: ParityReport) -> list[list[str]]:
     ref = report.reference
     cells = [
         [
-            ref["runtime"],
+            ref["runtime"] + (f" @{ref['machine']}" if ref.get("machine") else ""),
             ref["precision"],
             ref["artifact"],
             ref["device"],
@@ -78,8 +83,8 @@ def parity_cells(report: ParityReport) -> list[list[str]]:
     for row in report.rows:
         cells.append(
             [
-                row.runtime,
-                _precision_label(row.runtime, row.precision, row.target),
+                row.runtime + (f" @{row.machine}" if row.machine else ""),
+                _precision_label(row.runtime, row.precision, row.target, row.format),
                 row.artifact or "",
                 row.device or "",
                 row.status,
@@ -111,6 +116,11 @@ def parity_summary(report: ParityReport) -> str:
     verdict = "PASSED" if report.passed else "FAILED"
     found = ", ".join(f"{n} {status}" for status, n in counts.items() if n)
     return f"parity {verdict}: {found} (against eager fp32 on {ref['images']} {ref['dataset']} test images)"
+
+
+def machines_line(report: ParityReport) -> str:
+    """'' or, for a report that joins two machines' rows (--load-outputs), which machine each tag names."""
+    return "; ".join(f"@{tag} = {machine}" for tag, machine in report.machines.items())
 
 
 def _short_device(device: str | None) -> str:
@@ -155,37 +165,10 @@ def print_parity(report: ParityReport, console: Any = None) -> None:
         console.print(f"  {reason}", markup=False, highlight=False)
     for line in float_layer_lines(report):
         console.print(f"  {line}", markup=False, highlight=False)
+    if report.machines:
+        console.print(f"  machines: {machines_line(report)}", markup=False, highlight=False)
     console.print(f"thresholds: {thresholds_line(report)}", highlight=False)
     console.print(("[green]" if report.passed else "[bold red]") + parity_summary(report) + "[/]", highlight=False)
-
-
-MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|#~&$!])")
-LINE_BREAKS = re.compile(r"[\r\n\u2028\u2029]+")
-
-
-def markdown_text(text: Any) -> str:
-    """``text`` as literal Markdown: every character that could start emphasis, a link, HTML, a table cell,
-    math (GitHub's ``$``) or a new block is backslash-escaped, and line breaks become spaces.
-
-    Paths, titles, class names and error messages come from users; in a page rtool writes they stay text.
-    """
-    return MARKDOWN_SPECIAL.sub(r"\\\1", LINE_BREAKS.sub(" ", str(text)))
-
-
-def markdown_code(text: Any) -> str:
-    """``text`` as an inline code span, fenced by more backticks than it holds (so no backtick ends it)."""
-    text = LINE_BREAKS.sub(" ", str(text))
-    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-def markdown_shell_block(commands: list[list[str]]) -> str:
-    """Shell commands, each argument quoted with shlex, in a code fence no backtick inside can close."""
-    lines = [shlex.join(str(arg) for arg in argv) for argv in commands]
-    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return "\n".join([f"{fence}sh", *lines, fence])
 
 
 def batch_words(reference: dict[str, Any]) -> str:
@@ -197,12 +180,6 @@ def batch_words(reference: dict[str, Any]) -> str:
     return f"batches of {size}" + (f" (the last of {rest})" if rest else "")
 
 
-def _markdown_table(header: tuple[str, ...] | list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(markdown_text(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
     ref = report.reference
     return (
@@ -212,8 +189,9 @@ def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
                 f"Reference: eager FP32 ({markdown_code(ref['artifact'])}) on {ref['images']} "
                 f"{markdown_code(ref['dataset'])} test images, in {batch_words(ref)}; every runtime gets the same "
                 f"preprocessed images in the same order.",
-                _markdown_table(PARITY_COLUMNS, parity_cells(report)),
+                markdown_table(PARITY_COLUMNS, parity_cells(report)),
                 *[f"{markdown_text(line)}." for line in float_layer_lines(report)],
+                *([f"Machines: {markdown_text(machines_line(report))}."] if report.machines else []),
                 f"Thresholds: {markdown_text(thresholds_line(report))}.",
                 f"**{markdown_text(parity_summary(report))}**",
             ]
@@ -226,7 +204,7 @@ def bench_cells(report: BenchReport) -> list[list[str]]:
     return [
         [
             r.runtime,
-            _precision_label(r.runtime, r.precision, r.target),
+            _precision_label(r.runtime, r.precision, r.target, r.format),
             str(r.batch),
             f"{r.p50_ms:.2f}",
             f"{r.p90_ms:.2f}",
@@ -267,19 +245,32 @@ def print_bench(report: BenchReport, console: Any = None) -> None:
         )
     for name, ratio in report.ratios(1).items():
         console.print(f"p50 at batch 1: {name} = {ratio:.2f}x", highlight=False)
+    for line in fastest_lines(report):
+        console.print(line, markup=False, highlight=False)
+
+
+def fastest_lines(report: BenchReport, batch: int = 1) -> list[str]:
+    """'fastest int8 at batch 1: openvino int8, p50 1.43 ms = 0.08x eager fp32', one per precision."""
+    lines = []
+    for precision, best in report.fastest(batch).items():
+        versus = f" = {best['vs_eager']:.2f}x eager fp32" if best["vs_eager"] is not None else ""
+        lines.append(f"fastest {precision} at batch {batch}: {best['label']}, p50 {best['p50_ms']:.2f} ms{versus}")
+    return lines
 
 
 def bench_markdown(report: BenchReport, heading: str = "## Benchmark") -> str:
     parts = [
         heading,
         markdown_text(bench_settings_line(report)) + ".",
-        _markdown_table(BENCH_COLUMNS, bench_cells(report)),
+        markdown_table(BENCH_COLUMNS, bench_cells(report)),
     ]
     ratios = report.ratios(1)
     if ratios:
         parts.append(
             "p50 ratios at batch 1: " + "; ".join(f"{markdown_text(k)} = {v:.2f}x" for k, v in ratios.items()) + "."
         )
+    if report.fastest(1):
+        parts.append("\n".join(f"- {markdown_text(line)}" for line in fastest_lines(report)))
     if report.unavailable:
         parts.append(
             "Not timed here: "
@@ -506,6 +497,7 @@ def demo_markdown(
     parity: ParityReport,
     parity_plot_file: str | None,
     bench: BenchReport | None,
+    browser: tuple[str | None, str] | None = None,
     grid: str | None,
     grid_caption: str,
     exports: list[dict[str, Any]],
@@ -525,18 +517,22 @@ def demo_markdown(
         parts.append(f"![training curves]({_link(curves)})")
     rows = [
         [
-            e["file"],
+            " + ".join([e["file"], *(c["file"] for c in e.get("companions", []))]),
             e["format"],
             _precision_label(e.get("runtime", ""), e["precision"], e.get("target")),
             e.get("runtime", ""),
-            f"{e['size'] / 1e6:.2f} MB" if e["size"] >= 1e5 else f"{e['size'] / 1e3:.1f} kB",
+            _size_text(e["size"] + sum(c["size"] for c in e.get("companions", []))),
         ]
         for e in exports
     ]
-    parts.append("## Exported files\n\n" + _markdown_table(("file", "format", "precision", "runtime", "size"), rows))
+    parts.append("## Exported files\n\n" + markdown_table(("file", "format", "precision", "runtime", "size"), rows))
     parts.append(parity_markdown(parity).rstrip())
     if parity_plot_file:
         parts.append(f"![parity: accuracy, agreement and latency per runtime]({_link(parity_plot_file)})")
+    if browser is not None:
+        shot, caption = browser
+        image = f"\n\n![the exported web page in headless Chromium]({_link(shot)})" if shot else ""
+        parts.append(f"## In the browser\n\n{markdown_text(caption)}{image}")
     if bench is not None:
         parts.append(bench_markdown(bench).rstrip())
     if grid:

@@ -190,6 +190,90 @@ def check_onnx_file(path: str | Path) -> Any:
     return model
 
 
+# ---------------------------------------------------------------- ONNX Runtime format (.ort)
+
+ORT_IDENTIFIER = b"ORTM"  # the flatbuffer file identifier of ONNX Runtime's InferenceSession schema
+MAX_ORT_BYTES = 2 << 30  # flatbuffers address 2 GB at most
+
+
+def _ort_graph(data: bytes) -> Any:
+    """The Graph table of an ORT-format buffer, read with ONNX Runtime's own generated flatbuffer classes."""
+    import onnxruntime.tools.ort_format_model  # noqa: F401  (puts ort_flatbuffers_py on the path)
+    from ort_flatbuffers_py.fbs.InferenceSession import InferenceSession
+
+    model = InferenceSession.GetRootAs(data, 0).Model()
+    return model.Graph() if model is not None else None
+
+
+def _ort_dims(value_info: Any) -> list[int]:
+    """Fixed dimensions of a tensor NodeArg (named dimensions left out)."""
+    from ort_flatbuffers_py.fbs.DimensionValueType import DimensionValueType
+    from ort_flatbuffers_py.fbs.TensorTypeAndShape import TensorTypeAndShape
+
+    type_info = value_info.Type()
+    table = type_info.Value() if type_info is not None else None
+    if table is None:
+        return []
+    tensor = TensorTypeAndShape()
+    tensor.Init(table.Bytes, table.Pos)
+    shape = tensor.Shape()
+    values = [shape.Dim(j).Value() for j in range(shape.DimLength())] if shape is not None else []
+    return [v.DimValue() for v in values if v is not None and v.DimType() == DimensionValueType.VALUE]
+
+
+def _check_ort_graph(path: Path, graph: Any) -> None:
+    ends = {graph.Inputs(j) for j in range(graph.InputsLength())} | {
+        graph.Outputs(j) for j in range(graph.OutputsLength())
+    }
+    for j in range(graph.NodeArgsLength()):
+        value = graph.NodeArgs(j)
+        dims = _ort_dims(value) if value.Name() in ends else []
+        if any(d < 0 or d > MAX_STATIC_DIM for d in dims) or (dims and _elements(dims) > MAX_TENSOR_ELEMENTS):
+            raise BadInputError(
+                f"{path.name}: graph input/output '{value.Name().decode(errors='replace')}' has the absurd "
+                f"shape {dims}; the file is corrupt or hostile"
+            )
+    for j in range(graph.InitializersLength()):
+        tensor = graph.Initializers(j)
+        if tensor.ExternalDataOffset() >= 0:
+            raise UnsafeFileError(f"refused {path.name}: a weight lives in an external file; rtool writes one file")
+        dims = [tensor.Dims(k) for k in range(tensor.DimsLength())]
+        if any(d < 0 for d in dims) or _elements(dims) > MAX_TENSOR_ELEMENTS:
+            raise BadInputError(f"{path.name}: a weight claims the shape {dims}; the file is corrupt or hostile")
+
+
+def check_ort_file(path: str | Path) -> None:
+    """Refuse what is not an ONNX Runtime format model (``.ort``, a flatbuffer, not protobuf) or is a hostile one.
+
+    Checked from the buffer alone, before ONNX Runtime reads it: the ``ORTM``
+    identifier, a graph that the schema's tables can be read from, graph
+    inputs and outputs of sane size, and weights stored inside the file.
+    ONNX Runtime verifies the flatbuffer's offsets itself when it loads it.
+    """
+    import struct
+
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"model file {path} does not exist")
+    if path.stat().st_size > MAX_ORT_BYTES:
+        raise BadInputError(f"{path.name} is larger than any ONNX Runtime format model can be; it is not one")
+    data = path.read_bytes()
+    if len(data) < 8 or data[4:8] != ORT_IDENTIFIER:
+        raise BadInputError(
+            f"{path.name} is not an ONNX Runtime format model (no '{ORT_IDENTIFIER.decode()}' flatbuffer "
+            f"identifier); re-export it with `rtool export --format ort`"
+        )
+    try:
+        graph = _ort_graph(data)
+        if graph is None or graph.NodesLength() == 0:
+            raise BadInputError(f"{path.name} holds no graph (truncated or corrupt); re-export it")
+        _check_ort_graph(path, graph)
+    except (IndexError, struct.error, ValueError, TypeError, AttributeError):
+        raise BadInputError(
+            f"{path.name} is a damaged ONNX Runtime format model (its tables do not read: truncated or corrupt)"
+        ) from None
+
+
 # ---------------------------------------------------------------- PyTorch zip archives
 
 COMPRESSION_NAMES = {zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}

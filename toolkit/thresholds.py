@@ -47,6 +47,8 @@ def default_thresholds() -> dict[str, Thresholds]:
     return {
         "fp32": Thresholds(agreement=99.9, max_abs_diff=1e-3),
         "fp16": Thresholds(agreement=99.5),
+        # bf16 keeps 8 significant bits (fp16 keeps 11): OpenVINO's bf16 ResNet-18 logits were 2.3e-2 off
+        "bf16": Thresholds(agreement=99.0, accuracy_drop=0.5),
         "int8": Thresholds(agreement=99.0, accuracy_drop=1.0),
     }
 

@@ -69,7 +69,8 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
         "grey image of another size": (("infer", onnx_file, f["grey12x10.png"]), "converted to 28x28 L", 0),
         "not an image": (("infer", onnx_file, f["notes.png"]), "notes.png is not a usable image", 2),
         "truncated image": (("infer", onnx_file, f["cut.png"]), "cut.png is not a usable image", 2),
-        "image is a folder": (("infer", onnx_file, f["empty"]), "is a folder; give image files", 2),
+        "folder without images": (("infer", onnx_file, f["empty"]), "holds no image files (looked for .bmp", 2),
+        "glob without matches": (("infer", onnx_file, f["folder"] / "*.jpeg"), "matches no files; check the", 2),
         "image does not exist": (("infer", onnx_file, f["folder"] / "nope.png"), "does not exist; give image files", 2),
         "empty folder as model": (("infer", f["empty"], digit), "has no manifest.json; make one with `rtool export", 2),
         "model does not exist": (("infer", f["folder"] / "nope.onnx", digit), "does not exist (give a checkpoint", 2),
@@ -78,7 +79,7 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
             "no runtime opens 'notes.png'; expected one of",
             2,
         ),
-        "nothing to predict": (("infer", onnx_file), "nothing to predict: give image files, or --dataset", 2),
+        "nothing to predict": (("infer", onnx_file), "nothing to predict: give image files, folders or globs", 2),
         "empty image folder data set": (
             ("train", "--dataset", f"imagefolder:{f['empty']}", "--out", out / "t1"),
             "has no class sub-folders; lay it out as",
@@ -144,6 +145,16 @@ def table(ckpt: Path, export: Path, digit: Path, f: dict[str, Path], ro: Path | 
         "grid under a file": (
             ("infer", onnx_file, digit, "--save-grid", f["a-file"] / "grid.png"),
             "is a file, not a folder; choose another --save-grid",
+            2,
+        ),
+        "CSV under a file": (
+            ("infer", onnx_file, digit, "--csv", f["a-file"] / "rows.csv"),
+            "is a file, not a folder; choose another --csv",
+            2,
+        ),
+        "CSV and JSON both on stdout": (
+            ("infer", onnx_file, digit, "--csv", "-", "--json"),
+            "--json and --csv - both write to stdout; give --csv a file name",
             2,
         ),
         "parity JSON under a file": (

@@ -131,6 +131,37 @@ def test_a_set_too_large_for_this_machine_is_refused_before_it_is_allocated(tmp_
 
 
 @pytest.mark.parametrize(
+    "kind, words",
+    [
+        ("giant", f"is {GIANT_SIDE}x{GIANT_SIDE} pixels (144 megapixels), more than the 89 megapixels rtool reads"),
+        (
+            "bomb",
+            "is larger than Pillow decodes safely (a possible decompression bomb), more than the 89 megapixels "
+            "rtool reads",
+        ),
+    ],
+)
+def test_infer_refuses_a_giant_picture_in_a_folder_before_decoding_it(cpu_export_dir, bomb_png, tmp_path, kind, words):
+    """Pillow only warns at 144 MP and would decode it (144 MB, 432 MB as RGB); infer refuses it as training does."""
+    from toolkit.infer import run_infer
+
+    small_png(tmp_path / "shots" / "a.png", 10)
+    picture = tmp_path / "shots" / "b" / "big.png"
+    if kind == "giant":
+        one_colour_png(picture, GIANT_SIDE, GIANT_SIDE, white=True)
+    else:
+        picture.parent.mkdir()
+        picture.write_bytes(bomb_png.read_bytes())
+    refused, peak = traced_peak(lambda: run_infer(cpu_export_dir / "model.onnx", [tmp_path / "shots"]))
+    assert isinstance(refused, BadInputError), f"accepted: {refused}"
+    assert (
+        str(refused) == f"{picture} {words} from one image; shrink it (every image is resized to one size anyway) "
+        "or remove it"
+    )
+    assert peak < 16 * 2**20, f"{peak / 2**20:.0f} MB allocated before the refusal"
+
+
+@pytest.mark.parametrize(
     "name, shown",
     [
         ("cats\nDROP", "cats\\nDROP"),

@@ -114,5 +114,5 @@ def test_no_verify_runs_anyway_with_a_loud_warning(export_copy, tmp_path, digit_
     report = json.loads((tmp_path / "parity.json").read_text())
     assert report["passed"] is True  # one float32 step in one weight: the runtimes still agree
     predictions = json.loads(results["infer"].stdout)["predictions"]
-    assert len(predictions) == 1 and predictions[0]["source"] == digit_png.name
+    assert len(predictions) == 1 and predictions[0]["source"] == str(digit_png)
     assert json.loads((folder / MANIFEST_NAME).read_text())  # the manifest itself was left alone

@@ -27,7 +27,7 @@ from runtimes.onnxruntime_runtime import pixels_from_input
 from toolkit.card import InputSpec
 from toolkit.cli import main
 from toolkit.errors import RtoolError
-from toolkit.infer import load_images
+from toolkit.infer import load_images, summarise_reads
 from toolkit.preprocess import conform_pixels, convert_image, normalize
 
 # Every mode Pillow decodes image files into ("La" and other premultiplied modes exist only in memory).
@@ -282,7 +282,8 @@ def test_image_loading_raises_only_rtool_errors(tmp_path, digit_png):
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
         try:
-            pixels, notes = load_images([tmp_path / name], spec)
+            pixels, reads = load_images([tmp_path / name], spec)
+            notes = summarise_reads(reads, spec)
             assert pixels.shape == (1, *spec.shape) and all("\n" not in n for n in notes), name
         except RtoolError as e:
             assert "\n" not in str(e), (name, str(e))

@@ -22,16 +22,18 @@ STATS_CHUNK = 256  # images per step of the mean/std histogram: memory stays sma
 class Split:
     images: torch.Tensor  # uint8 (N, C, H, W)
     labels: torch.Tensor  # int64 (N,)
+    files: list[str] | None = None  # the file each image was read from (image folders), for naming it
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     @classmethod
-    def of(cls, images: np.ndarray, labels: np.ndarray | list[int]) -> Split:
+    def of(cls, images: np.ndarray, labels: np.ndarray | list[int], files: list[str] | None = None) -> Split:
         """A split from NumPy arrays (any integer labels), as the tensors above."""
         return cls(
             torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
             torch.from_numpy(np.asarray(labels, dtype=np.int64)),
+            files,
         )
 
 

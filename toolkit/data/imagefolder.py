@@ -21,21 +21,15 @@ from PIL import Image, UnidentifiedImageError
 from toolkit.card import InputSpec
 from toolkit.data.dataset import Dataset, Split, stratified_split
 from toolkit.errors import BadInputError
+from toolkit.imagefiles import IMAGE_SUFFIXES, MAX_IMAGE_PIXELS, is_image_name, shown, too_large
 from toolkit.preprocess import SIXTEEN_BIT_MODES, convert_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 GREY_MODES = {"1", "L", "LA"} | SIXTEEN_BIT_MODES
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (a quarter GiB of RGBA): about 89 MP
 MEMORY_SHARE = 4  # the decoded data set may take at most this fraction (1/4) of the machine's memory
 # Characters a class name may not hold: controls (newline, tab, escape...), invisible format marks
 # (bidi overrides), undecodable bytes (surrogates) and line/paragraph separators. ZWNJ/ZWJ stay (scripts, emoji).
 FORBIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 ALLOWED_FORMAT_MARKS = {"\u200c", "\u200d"}
-
-
-def shown(path: Path | str) -> str:
-    """A path or name as one line of text: characters that are not printable appear escaped (``\\n``)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
 
 
 def check_class_name(folder: Path) -> str:
@@ -50,18 +44,6 @@ def check_class_name(folder: Path) -> str:
     return folder.name
 
 
-def _too_large(path: Path, size: tuple[int, int] | None) -> BadInputError:
-    what = (
-        f"is {size[0]}x{size[1]} pixels ({size[0] * size[1] / 1e6:.0f} megapixels)"
-        if size
-        else "is larger than Pillow decodes safely (a possible decompression bomb)"
-    )
-    return BadInputError(
-        f"{shown(path)} {what}, more than the {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels rtool reads "
-        f"from one image; shrink it (every image is resized to one size anyway) or remove it"
-    )
-
-
 def _unreadable(path: Path, error: Exception) -> BadInputError:
     return BadInputError(f"{shown(path)} is not a readable image ({shown(error)}); remove it or replace it")
 
@@ -73,12 +55,12 @@ def open_image(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, naming the size
             image = Image.open(path)
     except Image.DecompressionBombError:
-        raise _too_large(path, None) from None
+        raise too_large(path, None) from None
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise _unreadable(path, e) from None
     if image.width * image.height > MAX_IMAGE_PIXELS:
         image.close()
-        raise _too_large(path, image.size)
+        raise too_large(path, image.size)
     return image
 
 
@@ -146,7 +128,7 @@ def _files(root: Path) -> tuple[list[str], list[list[tuple[Path, int]]], bool]:
             for i, c in enumerate(classes)
             if (base / c).is_dir()
             for f in sorted((base / c).glob("*"))
-            if f.suffix.lower() in IMAGE_SUFFIXES
+            if is_image_name(f)
         ]
         for base in split_dirs
     ]
@@ -186,10 +168,12 @@ def load_image_folder(root: Path, size: int | None = None) -> Dataset:
         channels=1 if grey else 3, height=h, width=w, mean=[0.0] * (1 if grey else 3), std=[1.0] * (1 if grey else 3)
     )
     check_fits_in_memory(root, len(files), spec, "the size asked for" if size else f"the size of {shown(files[0])}")
+    names = [[str(f) for f, _ in group] for group in groups]  # where each image came from (rows of infer)
     if has_splits:
         (xtr, ytr), (xte, yte) = _read(groups[0], spec), _read(groups[1], spec)
     else:
         x, y = _read(groups[0], spec)
         tr, te = stratified_split(y, test_fraction=0.2, seed=0)
         xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
-    return Dataset(f"imagefolder:{root}", Split.of(xtr, ytr), Split.of(xte, yte), classes)
+        names = [[names[0][i] for i in tr], [names[0][i] for i in te]]
+    return Dataset(f"imagefolder:{root}", Split.of(xtr, ytr, names[0]), Split.of(xte, yte, names[1]), classes)

@@ -37,14 +37,16 @@ def model_table() -> list[dict[str, Any]]:
 
 
 def model_summary(
-    name: str, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None
+    name: str, input_shape: tuple[int, ...] | None = None, num_classes: int | None = None, **model_args: Any
 ) -> dict[str, Any]:
+    """Each layer's output shape and parameters on ``input_shape`` (NxCxHxW); ``model_args`` as a card holds
+    them, less the channel and class counts (``shortcut``, ``init``)."""
     entry = get_entry(name)
     shape = tuple(input_shape or (1, *entry.default_input))
     if len(shape) != 4 or min(shape) < 1:
         raise BadInputError(f"input shape {list(shape)} is not NxCxHxW with positive sizes, e.g. 1x3x224x224")
     with torch.device("meta"):
-        model = create_model(name, in_channels=shape[1], num_classes=num_classes)
+        model = create_model(name, in_channels=shape[1], num_classes=num_classes, **model_args)
     try:
         rows = summarize(model, shape)
     except RuntimeError as e:

@@ -35,7 +35,15 @@ _HOMES = {
         "RUNTIME_FIELDS",
     ),
     "distributed": ("Distributed", "resolve_device", "init_distributed", "launch_processes"),
-    "batching": ("limit_split", "epoch_order", "batch_generator", "random_shift", "normalize", "model_input"),
+    "batching": (
+        "limit_split",
+        "epoch_order",
+        "batch_generator",
+        "random_shift",
+        "random_flip",
+        "normalize",
+        "model_input",
+    ),
     "loop": (
         "EpochStats",
         "Trainer",

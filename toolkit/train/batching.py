@@ -1,4 +1,4 @@
-"""Batches from an in-memory split: epoch order, random shift and normalisation, on whole tensors.
+"""Batches from an in-memory split: epoch order, random shift and flip, normalisation, on whole tensors.
 
 The data set lives in memory as uint8 tensors, so a batch is made with tensor ops on the whole batch
 (index, random shift, normalise) instead of per-image PIL transforms in DataLoader workers; on two CPU
@@ -92,6 +92,12 @@ def random_shift(pixels: torch.Tensor, shift: int, generator: torch.Generator) -
     return padded.gather(2, flat).view(b, c, h, w)
 
 
+def random_flip(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2, for a whole batch at once."""
+    flips = (torch.rand(pixels.shape[0], generator=generator) < 0.5).to(pixels.device).view(-1, 1, 1, 1)
+    return torch.where(flips, pixels.flip(-1), pixels)
+
+
 def normalize(pixels: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     """uint8 NCHW -> float32 ``(p / 255 - mean) / std``: the same float32 ops as toolkit.preprocess.normalize."""
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=pixels.device).view(1, -1, 1, 1)
@@ -107,7 +113,12 @@ def model_input(pixels: torch.Tensor, spec: InputSpec, channels_last: bool) -> t
 def training_batch(
     split: Split, idx: torch.Tensor, spec: InputSpec, config: TrainConfig, epoch: int, batch: int, rank: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model input and labels of one training batch: shifted as (seed, epoch, batch, rank) decides."""
-    shifts = batch_generator(config.seed, epoch, batch, rank)
-    x = model_input(random_shift(split.images[idx], config.shift, shifts), spec, config.channels_last)
-    return x, split.labels[idx]
+    """The model input and labels of one training batch: shifted (and flipped) as (seed, epoch, batch, rank) decides.
+
+    The flips are drawn after the shifts, so a run without --flip draws exactly what it drew before.
+    """
+    draws = batch_generator(config.seed, epoch, batch, rank)
+    pixels = random_shift(split.images[idx], config.shift, draws)
+    if config.flip:
+        pixels = random_flip(pixels, draws)
+    return model_input(pixels, spec, config.channels_last), split.labels[idx]

@@ -49,7 +49,10 @@ class TrainConfig:
     lr: float | None = setting(
         None, f"Peak learning rate (default: {_per_optimizer(DEFAULT_LR)}).", low=0, low_open=True
     )
-    momentum: float = setting(0.9, "SGD momentum (Nesterov).", low=0, high=1)
+    momentum: float = setting(0.9, "SGD momentum.", low=0, high=1)
+    nesterov: bool = setting(
+        True, "Nesterov momentum for SGD (--no-nesterov: the classic momentum of the ResNet paper)."
+    )
     weight_decay: float | None = setting(None, f"Default: {_per_optimizer(DEFAULT_WEIGHT_DECAY)}.", low=0)
     label_smoothing: float = setting(
         0.0, "Share of each label spread over the other classes.", low=0, high=1, high_open=True
@@ -62,6 +65,7 @@ class TrainConfig:
     shift: int = setting(
         2, "Random-shift augmentation in pixels (0: off; at most half the image's smaller side).", low=0
     )
+    flip: bool = setting(False, "Random horizontal flip augmentation (natural images such as CIFAR-10; not digits).")
     seed: int = setting(0, "Seed of the weights, the sample order and the augmentation.", low=0, high=MAX_SEED)
     device: str = setting("auto", "Where to train (auto: cuda if usable, else cpu).", choices=DEVICES)
     amp: str = setting("none", "Mixed precision (fp16 needs cuda).", choices=AMP_MODES)
