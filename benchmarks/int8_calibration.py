@@ -109,7 +109,7 @@ def main() -> None:
     Console().print(table)
     print(f"fp32 ONNX p50 {latency['fp32']:.3f} ms (batch 1, 1 thread, {args.runs} runs)")
     if args.markdown:
-        header = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        header = ["| " + " | ".join(c.replace("|", "\\|") for c in columns) + " |", "|" + "---|" * len(columns)]
         with open(args.markdown, "w") as f:
             f.write("\n".join([table.title, "", *header, *lines, "", f"fp32 p50 {latency['fp32']:.3f} ms", ""]))
 

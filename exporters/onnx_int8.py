@@ -88,9 +88,9 @@ class Int8Options:
 
 
 # The classifier's output (the logits) stays float: quantizing it clips the logits to the calibration range in
-# 8-bit steps, and TensorRT's guidance is not to quantize the output of the last weighted layer. Measured on the
-# demo's resnet20 (1,000 mnist5k test images): max |logit - eager| 0.592 -> 0.374 (cpu), 0.377 -> 0.330
-# (tensorrt form, Q/DQ in float), agreement 99.9% -> 99.9% (cpu), 99.8% -> 99.9% (tensorrt form).
+# 8-bit steps, and TensorRT's guidance is not to quantize the output of the last weighted layer. Measured on a
+# resnet20 trained 4 epochs on mnist5k (1,000 test images, logits span 30.2): max |logit - eager| 1.635 -> 0.450
+# (cpu), 1.598 -> 0.402 (tensorrt form, Q/DQ in float); agreement 99.8% (cpu) and 99.9% (tensorrt) either way.
 FLOAT_LOGITS = {"OpTypesToExcludeOutputQuantization": ["Gemm"]}
 
 
