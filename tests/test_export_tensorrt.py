@@ -269,6 +269,26 @@ def tensorrt_test(function):
 
 
 @tensorrt_test
+def test_engines_pass_the_gate_on_held_out_images_and_a_wrong_engine_is_refused(
+    engine_export, untrained_checkpoint, tmp_path, monkeypatch
+):
+    """The export gate holds engines to their precision's parity thresholds like every file: each is measured on
+    the held-out test images, and one whose logits disagree with eager is not written (exit 1 from the CLI)."""
+    import exporters.tensorrt as tensorrt_exporter
+    from exporters.pipeline import export_model
+
+    for artifact in (a for a in engine_export.artifacts if a.format == "tensorrt"):
+        gate = artifact.validation["gate"]
+        assert gate["status"] == "passed" and gate["inputs"] == "mnist5k test, 500 images", artifact.path.name
+    real = tensorrt_exporter.run_engine
+    monkeypatch.setattr(tensorrt_exporter, "run_engine", lambda *args: -real(*args))  # argmax becomes argmin
+    out = tmp_path / "refused"
+    with pytest.raises(CheckFailedError, match="model.int8.engine misses the int8 parity thresholds .* agreement"):
+        export_model(untrained_checkpoint, "tensorrt", "int8", out, batch_range="2:4:8", calib_size=16)
+    assert not (out / "model.int8.engine").exists() and not (out / MANIFEST_NAME).exists()
+
+
+@tensorrt_test
 def test_int8_engine_runs_its_convolutions_in_int8(engine_export):
     from runtimes import open_runtime
 
