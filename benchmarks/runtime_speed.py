@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from runtimes import physical_cores  # noqa: E402
 from toolkit.bench import bench_export_dir  # noqa: E402
+from toolkit.bench_config import BenchSettings  # noqa: E402
 from toolkit.card import MANIFEST_NAME  # noqa: E402
 
 TARGETS = {
@@ -117,15 +118,8 @@ def main() -> int:
     runs = []
     for repeat in range(args.repeats):
         began = time.perf_counter()
-        report = bench_export_dir(
-            export_dir,
-            runtimes=["eager", "onnxruntime"],
-            precisions=["fp32", "int8"],
-            batch_sizes=[1],
-            warmup=args.warmup,
-            iters=args.iters,
-            threads=threads,
-        )
+        settings = BenchSettings(batch_sizes="1", warmup=args.warmup, iters=args.iters, threads=threads)
+        report = bench_export_dir(export_dir, settings, runtimes=["eager", "onnxruntime"], precisions=["fp32", "int8"])
         p50 = {r.label: round(r.p50_ms, 3) for r in report.rows}
         ratios = {k: round(v, 3) for k, v in report.ratios(1).items() if k in TARGETS}
         runs.append({"p50_ms": p50, "ratios": ratios, "seconds": round(time.perf_counter() - began, 1)})

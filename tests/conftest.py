@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
+from filelock import FileLock
 
 from toolkit.card import InputSpec
 from toolkit.checkpoint import make_card, save_checkpoint
@@ -37,10 +41,40 @@ def edge_files() -> tuple[set[str], set[str]]:
     return entries, companions
 
 
+# `make test` runs pytest-xdist workers (one per core): each worker and the CLI processes it starts use one thread.
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TEST_THREADS = min(2, max(1, (os.cpu_count() or 2) // XDIST_WORKERS))
+if XDIST_WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(TEST_THREADS))
+
+Built = TypeVar("Built")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
     """Two cores on CI: keep each test process from oversubscribing them."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(TEST_THREADS)
+
+
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], Built]) -> Built:
+    """Build a session fixture once per test run, whatever the number of xdist workers.
+
+    The first worker builds it into a folder every worker sees and pickles the result; the others wait on a file
+    lock and load it (pytest-xdist's documented recipe), so the costly exports are not made once per worker.
+    """
+    if XDIST_WORKERS == 1:
+        return build(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / "built-once"
+    shared.mkdir(exist_ok=True)
+    result_file = shared / f"{name}.pickle"
+    with FileLock(str(shared / f"{name}.lock")):
+        if result_file.is_file():
+            return pickle.loads(result_file.read_bytes())
+        folder = shared / name
+        folder.mkdir(exist_ok=True)  # left by a worker whose build failed: this one fails the same way
+        built = build(folder)
+        result_file.write_bytes(pickle.dumps(built))
+        return built
 
 
 def run_rtool(
@@ -109,10 +143,14 @@ MNIST_SPEC = InputSpec(channels=1, height=28, width=28, mean=[0.1311], std=[0.30
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory) -> Path:
     """An untrained resnet20 with an mnist5k card: fast, and a real rtool checkpoint."""
-    torch.manual_seed(0)
-    model = create_model("resnet20", in_channels=1, num_classes=10)
-    card = make_card("resnet20", class_names=[str(d) for d in range(10)], input_spec=MNIST_SPEC, dataset="mnist5k")
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "untrained.pt", model, card)
+
+    def build(folder: Path) -> Path:
+        torch.manual_seed(0)
+        model = create_model("resnet20", in_channels=1, num_classes=10)
+        card = make_card("resnet20", class_names=[str(d) for d in range(10)], input_spec=MNIST_SPEC, dataset="mnist5k")
+        return save_checkpoint(folder / "untrained.pt", model, card)
+
+    return built_once(tmp_path_factory, "ckpt", build)
 
 
 @pytest.fixture(scope="session")
@@ -165,10 +203,13 @@ EMBED_EXPORT_ARGS = (
 def embed_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
     """`rtool export` as a user runs it for apps: model.onnx, model.fp16.onnx, model.raw-softmax.onnx (uint8
     NHWC in, probabilities out) and a Triton repository (triton/digits: that variant, triton/digits_fp16)."""
-    out = tmp_path_factory.mktemp("embed_export")
-    result = run_rtool("export", untrained_checkpoint, *EMBED_EXPORT_ARGS, "--out", out, "--json")
-    assert result.returncode == 0, result.stderr
-    return out
+
+    def build(out: Path) -> Path:
+        result = run_rtool("export", untrained_checkpoint, *EMBED_EXPORT_ARGS, "--out", out, "--json")
+        assert result.returncode == 0, result.stderr
+        return out
+
+    return built_once(tmp_path_factory, "embed_export", build)
 
 
 @pytest.fixture(scope="session")
@@ -181,11 +222,14 @@ def inprocess_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
     from toolkit.checkpoint import load_model
 
     model, card = load_model(untrained_checkpoint)
-    out = tmp_path_factory.mktemp("inprocess_export")
-    context = ExportContext()
-    export_triton(model, card, out, precision="fp32", target=None, context=context)
-    export_embedded(model, card, out, context)
-    return out
+
+    def build(out: Path) -> Path:
+        context = ExportContext()
+        export_triton(model, card, out, precision="fp32", target=None, context=context)
+        export_embedded(model, card, out, context)
+        return out
+
+    return built_once(tmp_path_factory, "inprocess_export", build)
 
 
 @pytest.fixture(scope="session")
@@ -197,8 +241,13 @@ def pipeline_export(untrained_checkpoint, tmp_path_factory):
     """
     from exporters.pipeline import export_model
 
-    out = tmp_path_factory.mktemp("pipeline") / "export"
-    return export_model(untrained_checkpoint, "all", None, out, calib_size=16, gate_images=64)
+    return built_once(
+        tmp_path_factory,
+        "pipeline",
+        lambda folder: export_model(
+            untrained_checkpoint, "all", None, folder / "export", calib_size=16, gate_images=64
+        ),
+    )
 
 
 # Short but real: enough training for INT8 to keep the eager model's predictions.

@@ -9,6 +9,7 @@ import pytest
 
 from runtimes import Runtime, available, list_runtimes
 from toolkit.bench import parse_batch_sizes, run_bench, timed_rounds
+from toolkit.bench_config import BenchSettings
 from toolkit.errors import BadInputError
 
 from conftest import assert_one_line_error
@@ -45,7 +46,8 @@ def test_timed_rounds_counts_and_orders_calls():
 def test_bench_every_runtime_in_one_run(cpu_export_dir):
     # the browser is timed in tests/test_web.py, whose worker has Chromium running already
     runtimes = [name for name in list_runtimes() if name != "browser"]
-    result = run_bench(cpu_export_dir, runtimes=runtimes, batch_sizes="1,4", warmup=1, iters=3, threads=1)
+    settings = BenchSettings(batch_sizes="1,4", warmup=1, iters=3, threads=1)
+    result = run_bench(cpu_export_dir, settings, runtimes=runtimes)
     measured = {(r.runtime, r.precision, r.target) for r in result.rows}
     assert {
         ("eager", "fp32", None),

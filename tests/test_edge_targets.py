@@ -199,8 +199,10 @@ def test_parity_names_each_new_row_and_says_why_one_is_missing(cpu_export_dir):
 @needs_executorch
 def test_bench_times_a_pte_up_to_its_batch_limit_and_says_why_not_above(cpu_export_dir):
     from toolkit.bench import run_bench
+    from toolkit.bench_config import BenchSettings
 
-    report = run_bench(cpu_export_dir, runtimes=["executorch"], batch_sizes="1,40", warmup=0, iters=2, threads=1)
+    settings = BenchSettings(batch_sizes="1,40", warmup=0, iters=2, threads=1)
+    report = run_bench(cpu_export_dir, settings, runtimes=["executorch"])
     assert {(r.artifact, r.batch) for r in report.rows} == {("model.pte", 1), ("model.int8.pte", 1)}
     reasons = {u["reason"] for u in report.unavailable if u["runtime"] == "executorch"}
     assert reasons == {

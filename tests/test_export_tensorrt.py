@@ -87,7 +87,7 @@ def test_format_tensorrt_exits_2_with_the_reason(rtool, untrained_checkpoint, tm
 
 @pytest.mark.skipif(TRT_OK, reason="TensorRT and a GPU are present here")
 def test_format_all_lists_engines_as_skipped(pipeline_export):
-    skipped = {(s["format"], s["precision"]): s["reason"] for s in pipeline_export.skipped}
+    skipped = {(s["format"], s["precision"]): s["reason"] for s in pipeline_export.skipped if s["format"] == "tensorrt"}
     assert skipped == {("tensorrt", "fp16"): TRT_REASON, ("tensorrt", "int8"): TRT_REASON}
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from exporters import MAX_BATCH, PRECISIONS, precisions_of_runtime
+from exporters import PRECISIONS, precisions_of_runtime
 from runtimes import (
     Runtime,
     artifact_label,
@@ -33,14 +33,12 @@ from runtimes import (
     physical_cores,
 )
 from runtimes.cards import artifact_runs, skipped_runs
+from toolkit.bench_config import BenchSettings, parse_batch_sizes
 from toolkit.card import MANIFEST_NAME, ModelCard
 from toolkit.errors import BadInputError
-from toolkit.flags import comma_list
+from toolkit.flags import check_settings, comma_list
 from toolkit.manifest import entry_path, read_manifest, verify_sha256
 
-DEFAULT_BATCH_SIZES = (1, 8, 32)
-DEFAULT_WARMUP = 10
-DEFAULT_ITERS = 50
 BLOCK = 5  # timed calls a runtime makes in a row before the next one takes its turn
 
 Progress = Callable[[str, int, int], None]  # (task label, steps just done, steps in the task)
@@ -134,22 +132,6 @@ class BenchReport:
             "p50_ratios_batch1": self.ratios(1),
             "fastest_batch1": self.fastest(1),
         }
-
-
-def parse_batch_sizes(text: str | Iterable[int]) -> list[int]:
-    """'1,8,32' -> [1, 8, 32]; each a positive integer."""
-    parts = text.split(",") if isinstance(text, str) else list(text)
-    try:
-        sizes = [int(p) for p in parts if str(p).strip()]
-    except ValueError:
-        raise BadInputError(f"--batch-sizes '{text}' is not a list of integers like 1,8,32") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise BadInputError(f"--batch-sizes '{text}': give positive integers like 1,8,32")
-    if max(sizes) > MAX_BATCH:
-        raise BadInputError(
-            f"--batch-sizes: {max(sizes)} is above {MAX_BATCH}, the largest batch an rtool export takes"
-        )
-    return list(dict.fromkeys(sizes))
 
 
 def check_batch_memory(sizes: list[int], shape: tuple[int, ...], runtimes: int) -> None:
@@ -281,23 +263,20 @@ def select_artifacts(
 
 def bench_export_dir(
     export_dir: str | Path,
+    settings: BenchSettings | None = None,
     *,
     runtimes: Iterable[str] | None = None,
     precisions: Iterable[str] | None = None,
-    batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES,
-    warmup: int = DEFAULT_WARMUP,
-    iters: int = DEFAULT_ITERS,
-    threads: int | None = None,
     device: str = "auto",
     source: str | None = None,
     progress: Progress | None = None,
 ) -> BenchReport:
     """Time every chosen artifact of an export folder; see the module docstring."""
     export_dir = Path(export_dir)
-    if warmup < 0 or iters < 1:
-        raise BadInputError("--warmup must be >= 0 and --iters >= 1")
-    sizes = parse_batch_sizes(batch_sizes)
-    threads = threads or physical_cores()
+    settings = settings or BenchSettings()
+    check_settings(settings)
+    sizes, warmup, iters = parse_batch_sizes(settings.batch_sizes), settings.warmup, settings.iters
+    threads = settings.threads or physical_cores()
     manifest = read_manifest(export_dir)
     card = ModelCard.from_dict(manifest.get("card") or {})
     runnable, unavailable = select_artifacts(
@@ -380,13 +359,10 @@ def export_for_bench(
 
 def run_bench(
     source: str | Path,
+    settings: BenchSettings | None = None,
     *,
     runtimes: Iterable[str] | None = None,
     precisions: Iterable[str] | None = None,
-    batch_sizes: str | Iterable[int] = DEFAULT_BATCH_SIZES,
-    warmup: int = DEFAULT_WARMUP,
-    iters: int = DEFAULT_ITERS,
-    threads: int | None = None,
     device: str = "auto",
     input_shape: tuple[int, ...] | None = None,
     progress: Progress | None = None,
@@ -395,27 +371,18 @@ def run_bench(
     """Bench an export folder as is; export a checkpoint or model name to a temporary folder first."""
     runtime_names = comma_list(runtimes, list_runtimes(), "--runtimes") or None
     precision_names = comma_list(precisions, PRECISIONS, "--precisions") or None
-    sizes = parse_batch_sizes(batch_sizes)
-    if warmup < 0 or iters < 1:
-        raise BadInputError("--warmup must be >= 0 and --iters >= 1")
+    settings = settings or BenchSettings()
+    check_settings(settings)  # before a long export, not after it
     options = dict(
-        runtimes=runtime_names,
-        precisions=precision_names,
-        batch_sizes=sizes,
-        warmup=warmup,
-        iters=iters,
-        threads=threads,
-        device=device,
-        source=str(source),
-        progress=progress,
+        runtimes=runtime_names, precisions=precision_names, device=device, source=str(source), progress=progress
     )
     path = Path(source)
     if path.is_dir():
         if input_shape:
             raise BadInputError("--input-shape goes with a model name; an export folder's card fixes its shape")
-        return bench_export_dir(path, **options)
+        return bench_export_dir(path, settings, **options)
     with tempfile.TemporaryDirectory(prefix="rtool-bench-") as work:
         if say:
             say(f"exporting {source} to a temporary folder first")
         export_dir = export_for_bench(str(source), Path(work), runtime_names, precision_names, input_shape)
-        return bench_export_dir(export_dir, **options)
+        return bench_export_dir(export_dir, settings, **options)

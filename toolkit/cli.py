@@ -14,11 +14,12 @@ import click
 
 from exporters import PRECISIONS
 from toolkit import __version__
+from toolkit.bench_config import BenchSettings
 from toolkit.card import MAX_CLASSES
 from toolkit.console import make_console
 from toolkit.devices import DeviceSettings
 from toolkit.errors import BadInputError, CheckFailedError
-from toolkit.flags import click_options, given_on_command_line, run_command
+from toolkit.flags import click_options, from_values, given_on_command_line, run_command
 from toolkit.study.config import DegradationConfig
 from toolkit.train.config import LaunchConfig, TrainConfig
 
@@ -853,10 +854,7 @@ Examples:
 @click.argument("source")
 @click.option("--runtimes", default=None, help="Comma list of runtimes (default: every one available).")
 @click.option("--precisions", default=None, help=f"Comma list of {', '.join(PRECISIONS)} (default: all).")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma list of batch sizes.")
-@click.option("--warmup", type=click.IntRange(min=0), default=10, show_default=True, help="Untimed calls first.")
-@click.option("--iters", type=click.IntRange(min=1), default=50, show_default=True, help="Timed calls per row.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: physical cores).")
+@click_options(BenchSettings)
 @click_options(DeviceSettings)
 @click.option("--input-shape", default=None, help="With a model name: CxHxW (default: the model's own).")
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
@@ -865,14 +863,11 @@ def bench(
     source: str,
     runtimes: str | None,
     precisions: str | None,
-    batch_sizes: str,
-    warmup: int,
-    iters: int,
-    threads: int | None,
     device: str,
     input_shape: str | None,
     json_file: str | None,
     markdown_file: str | None,
+    **timing: object,
 ) -> None:
     """Time p50/p90/p99 latency and throughput of every runtime x precision x batch size in one run.
 
@@ -891,12 +886,9 @@ def bench(
     with reporting.progress_bars(True, console) as bars:
         result = run_bench(
             source,
+            from_values(BenchSettings, timing),
             runtimes=[runtimes] if runtimes else None,
             precisions=[precisions] if precisions else None,
-            batch_sizes=batch_sizes,
-            warmup=warmup,
-            iters=iters,
-            threads=threads,
             device=device,
             input_shape=shape,
             progress=bars,

@@ -251,17 +251,13 @@ class DemoSteps:
     def bench(self) -> Any:
         from toolkit import report as reporting
         from toolkit.bench import bench_export_dir
+        from toolkit.bench_config import BenchSettings
 
-        sizes = self.config.bench_batch_sizes
-        began = self.step(4, f"benchmark at batch sizes {', '.join(map(str, sizes))}")
+        sizes = ",".join(map(str, self.config.bench_batch_sizes))
+        settings = BenchSettings(batch_sizes=sizes, warmup=self.config.bench_warmup, iters=self.config.bench_iters)
+        began = self.step(4, f"benchmark at batch sizes {sizes.replace(',', ', ')}")
         with reporting.progress_bars(not self.config.quiet, self.console) as bars:
-            bench = bench_export_dir(
-                self.out / "export",
-                batch_sizes=sizes,
-                warmup=self.config.bench_warmup,
-                iters=self.config.bench_iters,
-                progress=bars,
-            )
+            bench = bench_export_dir(self.out / "export", settings, progress=bars)
         reporting.print_bench(bench, self.console)
         reporting.write_json(self.out / "bench.json", bench.to_dict())
         reporting.write_text(self.out / "bench.md", reporting.bench_markdown(bench))
