@@ -32,7 +32,7 @@ from exporters.executorch_common import (
     quiet_native_stderr,
 )
 from exporters.onnx_int8 import CALIB_BATCH, Int8Options, calibration_batch
-from exporters.validation import compare, reference, require_fp32_match
+from exporters.validation import compare, require_fp32_match, validation_data
 from toolkit.card import ModelCard
 from toolkit.errors import CheckFailedError
 from toolkit.fileio import atomic_path
@@ -162,7 +162,7 @@ def export(
     """The ``.pte`` at ``precision``, run by executorch.runtime and compared with eager before it is written."""
     import executorch.version
 
-    batch, expected, source = reference(model, card, context)
+    batch, expected, source = validation_data(model, card, precision, context)
     max_batch = context.option(ExecuTorchOptions).pte_max_batch
     example = torch.from_numpy(batch[: min(EXAMPLE_BATCH, max_batch)].copy())
     settings: dict[str, Any] = {"max_batch": max_batch, "executorch": executorch.version.__version__}
@@ -176,6 +176,11 @@ def export(
                 calibration={"method": "minmax (the quantizer's observers)", "images": len(calibration)},
             )
             settings["calibration"]["source"] = calib_source
+            if options.max_accuracy_drop is not None:
+                context.notes.append(
+                    "--max-accuracy-drop applies to the ONNX INT8 graphs (onnx, ort, openvino); the ExecuTorch INT8 "
+                    "file is quantized whole and held to the int8 thresholds"
+                )
             if options.calib_method != "minmax":
                 note = f"ExecuTorch INT8 is calibrated with min/max ranges; --calib-method {options.calib_method} "
                 note += "applies to the ONNX INT8 files only"

@@ -37,7 +37,7 @@ from exporters.onnx_common import (
 )
 from exporters.onnx_embed import EmbedOptions, export_embedded
 from exporters.onnx_int8 import TARGETS, Int8Options, int8_graph
-from exporters.validation import compare, reference, require_fp32_match
+from exporters.validation import compare, held_out, reference, require_fp32_match, validation_data
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError
 from toolkit.fileio import atomic_path
@@ -93,7 +93,7 @@ def onnx_graph(
         proto = fp16_graph(model, card, context)
         settings["converter"] = "onnxconverter_common.float16 (keep_io_types)"
     elif precision == "int8":
-        proto, quantization = int8_graph(fp32, card, target or TARGETS[0], context)
+        proto, quantization = int8_graph(fp32, card, target or TARGETS[0], context, held_out(model, card, context))
         settings.update(quantization)
     else:
         raise BadInputError(f"unknown precision '{precision}'; choose fp32, fp16 or int8")
@@ -122,7 +122,7 @@ def export(
     target = (target or TARGETS[0]) if precision == "int8" else None
     proto, settings = onnx_graph(model, card, precision, context, target)
     path = Path(out_dir) / FILES[f"{precision}-{target}" if target else precision]
-    batch, expected, source = reference(model, card, context)
+    batch, expected, source = validation_data(model, card, precision, context)
     with atomic_path(path) as tmp:
         save_single_file(proto, tmp)
         check_file(tmp, path.name)

@@ -32,14 +32,7 @@ from exporters.onnx_common import (
     save_single_file,
     torch_to_onnx,
 )
-from exporters.validation import (
-    VALIDATION_IMAGES,
-    compare,
-    eager_logits,
-    load_pixels,
-    random_pixels,
-    require_fp32_match,
-)
+from exporters.validation import compare, eager_logits, require_fp32_match, test_pixels
 from toolkit.card import InputSpec, ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.fileio import atomic_path
@@ -110,17 +103,6 @@ def card_dict(card: ModelCard, *, softmax: bool = False) -> dict[str, Any]:
     return d
 
 
-def validation_pixels(card: ModelCard, context: ExportContext) -> tuple[np.ndarray, str]:
-    """uint8 (N, C, H, W) images to check a variant on: the card's test images where they load, else noise."""
-    if card.dataset:
-        try:
-            pixels = load_pixels(card, "test", VALIDATION_IMAGES, context.data_dir, context.cache)
-            return pixels, f"{card.dataset} test, {len(pixels)} images"
-        except BadInputError:
-            pass
-    return random_pixels(card, VALIDATION_IMAGES), f"random pixels x{VALIDATION_IMAGES}"
-
-
 def run_variant(path: Path, pixels: np.ndarray) -> np.ndarray:
     """The file's output in ONNX Runtime (CPU), checked to agree between batch 1 and the full batch."""
     import onnxruntime as ort
@@ -168,7 +150,7 @@ def export_embedded(model: nn.Module, card: ModelCard, out_dir: Path, context: E
     softmax = context.option(EmbedOptions).embed_softmax
     spec = card.input
     proto = raw_graph(model, card, context)
-    pixels, source = validation_pixels(card, context)
+    pixels, source = test_pixels(card, context.data_dir, context.cache)
     expected = eager_logits(model, prepare_batch(pixels, spec))
     if softmax:
         expected = torch.softmax(torch.from_numpy(expected), dim=1).numpy()

@@ -38,7 +38,7 @@ from exporters.openvino_common import (
     openvino_missing,
     precision_support,
 )
-from exporters.validation import compare, reference, require_fp32_match
+from exporters.validation import compare, require_fp32_match, validation_data
 from toolkit.card import ModelCard
 from toolkit.errors import CheckFailedError
 from toolkit.fileio import atomic_write_bytes
@@ -108,7 +108,7 @@ def export(
     """The IR at ``precision``, compiled at its inference precision and compared with eager before it is written."""
     import openvino as ov
 
-    batch, expected, source = reference(model, card, context)
+    batch, expected, source = validation_data(model, card, precision, context)
     proto, settings = onnx_graph(model, card, ONNX_SOURCE[precision], context, "cpu" if precision == "int8" else None)
     path = Path(out_dir) / FILES[precision]
     weights = path.with_suffix(".bin")

@@ -27,7 +27,7 @@ from exporters import Artifact, ExportContext, register_exporter
 from exporters.onnx import onnx_graph
 from exporters.onnx_common import OnnxOptions, run_onnxruntime, save_single_file
 from exporters.onnx_int8 import Int8Options
-from exporters.validation import compare, reference, require_fp32_match
+from exporters.validation import compare, require_fp32_match, validation_data
 from toolkit.card import ModelCard
 from toolkit.errors import CheckFailedError
 from toolkit.fileio import atomic_path
@@ -100,7 +100,7 @@ def export(
     context: ExportContext,
 ) -> Artifact:
     """The ``.ort`` at ``precision`` (INT8: from the CPU Q/DQ graph), checked against eager before it is written."""
-    batch, expected, source = reference(model, card, context)
+    batch, expected, source = validation_data(model, card, precision, context)
     proto, settings = onnx_graph(model, card, precision, context, "cpu" if precision == "int8" else None)
     path = Path(out_dir) / FILES[precision]
     with tempfile.TemporaryDirectory(prefix=".rtool-ort-", dir=out_dir) as work:

@@ -35,7 +35,8 @@ from exporters import (
     option_classes,
     owned_patterns,
 )
-from exporters.validation import compare, eager_logits, reference
+from exporters.gate import apply_gate
+from exporters.validation import GateOptions, compare, eager_logits, reference
 from toolkit.card import InputSpec, ModelCard, library_versions
 from toolkit.checkpoint import load_model, load_pretrained_weights, make_card, save_checkpoint
 from toolkit.errors import BadInputError, UnavailableError
@@ -43,6 +44,7 @@ from toolkit.fileio import ensure_writable_dir
 from toolkit.flags import comma_list, from_values
 from toolkit.manifest import companions, is_inside, read_manifest, sha256_file, write_manifest, written_by_rtool
 from toolkit.models import create_model, get_entry, input_shape_of, list_models
+from toolkit.thresholds import default_thresholds
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 GREY_MEAN, GREY_STD = [0.5], [0.5]
@@ -66,6 +68,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)  # warnings the caller should show (e.g. random calibration)
     removed: list[str] = field(default_factory=list)  # stale files of another model, removed from the folder
     left: list[str] = field(default_factory=list)  # files listed by the old manifest that rtool cannot prove it wrote
+    failed: list[str] = field(default_factory=list)  # files kept by --keep-failed although they missed the gate
 
 
 @dataclass
@@ -203,9 +206,14 @@ def plan(
     return jobs, skipped
 
 
+def export_option_classes() -> list[type]:
+    """The export's own options (the gate) and every format's: what `rtool export` has flags for."""
+    return [GateOptions, *option_classes()]
+
+
 def export_options(values: dict[str, Any]) -> dict[type, Any]:
-    """Typed, validated options of every format from flag values (None: not given, the default holds)."""
-    classes = option_classes()
+    """Typed, validated options of the export and every format from flag values (None: the default holds)."""
+    classes = export_option_classes()
     known = {f.name for cls in classes for f in dataclasses.fields(cls)}
     unknown = sorted(k for k, v in values.items() if k not in known and v is not None)
     if unknown:
@@ -255,7 +263,7 @@ def export_model(
     out = ensure_writable_dir(Path(out_dir) if out_dir else src.default_out)
     staging = Path(tempfile.mkdtemp(prefix=".rtool-export-", dir=out))
     try:
-        artifacts = _run_jobs(src, jobs, staging, context, progress or (lambda message: None))
+        artifacts, failed = _run_jobs(src, jobs, staging, context, progress or (lambda message: None))
         entries = [_entry(a, staging) for a in artifacts]
         written = {e["file"] for e in entries} | {c["file"] for e in entries for c in e.get("companions", [])}
         kept, stale, left = _previous_entries(out, src, written)
@@ -283,23 +291,31 @@ def export_model(
             "versions": _versions(),
         },
     )
-    return ExportResult(artifacts, skipped, manifest_path, context.notes, sorted(stale), sorted(left))
+    return ExportResult(artifacts, skipped, manifest_path, context.notes, sorted(stale), sorted(left), failed)
 
 
 def _run_jobs(
     src: Source, jobs: list[Job], staging: Path, context: ExportContext, say: Callable[[str], None]
-) -> list[Artifact]:
-    """The checkpoint copy, then every job's files, written into ``staging``."""
+) -> tuple[list[Artifact], list[str]]:
+    """(the checkpoint copy and every job's files, written into ``staging``; the files kept by --keep-failed).
+
+    Each file passes the gate (its precision's parity thresholds) as soon as it is written: a failure stops the
+    run, so nothing reaches the export folder, unless --keep-failed keeps it, marked failed.
+    """
     say(f"checkpoint copy -> {CHECKPOINT_FILE}")
     artifacts = [_write_checkpoint_copy(src, staging, context)]
+    thresholds, keep_failed = default_thresholds(), context.option(GateOptions).keep_failed
+    failed: list[str] = []
     for number, job in enumerate(jobs, 1):
         entry = get_exporter(job.format)
         say(f"[{number}/{len(jobs)}] {job.describe()} -> {entry.filename(job.precision, job.target) or entry.name}")
         written = entry.export(
             src.model, src.card, staging, precision=job.precision, target=job.target, context=context
         )
-        artifacts += written if isinstance(written, list) else [written]
-    return artifacts
+        written = written if isinstance(written, list) else [written]
+        failed += apply_gate(written, thresholds, keep_failed)
+        artifacts += written
+    return artifacts, failed
 
 
 def _write_checkpoint_copy(src: Source, staging: Path, context: ExportContext) -> Artifact:
@@ -436,6 +452,10 @@ def summary_rows(result: ExportResult) -> list[dict[str, Any]]:
                 "size_text": f"{size / 1e6:.2f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB",
                 "max_abs_diff": artifact.validation.get("max_abs_diff"),  # None: not a model (a web page's files)
                 "top1_agreement": artifact.validation.get("top1_agreement"),
+                "images": artifact.validation.get("images"),
+                "gate": artifact.validation.get("gate", {}).get("status"),
+                "float_layers": artifact.settings.get("float_layers", []),
+                "int8_layers": artifact.settings.get("int8_layers"),
             }
         )
     return rows

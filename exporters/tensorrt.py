@@ -35,7 +35,7 @@ from exporters import (
 from exporters.onnx import onnx_graph
 from exporters.onnx_common import INPUT_NAME, OUTPUT_NAME, OnnxOptions
 from exporters.onnx_int8 import Int8Options
-from exporters.validation import compare, reference
+from exporters.validation import compare, validation_data
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, CheckFailedError, UnavailableError
 from toolkit.fileio import atomic_path, atomic_write_bytes, cache_dir, slug
@@ -193,26 +193,35 @@ def build_engine(
     return bytes(memoryview(serialized))
 
 
-def run_engine(engine_bytes: bytes, batch: np.ndarray) -> np.ndarray:
-    """Logits from a serialized engine on the GPU (name-based I/O, ``execute_async_v3``)."""
+def run_engine(engine_bytes: bytes, batch: np.ndarray, batch_range: tuple[int, int, int]) -> np.ndarray:
+    """Logits from a serialized engine on the GPU (name-based I/O, ``execute_async_v3``), in batches its profile
+    takes: at most its largest, and a short last one repeated up to its smallest (the extra rows dropped)."""
+    low, _, high = batch_range
     import tensorrt as trt
 
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     engine = runtime.deserialize_cuda_engine(engine_bytes)
     context = engine.create_execution_context()
-    x = torch.from_numpy(batch).cuda()
-    if engine.get_tensor_dtype(INPUT_NAME) == trt.DataType.HALF:
-        x = x.half()
-    context.set_input_shape(INPUT_NAME, tuple(x.shape))
+    half_in = engine.get_tensor_dtype(INPUT_NAME) == trt.DataType.HALF
     out_dtype = torch.float16 if engine.get_tensor_dtype(OUTPUT_NAME) == trt.DataType.HALF else torch.float32
-    out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device="cuda")
-    context.set_tensor_address(INPUT_NAME, x.data_ptr())
-    context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
     stream = torch.cuda.Stream()
-    if not context.execute_async_v3(stream.cuda_stream):
-        raise CheckFailedError("TensorRT could not run the engine it built")
-    stream.synchronize()
-    return out.float().cpu().numpy()
+    outputs = []
+    for start in range(0, len(batch), high):
+        chunk = batch[start : start + high]
+        rows = len(chunk)
+        if rows < low:
+            chunk = np.resize(chunk, (low, *chunk.shape[1:]))
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).cuda()
+        x = x.half() if half_in else x
+        context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        out = torch.empty(tuple(context.get_tensor_shape(OUTPUT_NAME)), dtype=out_dtype, device="cuda")
+        context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise CheckFailedError("TensorRT could not run the engine it built")
+        stream.synchronize()
+        outputs.append(out.float().cpu().numpy()[:rows])
+    return np.concatenate(outputs)
 
 
 @register_exporter(
@@ -256,13 +265,9 @@ def export(
         timing_cache=cache_file,
         warn=context.notes.append,
     )
-    batch, expected, source = reference(model, card, context)
-    rows = min(max(len(batch), batch_range[0]), batch_range[2])  # a batch the profile accepts
-    stats = compare(
-        np.resize(expected, (rows, *expected.shape[1:])),
-        run_engine(engine, np.resize(batch, (rows, *batch.shape[1:]))),
-        source,
-    )
+    # The engine is gated like every file: on its precision's images (held-out ones for fp16/int8).
+    batch, expected, source = validation_data(model, card, precision, context)
+    stats = compare(expected, run_engine(engine, batch, batch_range), source)
     path = Path(out_dir) / FILES[precision]
     with atomic_path(path) as tmp:
         tmp.write_bytes(engine)

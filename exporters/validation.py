@@ -1,13 +1,19 @@
 """Prove an exported file computes what the eager model computes, before it is declared written.
 
-Every exporter reloads what it wrote and runs it on a real batch (the card's
-test images, or random pixels where the card names no data set) next to the
-eager model. The figures go into the manifest; an FP32 file whose logits
-drift beyond float32 rounding is refused (a broken export, not a lossy one).
+Every exporter reloads what it wrote and runs it on real images next to the
+eager model. An FP32 file is checked on 16 test images: it must match eager to
+float32 rounding (a broken export, not a lossy one). An FP16 or INT8 file is
+checked on ``--gate-images`` held-out test images (never the calibration
+images, which come from the training split), enough to measure agreement and
+accuracy. The figures go into the manifest, and the pipeline's gate
+(``exporters.gate``) holds every file to its precision's parity thresholds.
+Where the card's data set cannot be loaded, the batch is random pixels: the
+FP32 check still runs, the gate cannot (noise has no labels).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,16 +22,45 @@ import torch
 from exporters import ExportContext
 from toolkit.card import ModelCard
 from toolkit.errors import BadInputError, CheckFailedError
+from toolkit.flags import setting
 from toolkit.preprocess import prepare_batch
 
-VALIDATION_IMAGES = 16
+VALIDATION_IMAGES = 16  # FP32 files: exact or broken, a few images tell
+GATE_IMAGES = 500  # FP16/INT8 files: agreement and accuracy need a sample (99% of 500: at most 5 differ)
+MAX_GATE_IMAGES = 100_000
 FP32_TOLERANCE = 1e-3  # relative to the largest eager logit (at least 1): float32 reordering, not a bug
 
 
-def load_pixels(
+@dataclass(frozen=True)
+class GateOptions:
+    """The gate every exported file passes before it is written (its precision's parity thresholds)."""
+
+    gate_images: int = setting(
+        GATE_IMAGES,
+        "Held-out test images each FP16/INT8 file is measured on before it is written (FP32 files: 16).",
+        low=1,
+        high=MAX_GATE_IMAGES,
+    )
+    keep_failed: bool = setting(
+        False, "Write files that miss their precision's thresholds anyway, marked failed in the manifest (exit 1)."
+    )
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Where a validation batch came from; real test images carry their labels, so accuracy can be measured."""
+
+    description: str
+    labels: np.ndarray | None = None
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def load_images(
     card: ModelCard, split: str, count: int, data_dir: str | None = None, cache: dict[str, Any] | None = None
-) -> np.ndarray:
-    """``count`` uint8 images of the card's data set split, a fixed random sample across all classes.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(``count`` uint8 images, their labels) of the card's data set split, a fixed random sample across classes.
 
     BadInputError (naming the folder and ``--data-dir``) if the data set cannot be loaded here.
     """
@@ -37,9 +72,16 @@ def load_pixels(
         dataset = load_dataset(str(card.dataset), data_dir=data_dir)
         if cache is not None:
             cache[key] = dataset
-    images = getattr(dataset, split)
-    chosen = np.sort(np.random.default_rng(0).permutation(len(images))[:count])
-    return images.pixels(chosen, card.input)
+    part = getattr(dataset, split)  # a Split in memory or a FileSplit of an image folder: both give .pixels
+    chosen = np.sort(np.random.default_rng(0).permutation(len(part))[:count])
+    return part.pixels(chosen, card.input), part.labels[torch.from_numpy(chosen)].numpy()
+
+
+def load_pixels(
+    card: ModelCard, split: str, count: int, data_dir: str | None = None, cache: dict[str, Any] | None = None
+) -> np.ndarray:
+    """``count`` uint8 images of the card's data set split (``load_images`` without the labels)."""
+    return load_images(card, split, count, data_dir, cache)[0]
 
 
 def random_pixels(card: ModelCard, count: int, seed: int = 0) -> np.ndarray:
@@ -47,17 +89,32 @@ def random_pixels(card: ModelCard, count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(count, *card.input.shape), dtype=np.uint8)
 
 
-def validation_batch(
+def test_pixels(
     card: ModelCard, data_dir: str | None = None, cache: dict[str, Any] | None = None, count: int = VALIDATION_IMAGES
-) -> tuple[np.ndarray, str]:
-    """(float32 batch, where it came from): real test images when the card's data set loads, else noise."""
+) -> tuple[np.ndarray, HeldOut]:
+    """(uint8 pixels, where they came from): real test images with labels where the data set loads, else noise."""
     if card.dataset:
         try:
-            pixels = load_pixels(card, "test", count, data_dir, cache)
-            return prepare_batch(pixels, card.input), f"{card.dataset} test, {len(pixels)} images"
+            pixels, labels = load_images(card, "test", count, data_dir, cache)
+            return pixels, HeldOut(f"{card.dataset} test, {len(pixels)} images", labels)
         except BadInputError:
             pass  # not downloaded here: fall back to noise, as for a model without a data set
-    return prepare_batch(random_pixels(card, count), card.input), f"random pixels x{count}"
+    return random_pixels(card, count), HeldOut(f"random pixels x{count}")
+
+
+def validation_pixels(card: ModelCard, precision: str, context: ExportContext) -> tuple[np.ndarray, HeldOut]:
+    """(uint8 pixels, where they came from) a file of ``precision`` is checked on: ``validation_data``'s images
+    before preprocessing, for files that take pixels (preprocessing in the graph)."""
+    count = VALIDATION_IMAGES if precision == "fp32" else context.option(GateOptions).gate_images
+    return test_pixels(card, context.data_dir, context.cache, count)
+
+
+def validation_batch(
+    card: ModelCard, data_dir: str | None = None, cache: dict[str, Any] | None = None, count: int = VALIDATION_IMAGES
+) -> tuple[np.ndarray, HeldOut]:
+    """(float32 batch, where it came from): ``test_pixels`` preprocessed as the card says."""
+    pixels, source = test_pixels(card, data_dir, cache, count)
+    return prepare_batch(pixels, card.input), source
 
 
 def eager_logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
@@ -65,30 +122,62 @@ def eager_logits(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(batch)).float().numpy()
 
 
-def reference(model: torch.nn.Module, card: ModelCard, context: ExportContext) -> tuple[np.ndarray, np.ndarray, str]:
-    """(batch, eager logits, description), computed once per export run and shared through its cache."""
+def reference(
+    model: torch.nn.Module, card: ModelCard, context: ExportContext
+) -> tuple[np.ndarray, np.ndarray, HeldOut]:
+    """(batch, eager logits, where it came from) of the FP32 check, computed once per run and shared."""
 
-    def build() -> tuple[np.ndarray, np.ndarray, str]:
+    def build() -> tuple[np.ndarray, np.ndarray, HeldOut]:
         batch, source = validation_batch(card, context.data_dir, context.cache)
         return batch, eager_logits(model, batch), source
 
     return context.cached(("reference",), build)
 
 
-def compare(expected: np.ndarray, got: np.ndarray, source: str) -> dict[str, Any]:
-    """Logit differences and top-1 agreement of ``got`` against the eager ``expected``."""
+def held_out(model: torch.nn.Module, card: ModelCard, context: ExportContext) -> tuple[np.ndarray, np.ndarray, HeldOut]:
+    """(batch, eager logits, where it came from) of ``--gate-images`` test images: what lossy files are gated on."""
+    count = context.option(GateOptions).gate_images
+
+    def build() -> tuple[np.ndarray, np.ndarray, HeldOut]:
+        batch, source = validation_batch(card, context.data_dir, context.cache, count)
+        return batch, eager_logits(model, batch), source
+
+    return context.cached(("held-out", count), build)
+
+
+def validation_data(
+    model: torch.nn.Module, card: ModelCard, precision: str, context: ExportContext
+) -> tuple[np.ndarray, np.ndarray, HeldOut]:
+    """The images a file of ``precision`` is checked on: 16 for an exact FP32 file, the held-out set otherwise."""
+    return reference(model, card, context) if precision == "fp32" else held_out(model, card, context)
+
+
+def compare(expected: np.ndarray, got: np.ndarray, source: HeldOut | str) -> dict[str, Any]:
+    """Logit differences, top-1 agreement and (with labels) accuracy of ``got`` against the eager ``expected``.
+
+    The figures parity's thresholds are written in: agreement, max |diff| relative to the eager logit range,
+    accuracy change in points.
+    """
     if got.shape != expected.shape:
         raise CheckFailedError(f"exported model returned shape {got.shape}, eager returned {expected.shape}")
     if not np.isfinite(got).all():
         raise CheckFailedError("exported model returned NaN/Inf logits on the validation batch")
     diff = np.abs(got.astype(np.float64) - expected.astype(np.float64))
-    agreement = float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1)))
-    return {
+    logit_range = float(expected.max() - expected.min()) or 1.0
+    stats: dict[str, Any] = {
         "max_abs_diff": float(diff.max()),
         "mean_abs_diff": float(diff.mean()),
-        "top1_agreement": agreement,
-        "inputs": source,
+        "max_abs_diff_rel": float(diff.max()) / logit_range,
+        "top1_agreement": float(np.mean(got.argmax(axis=1) == expected.argmax(axis=1))),
+        "images": int(len(got)),
+        "inputs": str(source),
     }
+    labels = getattr(source, "labels", None)
+    if labels is not None and len(labels) == len(got):
+        eager_accuracy = 100.0 * float(np.mean(expected.argmax(axis=1) == labels))
+        accuracy = 100.0 * float(np.mean(got.argmax(axis=1) == labels))
+        stats.update(accuracy=accuracy, eager_accuracy=eager_accuracy, accuracy_delta=accuracy - eager_accuracy)
+    return stats
 
 
 def require_fp32_match(file_name: str, stats: dict[str, Any], expected: np.ndarray) -> None:

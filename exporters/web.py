@@ -42,9 +42,9 @@ from exporters.onnx_common import (
     opset_of,
     save_single_file,
 )
-from exporters.onnx_embed import card_dict, run_variant, validation_pixels
+from exporters.onnx_embed import card_dict, run_variant
 from exporters.onnx_int8 import Int8Options
-from exporters.validation import compare, eager_logits, require_fp32_match
+from exporters.validation import compare, eager_logits, require_fp32_match, validation_pixels
 from toolkit.card import ModelCard
 from toolkit.errors import UnavailableError
 from toolkit.fileio import atomic_path, atomic_write_text
@@ -195,7 +195,7 @@ def export(
     folder = Path(out_dir) / WEB_DIR
     folder.mkdir(exist_ok=True)
     path = Path(out_dir) / FILES[precision]
-    pixels, source = validation_pixels(card, context)
+    pixels, source = validation_pixels(card, precision, context)
     expected = torch.softmax(torch.from_numpy(eager_logits(model, prepare_batch(pixels, card.input))), dim=1).numpy()
     with atomic_path(path) as tmp:
         save_single_file(proto, tmp)

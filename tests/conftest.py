@@ -294,6 +294,8 @@ EMBED_EXPORT_ARGS = (
     "digits",
     "--triton-max-batch",
     "16",
+    "--gate-images",
+    "64",
 )
 
 
@@ -334,19 +336,22 @@ def inprocess_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
 def pipeline_export(untrained_checkpoint, tmp_path_factory):
     """The untrained checkpoint through `export_model(..., "all")`: every format this machine builds.
 
-    Small calibration (16 images) keeps it quick; tests must not change files in it (copy the folder first).
+    Small calibration (16 images) and gate (64 held-out images) keep it quick; tests must not change files in
+    it (copy the folder first).
     """
     from exporters.pipeline import export_model
 
     return built_once(
         tmp_path_factory,
         "pipeline",
-        lambda folder: export_model(untrained_checkpoint, "all", None, folder / "export", calib_size=16),
+        lambda folder: export_model(
+            untrained_checkpoint, "all", None, folder / "export", calib_size=16, gate_images=64
+        ),
     )
 
 
 # Short but real: enough training for INT8 to keep the eager model's predictions.
-DEMO_ARGS = ("--epochs", "4", "--test-limit", "500", "--bench-iters", "3", "--quiet")
+DEMO_ARGS = ("--epochs", "4", "--test-limit", "500", "--gate-images", "200", "--bench-iters", "3", "--quiet")
 DEMO_USER_FILES = {"train/my.py": "print('mine')", "export/customer.onnx": "the user's own model", "notes.txt": "mine"}
 
 

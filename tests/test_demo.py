@@ -11,7 +11,8 @@ import pytest
 from runtimes import available
 from toolkit.demo import MARKER, OWNED, claim_folder
 from toolkit.errors import BadInputError
-from toolkit.parity import default_thresholds, run_parity
+from toolkit.parity import run_parity
+from toolkit.thresholds import default_thresholds
 
 from conftest import (
     DEMO_ARGS,

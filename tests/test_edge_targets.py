@@ -32,6 +32,7 @@ from conftest import (
     run_cli,
 )
 
+EDGE_FORMATS = ("openvino", "executorch", "ort")
 IRS = {"model.openvino.xml": "fp32", "model.fp16.openvino.xml": "fp16", "model.int8.openvino.xml": "int8"}
 
 
@@ -231,3 +232,19 @@ def test_read_card_finds_the_card_inside_each_edge_file_alone(cpu_export_dir, tm
         shutil.copy(cpu_export_dir / name, tmp_path / name)
     for name in (n for n in names if not n.endswith(".bin")):
         assert read_card(tmp_path / name).to_dict() == read_manifest(cpu_export_dir)["card"], name
+
+
+@needs_openvino
+@needs_executorch
+def test_edge_files_pass_the_export_gate_lossy_ones_on_held_out_images(cpu_export_dir):
+    """The gate holds every edge file to its precision's parity thresholds: FP32 on the 16 exact-check images,
+    FP16 and INT8 on the session export's 64 held-out test images (calibration images come from train)."""
+    edge = {e["file"]: e for e in read_manifest(cpu_export_dir)["artifacts"] if e["format"] in EDGE_FORMATS}
+    assert {"model.int8.openvino.xml", "model.int8.pte", "model.int8-cpu.ort", "model.fp16.openvino.xml"} <= set(edge)
+    for name, entry in edge.items():
+        validation, gate = entry["validation"], entry["validation"]["gate"]
+        assert gate["status"] == "passed" and gate["failed"] == [], name
+        assert validation["images"] == (16 if entry["precision"] == "fp32" else 64), name
+        assert gate["inputs"] == f"mnist5k test, {validation['images']} images", name
+        if entry["precision"] == "int8":
+            assert entry["settings"]["calibration"]["source"] == "mnist5k train, 16 images", name

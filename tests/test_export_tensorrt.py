@@ -87,7 +87,7 @@ def test_format_tensorrt_exits_2_with_the_reason(rtool, untrained_checkpoint, tm
 
 @pytest.mark.skipif(TRT_OK, reason="TensorRT and a GPU are present here")
 def test_format_all_lists_engines_as_skipped(pipeline_export):
-    skipped = {(s["format"], s["precision"]): s["reason"] for s in pipeline_export.skipped}
+    skipped = {(s["format"], s["precision"]): s["reason"] for s in pipeline_export.skipped if s["format"] == "tensorrt"}
     assert skipped == {("tensorrt", "fp16"): TRT_REASON, ("tensorrt", "int8"): TRT_REASON}
 
 
@@ -266,6 +266,26 @@ def tensorrt_test(function):
     for mark in needs_tensorrt:
         function = mark(function)
     return function
+
+
+@tensorrt_test
+def test_engines_pass_the_gate_on_held_out_images_and_a_wrong_engine_is_refused(
+    engine_export, untrained_checkpoint, tmp_path, monkeypatch
+):
+    """The export gate holds engines to their precision's parity thresholds like every file: each is measured on
+    the held-out test images, and one whose logits disagree with eager is not written (exit 1 from the CLI)."""
+    import exporters.tensorrt as tensorrt_exporter
+    from exporters.pipeline import export_model
+
+    for artifact in (a for a in engine_export.artifacts if a.format == "tensorrt"):
+        gate = artifact.validation["gate"]
+        assert gate["status"] == "passed" and gate["inputs"] == "mnist5k test, 500 images", artifact.path.name
+    real = tensorrt_exporter.run_engine
+    monkeypatch.setattr(tensorrt_exporter, "run_engine", lambda *args: -real(*args))  # argmax becomes argmin
+    out = tmp_path / "refused"
+    with pytest.raises(CheckFailedError, match="model.int8.engine misses the int8 parity thresholds .* agreement"):
+        export_model(untrained_checkpoint, "tensorrt", "int8", out, batch_range="2:4:8", calib_size=16)
+    assert not (out / "model.int8.engine").exists() and not (out / MANIFEST_NAME).exists()
 
 
 @tensorrt_test

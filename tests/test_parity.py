@@ -20,7 +20,8 @@ from onnx import numpy_helper
 from runtimes import available
 from toolkit.card import MANIFEST_NAME
 from toolkit.errors import BadInputError
-from toolkit.parity import load_thresholds, run_parity
+from toolkit.parity import run_parity
+from toolkit.thresholds import load_thresholds
 
 from conftest import assert_one_line_error
 
@@ -76,7 +77,7 @@ def test_perturbed_onnx_fails_and_names_the_threshold(cpu_export_dir, tmp_path, 
     assert "onnxruntime fp32 (model.onnx)" in result.stderr
     document = json.loads(out.read_text())
     assert document["passed"] is False
-    [row] = [r for r in document["rows"] if r["runtime"] == "onnxruntime"]
+    [row] = [r for r in document["rows"] if r["artifact"] == "model.onnx"]
     assert row["status"] == "failed" and row["max_abs_diff"] > 1e-3 * document["reference"]["logit_range"]
     assert any(t.startswith("max abs diff") for t in row["failed_thresholds"])
     assert "failed" in (tmp_path / "parity.md").read_text()
@@ -107,7 +108,7 @@ def test_file_changed_after_export_fails_its_row(cpu_export_dir, tmp_path):
     export_dir = copy_export(cpu_export_dir, tmp_path)
     perturb_onnx_weights(export_dir / "model.onnx", scale=0.01)  # manifest left as it was
     report = run_parity(export_dir, runtimes=["onnxruntime"], precisions=["fp32"], limit=50)
-    [row] = [r for r in report.rows if r.runtime == "onnxruntime"]
+    [row] = [r for r in report.rows if r.artifact == "model.onnx"]
     assert row.status == "failed" and "sha256" in row.reason
     assert not report.passed
 

@@ -18,8 +18,9 @@ import pytest
 from toolkit import cli
 from toolkit.bench import bench_export_dir, run_bench
 from toolkit.card import MANIFEST_NAME
-from toolkit.parity import ParityRow, default_thresholds, run_parity, stored_rows
+from toolkit.parity import ParityRow, run_parity, stored_rows
 from toolkit.parity_outputs import load_outputs, save_outputs
+from toolkit.thresholds import default_thresholds
 
 from conftest import assert_one_line_error, run_rtool
 
@@ -66,16 +67,16 @@ def test_second_process_judges_its_rows_against_the_stored_reference(saved, cpu_
     assert set(report["machines"]) == {"saved", "here"}
     assert report["reference"]["machine"] == "saved"
     assert report["reference"]["accuracy"] == first["reference"]["accuracy"]
-    rows = {(r["machine"], r["runtime"], r["precision"]): r for r in report["rows"]}
-    # the stored row is measured again from its stored logits: the same figures as on the first machine
-    [before] = [r for r in first["rows"] if r["runtime"] == "onnxruntime"]
-    again = rows[("saved", "onnxruntime", "fp32")]
-    assert (again["agreement"], again["max_abs_diff"]) == (before["agreement"], before["max_abs_diff"])
+    rows = {(r["machine"], r["artifact"]): r for r in report["rows"]}
+    # the stored rows are measured again from their stored logits: the same figures as on the first machine
+    for before in first["rows"]:  # model.onnx and model.ort
+        again = rows[("saved", before["artifact"])]
+        assert (again["agreement"], again["max_abs_diff"]) == (before["agreement"], before["max_abs_diff"])
     # this machine's rows, eager included, against the stored reference
-    for key in (("here", "eager", "fp32"), ("here", "onnxruntime", "fp32"), ("here", "torchscript", "fp32")):
+    for key in (("here", "model.pt"), ("here", "model.onnx"), ("here", "model.ort"), ("here", "model.ts")):
         assert rows[key]["status"] == "ok", rows[key]
         assert rows[key]["agreement"] == 100.0
-    assert rows[("here", "eager", "fp32")]["max_abs_diff"] < 1e-4
+    assert rows[("here", "model.pt")]["max_abs_diff"] < 1e-4
 
 
 def test_a_file_changed_after_it_was_saved_is_refused(saved, cpu_export_dir, tmp_path, rtool):
@@ -127,7 +128,7 @@ def test_rows_that_could_not_run_travel_with_their_reason(saved, tmp_path):
     """A row without logits (TensorRT on a CPU box) is saved with its status and reason and shown as such."""
     stored = load_outputs(saved[0])
     assert stored.meta["images"] == 40 and stored.reference.shape == (40, 10)
-    [(entry, logits)] = stored.rows
+    [(entry, logits)] = [(entry, logits) for entry, logits in stored.rows if entry["artifact"] == "model.onnx"]
     assert entry["runtime"] == "onnxruntime" and logits.shape == (40, 10)
     row = ParityRow("tensorrt", "int8", None, status="unavailable", reason="no CUDA GPU")
     path = save_outputs(

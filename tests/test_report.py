@@ -10,7 +10,8 @@ from rich.console import Console
 
 from toolkit import report
 from toolkit.bench import BenchReport, BenchRow
-from toolkit.parity import ParityReport, ParityRow, default_thresholds
+from toolkit.parity import ParityReport, ParityRow
+from toolkit.thresholds import default_thresholds
 
 REFERENCE = {
     "runtime": "eager",

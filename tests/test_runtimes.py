@@ -289,7 +289,7 @@ def test_an_entry_without_sha256_is_refused_not_skipped(cpu_export_dir, tmp_path
     with pytest.raises(UnsafeFileError, match="lists model.onnx without a sha256"):
         resolve_artifact(folder, "onnxruntime", "fp32")
     report = run_parity(folder, runtimes=["onnxruntime"], precisions=["fp32"], limit=10)
-    [row] = [r for r in report.rows if r.runtime == "onnxruntime"]
+    [row] = [r for r in report.rows if r.artifact == "model.onnx"]
     assert row.status == "failed" and "without a sha256" in row.reason
 
 

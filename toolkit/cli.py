@@ -18,7 +18,7 @@ from toolkit.bench_config import BenchSettings
 from toolkit.card import MAX_CLASSES
 from toolkit.console import make_console
 from toolkit.devices import DeviceSettings
-from toolkit.errors import BadInputError
+from toolkit.errors import BadInputError, CheckFailedError
 from toolkit.flags import click_options, from_values, given_on_command_line, run_command
 from toolkit.study.config import DegradationConfig
 from toolkit.train.config import LaunchConfig, TrainConfig
@@ -40,11 +40,12 @@ class FormatOptionsCommand(click.Command):
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if not getattr(self, "formats_added", False):
-            from exporters import exporters, option_classes
+            from exporters import exporters
+            from exporters.pipeline import export_option_classes
             from toolkit.flags import click_params
 
             self.formats_added = True
-            self.params.extend(click_params(option_classes()))
+            self.params.extend(click_params(export_option_classes()))
             rows = [
                 f"  {e.name:<12} {','.join(e.precisions):<20} runs on {e.runtime}"
                 f"{'' if e.in_all else ' (by name only, not in all)'}"
@@ -445,6 +446,8 @@ def export(
     for note in result.notes:
         click.echo(f"rtool: warning: {note}", err=True)
     print_export(result, as_json)
+    if result.failed:
+        raise CheckFailedError(f"kept by --keep-failed, marked failed in the manifest: {'; '.join(result.failed)}")
 
 
 def print_export(result: object, as_json: bool) -> None:
@@ -469,9 +472,11 @@ def print_export(result: object, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"exported to {result.manifest_path.parent}")
-    for col in ("file", "format", "precision", "target", "size", "max abs diff", "top-1 agree"):
+    for col in ("file", "format", "precision", "target", "size", "max abs diff", "top-1 agree", "gate"):
         table.add_column(col, justify="right" if col in ("size", "max abs diff", "top-1 agree") else "left")
+    style = {"passed": "green", "failed": "bold red"}
     for r in rows:
+        gate = r["gate"] or ""
         table.add_row(
             r["file"],
             r["format"],
@@ -480,9 +485,17 @@ def print_export(result: object, as_json: bool) -> None:
             r["size_text"],
             "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}",
             "" if r["top1_agreement"] is None else f"{r['top1_agreement']:.1%}",
+            f"[{style[gate]}]{gate}[/] ({r['images']} images)" if gate in style else gate,
         )
     console = make_console()
     console.print(table)
+    for r in rows:
+        if r["float_layers"]:
+            console.print(
+                f"{r['file']}: kept in float: {', '.join(r['float_layers'])} ({r['int8_layers']})",
+                markup=False,
+                highlight=False,
+            )
     for s in result.skipped:
         console.print(f"skipped {s['format']} {s['precision']}: {s['reason']}", markup=False, highlight=False)
     for name in result.removed:
@@ -733,7 +746,8 @@ def parity(
     """
     from toolkit import report as reporting
     from toolkit.errors import CheckFailedError
-    from toolkit.parity import load_thresholds, run_parity, verify_export
+    from toolkit.parity import run_parity, verify_export
+    from toolkit.thresholds import load_thresholds
 
     DeviceSettings(device)
     thresholds = load_thresholds(thresholds_file, threshold_flags)
@@ -769,6 +783,76 @@ def parity(
         console.print(f"wrote {path}")
     if not result.passed:
         raise CheckFailedError(f"parity failed: {result.failure_summary()}")
+
+
+class Int8OptionsCommand(click.Command):
+    """A command with the INT8 options and --gate-images of `rtool export`, read from their dataclasses when it
+    parses or shows its help (importing the exporters takes seconds)."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not getattr(self, "int8_added", False):
+            from exporters.onnx_int8 import Int8Options
+            from exporters.validation import GateOptions
+            from toolkit.flags import click_params
+
+            self.int8_added = True
+            params = click_params([Int8Options, GateOptions])
+            self.params.extend(p for p in params if p.name != "keep_failed")
+        return super().get_params(ctx)
+
+
+@cli.command(
+    "quantize-report",
+    cls=Int8OptionsCommand,
+    epilog="""\b
+Examples:
+  rtool quantize-report runs/r20/best.pt
+  rtool quantize-report runs/r20/export --target tensorrt
+  rtool quantize-report runs/p20/best.pt --no-per-channel --calib-size 8 --max-accuracy-drop 0.5
+""",
+)
+@click.argument("source")
+@click.option(
+    "--target",
+    type=click.Choice(["cpu", "tensorrt"]),
+    default="cpu",
+    show_default=True,
+    help="Which INT8 form: cpu (U8S8, ONNX Runtime) or tensorrt (symmetric int8).",
+)
+@click.option("--data-dir", default=None, help="Folder of a downloaded data set (calibration and test images).")
+@click.option("--out", default=None, help="Folder for sensitivity.json and .png (default: quantize-report/).")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON document instead of the table.")
+@click.pass_context
+def quantize_report(
+    ctx: click.Context,
+    source: str,
+    target: str,
+    data_dir: str | None,
+    out: str | None,
+    as_json: bool,
+    **options: object,
+) -> None:
+    """Measure the error each INT8 layer of SOURCE adds and say which layers to keep in float.
+
+    SOURCE is a checkpoint or an export folder (its model.pt, with the INT8 settings its manifest records unless
+    flags say otherwise). Each weighted layer is quantized alone and compared with float on --gate-images held-out
+    test images (SQNR of its output and of the logits, in dB: higher is better); the table and the plot list the
+    layers in network order with the most harmful marked. "keep in float" is what `rtool export
+    --max-accuracy-drop` would keep: the fewest layers with which the file passes int8's parity thresholds and
+    the budget.
+    """
+    from pathlib import Path
+
+    from toolkit import quantize_report as reporting
+
+    given = given_on_command_line(ctx, options)
+    result = reporting.quantize_report(source, target, data_dir, **{k: v for k, v in options.items() if k in given})
+    files = reporting.write_report(result, Path(out) if out else reporting.default_out(source))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    reporting.print_report(result)
+    click.echo(f"wrote {files['json']} and {files['plot']}")
 
 
 @cli.command(
@@ -881,6 +965,7 @@ Examples:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--train-limit", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--test-limit", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--gate-images", type=click.IntRange(min=1), default=None, hidden=True)
 @click.option("--bench-iters", type=click.IntRange(min=1), default=30, hidden=True)
 def demo(
     out: str,
@@ -889,6 +974,7 @@ def demo(
     epochs: int | None,
     train_limit: int | None,
     test_limit: int | None,
+    gate_images: int | None,
     bench_iters: int,
 ) -> None:
     """Train resnet20 on the embedded mnist5k, export every format, check parity, bench, and write a report.
@@ -908,6 +994,7 @@ def demo(
             epochs=epochs,
             train_limit=train_limit,
             test_limit=test_limit,
+            gate_images=gate_images,
             bench_iters=bench_iters,
         )
     )

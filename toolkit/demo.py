@@ -48,6 +48,7 @@ class DemoConfig:
     epochs: int | None = None  # None: the training default
     train_limit: int | None = None
     test_limit: int | None = None  # parity images (None: the whole test split)
+    gate_images: int | None = None  # held-out images each FP16/INT8 file is gated on at export (None: the default)
     bench_batch_sizes: tuple[int, ...] = (1, 32)
     bench_warmup: int = 5
     bench_iters: int = 30
@@ -211,7 +212,12 @@ class DemoSteps:
         began = self.step(2, "exporting every format and precision")
         print_line = lambda message: self.console.print(f"    {message}", markup=False)  # noqa: E731
         exported = export_model(
-            checkpoint, "all", None, self.out / "export", progress=None if self.config.quiet else print_line
+            checkpoint,
+            "all",
+            None,
+            self.out / "export",
+            progress=None if self.config.quiet else print_line,
+            gate_images=self.config.gate_images,
         )
         for note in exported.notes:
             self.console.print(f"    [yellow]note:[/] {escape(note)}")

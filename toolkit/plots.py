@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from toolkit.fileio import atomic_path  # noqa: E402
@@ -214,3 +215,34 @@ def image_grid(pixels: Any, titles: Sequence[str], wrong: Sequence[bool], title:
                 spine.set_linewidth(2.5)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path, dpi=100)
+
+
+@plain_text()
+def sensitivity_plot(layers: Sequence[dict[str, Any]], path: str | Path, title: str = "", worst: int = 3) -> Path:
+    """Per-layer INT8 error in network order: bars for the logits' SQNR with one layer alone in INT8 (the ones to
+    keep in float red, the other ``worst`` most harmful orange), a line for each layer's output in the full INT8
+    graph. Lower is worse."""
+    x = list(range(len(layers)))
+    colors = [
+        "tab:red" if row["keep_float"] else "tab:orange" if row["rank"] <= worst else "tab:blue" for row in layers
+    ]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 4.2))
+    ax.bar(x, [row["logits_sqnr"] for row in layers], color=colors)
+    (line,) = ax.plot(
+        x,
+        [row["full_int8_sqnr"] for row in layers],
+        color="black",
+        marker=".",
+        label="the layer's output, every layer INT8",
+    )
+    ax.set_xticks(x, [row["name"] for row in layers], rotation=75, fontsize=7)
+    ax.set(ylabel="SQNR vs float (dB), higher is better", title=title or "INT8 error per layer")
+    handles = [
+        Patch(color="tab:blue", label="the logits, this layer alone INT8"),
+        Patch(color="tab:orange", label=f"the {worst} most harmful"),
+        Patch(color="tab:red", label="keep in float"),
+        line,
+    ]
+    ax.legend(handles=handles, fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.32))
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure(fig, path)

@@ -100,6 +100,12 @@ def parity_cells(report: ParityReport) -> list[list[str]]:
     return cells
 
 
+def float_layer_lines(report: ParityReport) -> list[str]:
+    """One line per INT8 file that keeps layers in float (written by --max-accuracy-drop)."""
+    files = {row.artifact: row.float_layers for row in report.rows if row.float_layers and row.artifact}
+    return [f"{name} keeps in float: {', '.join(layers)}" for name, layers in files.items()]
+
+
 def thresholds_line(report: ParityReport) -> str:
     return "; ".join(f"{p}: {t.describe()}" for p, t in report.thresholds.items())
 
@@ -157,6 +163,8 @@ def print_parity(report: ParityReport, console: Any = None) -> None:
     console.print(f"  files: {ref['artifact']} on {ref['device']} (reference), {files}", markup=False, highlight=False)
     for reason in dict.fromkeys(f"{row.label}: {row.reason}" for row in report.rows if row.reason):
         console.print(f"  {reason}", markup=False, highlight=False)
+    for line in float_layer_lines(report):
+        console.print(f"  {line}", markup=False, highlight=False)
     if report.machines:
         console.print(f"  machines: {machines_line(report)}", markup=False, highlight=False)
     console.print(f"thresholds: {thresholds_line(report)}", highlight=False)
@@ -182,6 +190,7 @@ def parity_markdown(report: ParityReport, heading: str = "## Parity") -> str:
                 f"{markdown_code(ref['dataset'])} test images, in {batch_words(ref)}; every runtime gets the same "
                 f"preprocessed images in the same order.",
                 markdown_table(PARITY_COLUMNS, parity_cells(report)),
+                *[f"{markdown_text(line)}." for line in float_layer_lines(report)],
                 *([f"Machines: {markdown_text(machines_line(report))}."] if report.machines else []),
                 f"Thresholds: {markdown_text(thresholds_line(report))}.",
                 f"**{markdown_text(parity_summary(report))}**",
