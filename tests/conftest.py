@@ -359,11 +359,15 @@ DEMO_USER_FILES = {"train/my.py": "print('mine')", "export/customer.onnx": "the 
 def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """`rtool demo --overwrite` run once as a user runs it, into a folder already holding a user's files.
 
-    Its trained model (resnet20, 4 epochs, seed 0) and export folder also serve the parity tests, so the
-    session trains that model once.
+    Its trained model (resnet20, 4 epochs, seed 0) and export folder also serve the parity and INT8 tests, so
+    the run (all its workers) trains that model once.
     """
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    for name, text in DEMO_USER_FILES.items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(text)
-    return out, run_rtool("demo", "--out", out, "--overwrite", *DEMO_ARGS, timeout=900)
+
+    def build(folder: Path) -> tuple[Path, subprocess.CompletedProcess]:
+        out = folder / "demo"
+        for name, text in DEMO_USER_FILES.items():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).write_text(text)
+        return out, run_rtool("demo", "--out", out, "--overwrite", *DEMO_ARGS, timeout=900)
+
+    return built_once(tmp_path_factory, "demo", build)
