@@ -217,7 +217,7 @@ def test_16_bit_pngs_in_an_image_folder_are_scaled(tmp_path):
             Image.fromarray(np.ascontiguousarray(np.roll(rows, k))).save(tmp_path / cls / f"{k}.png")
     data = load_dataset(f"imagefolder:{tmp_path}")
     assert data.channels == 1
-    grey = InputSpec(1, 2, 4, [0.0], [1.0], "center_crop", 4)  # at their own size: nothing resized
+    grey = InputSpec(1, 2, 4, [0.0], [1.0])  # at their own size: nothing resized
     light = [
         image[0].tolist()
         for split in (data.train, data.test)
