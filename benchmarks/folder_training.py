@@ -107,7 +107,7 @@ def speed(tmp: Path, per_class: int, epochs: int) -> None:
         print(f"  {model} at {size}x{size}: {rates} images/s (epochs 1..{epochs})", flush=True)
 
 
-def finetune(tmp: Path, source: str, seeds: list[int], epochs: int, pretrain_epochs: int) -> None:
+def finetune(tmp: Path, source: str, seeds: list[int], epochs: int, pretrain_epochs: int, train: int) -> None:
     if source == "mnist5k":
         dataset, extra = "mnist5k", {}
     else:  # three shapes the target does not have
@@ -118,9 +118,10 @@ def finetune(tmp: Path, source: str, seeds: list[int], epochs: int, pretrain_epo
     )
     scored = f"{100 * pretrained.test['test_acc']:.1f}%" if pretrained.test else "not scored"
     print(f"pretrained resnet20 on {source}: test accuracy {scored}, best val {100 * pretrained.best_acc:.1f}%")
-    target = make_folder(tmp / "target", {"train": 10, "val": 5, "test": 30}, classes=SHAPES[:3], grey=True, seed=11)
+    split_sizes = {"train": train, "val": 5, "test": 30}
+    target = make_folder(tmp / "target", split_sizes, classes=SHAPES[:3], grey=True, seed=11)
     common = dict(dataset=f"imagefolder:{target}", epochs=epochs, batch_size=8, quiet=True, overwrite=True)
-    print(f"target: 3 shapes, 10 train / 5 val / 30 test images per class, {epochs} epochs, batch 8")
+    print(f"target: 3 shapes, {train} train / 5 val / 30 test images per class, {epochs} epochs, batch 8")
     for seed in seeds:
         scores = {}
         for name, start in (
@@ -142,6 +143,7 @@ def main() -> None:
     parser.add_argument("--source", choices=["mnist5k", "shapes"], default="mnist5k")
     parser.add_argument("--pretrain-epochs", type=int, default=3)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--target-train", type=int, default=10, help="finetune: training images per target class.")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.what == "memory":
@@ -149,7 +151,7 @@ def main() -> None:
         elif args.what == "speed":
             speed(Path(tmp), args.per_class or 60, args.epochs or 2)
         else:
-            finetune(Path(tmp), args.source, args.seeds, args.epochs or 10, args.pretrain_epochs)
+            finetune(Path(tmp), args.source, args.seeds, args.epochs or 10, args.pretrain_epochs, args.target_train)
 
 
 if __name__ == "__main__":
