@@ -90,6 +90,16 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+# export and bench: the input size of a model given by name (an export or checkpoint has its card's)
+model_input_size_option = click.option(
+    "--input-size",
+    "--input-shape",
+    "input_shape",
+    default=None,
+    help="With a model name: N, HxW or CxHxW (default: the model's own).",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, "--version", prog_name="rtool")
 def cli() -> None:
@@ -390,13 +400,7 @@ Examples:
 )
 @click.option("--out", default=None, help="Output folder (default: export/ beside the checkpoint).")
 @click.option("--data-dir", default=None, help="Folder of a downloaded data set (for calibration images).")
-@click.option(
-    "--input-size",
-    "--input-shape",
-    "input_shape",
-    default=None,
-    help="With a model name: N, HxW or CxHxW (default: the model's own).",
-)
+@model_input_size_option
 @click.option(
     "--num-classes",
     type=click.IntRange(min=1, max=MAX_CLASSES),
@@ -869,13 +873,7 @@ Examples:
 @click.option("--precisions", default=None, help=f"Comma list of {', '.join(PRECISIONS)} (default: all).")
 @click_options(BenchSettings)
 @click_options(DeviceSettings)
-@click.option(
-    "--input-size",
-    "--input-shape",
-    "input_shape",
-    default=None,
-    help="With a model name: N, HxW or CxHxW (default: the model's own).",
-)
+@model_input_size_option
 @click.option("--json", "json_file", default=None, metavar="FILE", help="Write the JSON document ('-': stdout).")
 @click.option("--markdown", "markdown_file", default=None, metavar="FILE", help="Write a Markdown table.")
 def bench(
