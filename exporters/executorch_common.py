@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import logging
 import os
 import sys
@@ -23,20 +24,24 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from toolkit.errors import BadInputError
+from toolkit.errors import BadInputError, UnavailableError
 
 CARD_METHOD = "rtool_card"
 INSTALL_HINT = "pip install 'rtool[edge]'"
 
 
+# What running and lowering a program need. Found by name, not imported: importing ExecuTorch takes seconds (it
+# parses its edge-dialect operator tables), which every command that lists runtimes would pay for nothing.
+PACKAGES = ("executorch.runtime", "executorch.extension.pybindings.portable_lib", "executorch.backends.xnnpack")
+
+
 def executorch_missing() -> str:
-    """'' if ExecuTorch's runtime and XNNPACK lowering import, else the one-line reason."""
+    """'' if ExecuTorch's runtime and XNNPACK lowering are installed, else the one-line reason."""
     try:
-        with quiet_logs(), quiet_native_stderr():  # its native library prints cpuinfo lines as it loads
-            import executorch.runtime  # noqa: F401
-    except ImportError:
-        return f"executorch is not installed ({INSTALL_HINT})"
-    return ""
+        found = all(importlib.util.find_spec(name) is not None for name in PACKAGES)
+    except (ImportError, ValueError):  # a parent package that is missing or cannot be read
+        found = False
+    return "" if found else f"executorch is not installed ({INSTALL_HINT})"
 
 
 @contextlib.contextmanager
@@ -73,18 +78,22 @@ def quiet_native_stderr() -> Iterator[None]:
 
 @functools.lru_cache(maxsize=1)
 def _runtime() -> Any:
-    with quiet_logs():
-        from executorch.runtime import Runtime
+    """ExecuTorch's runtime, imported on first use; an installation that does not import is one line."""
+    try:
+        with quiet_logs(), quiet_native_stderr():  # its native library prints cpuinfo lines as it loads
+            from executorch.runtime import Runtime
 
-    with quiet_native_stderr():
-        return Runtime.get()
+            return Runtime.get()
+    except ImportError as e:
+        reason = str(e).splitlines()[0][:140] if str(e) else type(e).__name__
+        raise UnavailableError(f"executorch does not import ({reason}); reinstall it: {INSTALL_HINT}") from None
 
 
 def load_program(source: Path | bytes, threads: int | None = None) -> Any:
     """An ExecuTorch Program from a file or bytes, flatbuffer verified (``Verification.InternalConsistency``)."""
+    runtime = _runtime()
     from executorch.runtime import Verification
 
-    runtime = _runtime()
     set_threads(threads)
     name = source.name if isinstance(source, Path) else "the program"
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -144,6 +145,38 @@ def test_a_pte_alone_carries_its_card_and_batch_limit(cpu_export_dir, tmp_path):
     broken.write_bytes(alone.read_bytes()[:4000])
     with pytest.raises(BadInputError, match="broken.pte is not a loadable ExecuTorch program"):
         open_runtime("executorch", broken, "cpu")
+
+
+def test_asking_whether_executorch_runs_does_not_import_it():
+    """Every parity and bench lists the runtimes; importing ExecuTorch to answer cost each one seconds."""
+    import subprocess
+
+    code = (
+        "import sys; from runtimes import available; from exporters import get_exporter; "
+        "print(available('executorch')[0], get_exporter('executorch').available()[0], "
+        "sorted(m for m in sys.modules if m.startswith(('executorch.exir', 'executorch.runtime'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(not EXECUTORCH_MISSING)] * 2 + ["[]"]
+
+
+@needs_executorch
+def test_an_executorch_that_does_not_import_is_one_line_when_a_program_loads(cpu_export_dir, monkeypatch):
+    import importlib.util
+    import types
+
+    from exporters import executorch_common
+
+    broken = types.ModuleType("executorch.runtime")  # installed (it has a spec) but without its contents
+    broken.__spec__ = importlib.util.find_spec("executorch.runtime")
+    executorch_common._runtime.cache_clear()
+    monkeypatch.setitem(sys.modules, "executorch.runtime", broken)
+    try:
+        with pytest.raises(UnavailableError, match=r"executorch does not import \(.*\); reinstall it"):
+            open_runtime("executorch", cpu_export_dir / "model.pte", "cpu")
+    finally:
+        executorch_common._runtime.cache_clear()
 
 
 def test_ort_files_are_checked_flatbuffers_that_onnxruntime_runs(cpu_export_dir):
