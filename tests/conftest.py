@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 import torch
@@ -18,6 +19,9 @@ from filelock import FileLock
 from toolkit.card import InputSpec
 from toolkit.checkpoint import make_card, save_checkpoint
 from toolkit.models import create_model
+
+if TYPE_CHECKING:
+    from exporters.pipeline import ExportResult
 
 REPO = Path(__file__).resolve().parents[1]
 # Edge targets run where their packages are installed (`make` installs both); elsewhere their tests skip.
@@ -59,22 +63,34 @@ def _few_threads():
 def built_once(tmp_path_factory, name: str, build: Callable[[Path], Built]) -> Built:
     """Build a session fixture once per test run, whatever the number of xdist workers.
 
-    The first worker builds it into a folder every worker sees and pickles the result; the others wait on a file
-    lock and load it (pytest-xdist's documented recipe), so the costly exports are not made once per worker.
+    The first worker (or the background build `start_long_builds` started) builds it into a folder every worker
+    sees and pickles the result; the others wait on a file lock and load it (pytest-xdist's documented recipe),
+    so the costly exports are not made once per worker.
     """
     if XDIST_WORKERS == 1:
         return build(tmp_path_factory.mktemp(name))
+    shared = shared_folder(tmp_path_factory)
+    with FileLock(str(shared / f"{name}.lock")):
+        return load_or_build(shared, name, build)
+
+
+def shared_folder(tmp_path_factory) -> Path:
+    """The folder of the builds all xdist workers share: beside the workers' own temporary folders."""
     shared = tmp_path_factory.getbasetemp().parent / "built-once"
     shared.mkdir(exist_ok=True)
+    return shared
+
+
+def load_or_build(shared: Path, name: str, build: Callable[[Path], Built]) -> Built:
+    """The pickled result of an earlier build, or a new build (call it holding ``name``'s lock)."""
     result_file = shared / f"{name}.pickle"
-    with FileLock(str(shared / f"{name}.lock")):
-        if result_file.is_file():
-            return pickle.loads(result_file.read_bytes())
-        folder = shared / name
-        folder.mkdir(exist_ok=True)  # left by a worker whose build failed: this one fails the same way
-        built = build(folder)
-        result_file.write_bytes(pickle.dumps(built))
-        return built
+    if result_file.is_file():
+        return pickle.loads(result_file.read_bytes())
+    folder = shared / name
+    folder.mkdir(exist_ok=True)  # left by a build that failed: this one fails the same way
+    built = build(folder)
+    result_file.write_bytes(pickle.dumps(built))
+    return built
 
 
 def run_rtool(
@@ -140,17 +156,17 @@ def assert_one_line_error(result: subprocess.CompletedProcess, code: int = 2, co
 MNIST_SPEC = InputSpec(channels=1, height=28, width=28, mean=[0.1311], std=[0.3083])
 
 
+def build_untrained_checkpoint(folder: Path) -> Path:
+    torch.manual_seed(0)
+    model = create_model("resnet20", in_channels=1, num_classes=10)
+    card = make_card("resnet20", class_names=[str(d) for d in range(10)], input_spec=MNIST_SPEC, dataset="mnist5k")
+    return save_checkpoint(folder / "untrained.pt", model, card)
+
+
 @pytest.fixture(scope="session")
 def untrained_checkpoint(tmp_path_factory) -> Path:
     """An untrained resnet20 with an mnist5k card: fast, and a real rtool checkpoint."""
-
-    def build(folder: Path) -> Path:
-        torch.manual_seed(0)
-        model = create_model("resnet20", in_channels=1, num_classes=10)
-        card = make_card("resnet20", class_names=[str(d) for d in range(10)], input_spec=MNIST_SPEC, dataset="mnist5k")
-        return save_checkpoint(folder / "untrained.pt", model, card)
-
-    return built_once(tmp_path_factory, "ckpt", build)
+    return built_once(tmp_path_factory, "ckpt", build_untrained_checkpoint)
 
 
 @pytest.fixture(scope="session")
@@ -332,27 +348,33 @@ def inprocess_export_dir(untrained_checkpoint, tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "inprocess_export", build)
 
 
+def build_pipeline_export(checkpoint: Path, folder: Path) -> ExportResult:
+    from exporters.pipeline import export_model
+
+    return export_model(checkpoint, "all", None, folder / "export", calib_size=16, gate_images=64)
+
+
 @pytest.fixture(scope="session")
-def pipeline_export(untrained_checkpoint, tmp_path_factory):
+def pipeline_export(untrained_checkpoint, tmp_path_factory) -> ExportResult:
     """The untrained checkpoint through `export_model(..., "all")`: every format this machine builds.
 
     Small calibration (16 images) and gate (64 held-out images) keep it quick; tests must not change files in
     it (copy the folder first).
     """
-    from exporters.pipeline import export_model
-
-    return built_once(
-        tmp_path_factory,
-        "pipeline",
-        lambda folder: export_model(
-            untrained_checkpoint, "all", None, folder / "export", calib_size=16, gate_images=64
-        ),
-    )
+    return built_once(tmp_path_factory, "pipeline", functools.partial(build_pipeline_export, untrained_checkpoint))
 
 
 # Short but real: enough training for INT8 to keep the eager model's predictions.
 DEMO_ARGS = ("--epochs", "4", "--test-limit", "500", "--gate-images", "200", "--bench-iters", "3", "--quiet")
 DEMO_USER_FILES = {"train/my.py": "print('mine')", "export/customer.onnx": "the user's own model", "notes.txt": "mine"}
+
+
+def build_demo_run(folder: Path) -> tuple[Path, subprocess.CompletedProcess]:
+    out = folder / "demo"
+    for name, text in DEMO_USER_FILES.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    return out, run_rtool("demo", "--out", out, "--overwrite", *DEMO_ARGS, timeout=900)
 
 
 @pytest.fixture(scope="session")
@@ -362,12 +384,54 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     Its trained model (resnet20, 4 epochs, seed 0) and export folder also serve the parity and INT8 tests, so
     the run (all its workers) trains that model once.
     """
+    return built_once(tmp_path_factory, "demo", build_demo_run)
 
-    def build(folder: Path) -> tuple[Path, subprocess.CompletedProcess]:
-        out = folder / "demo"
-        for name, text in DEMO_USER_FILES.items():
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            (out / name).write_text(text)
-        return out, run_rtool("demo", "--out", out, "--overwrite", *DEMO_ARGS, timeout=900)
 
-    return built_once(tmp_path_factory, "demo", build)
+def build_pipeline_in_background(shared: Path) -> None:
+    with FileLock(str(shared / "ckpt.lock")):
+        checkpoint = load_or_build(shared, "ckpt", build_untrained_checkpoint)
+    load_or_build(shared, "pipeline", functools.partial(build_pipeline_export, checkpoint))
+
+
+def build_demo_in_background(shared: Path) -> None:
+    load_or_build(shared, "demo", build_demo_run)
+
+
+# The longest shared builds, by the fixture that returns them (shortest first): under xdist they start in
+# background processes as the run begins, and the test files that use them run last, so neither worker sits
+# waiting while the other builds one.
+LONG_BUILDS = {
+    "pipeline_export": ("pipeline", build_pipeline_in_background),
+    "demo_run": ("demo", build_demo_in_background),
+}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def start_long_builds(request, tmp_path_factory) -> Iterator[None]:
+    """On worker gw0: start each long build this run's tests use (`tests/long_build.py`) before the first test,
+    and keep this worker's session open until they end (the other worker may still wait for one)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") != "gw0":
+        yield
+        return
+    used = {name for item in request.session.items for name in item.fixturenames}
+    shared = shared_folder(tmp_path_factory)
+    started = []
+    for fixture, (name, _) in LONG_BUILDS.items():
+        if fixture in used:
+            with open(shared / f"{name}.log", "wb") as log:
+                command = [sys.executable, str(Path(__file__).with_name("long_build.py")), str(shared), name]
+                started.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    yield
+    for process in started:
+        process.wait()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files whose tests use a long build run after the others, those using the longest last (order kept
+    otherwise; `make test` passes --no-loadscope-reorder so that xdist keeps it too)."""
+    rank: dict[str, int] = {}
+    for item in items:
+        uses = [i for i, fixture in enumerate(LONG_BUILDS) if fixture in item.fixturenames]
+        file = item.nodeid.split("::")[0]
+        rank[file] = max([rank.get(file, -1), *uses])
+    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
