@@ -166,6 +166,8 @@ class ResNet(nn.Module):
 
 def init_weights(model: nn.Module, scheme: Literal["kaiming", "xavier"] = "kaiming") -> None:
     """Kaiming (He) normal init as in the paper and torchvision, or Xavier uniform."""
+    if any(p.is_meta for p in model.parameters()):
+        return  # shapes only (`rtool models`, `rtool summary`): no values to draw, and drawing on meta takes seconds
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             if scheme == "xavier":
