@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -40,8 +39,13 @@ MEMORY_LIMIT = 4 << 30  # address space of each CLI process: a runtime that trie
 REFUSED = "may only use data files inside its own folder"
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+# Sets the memory limit in the child, then runs the module as `python -m` would. (Not a preexec_fn: that runs
+# Python between fork and exec, which can deadlock when this process has other threads, as run_all's do.)
+LIMITED_LAUNCH = (
+    "import resource, runpy, sys; "
+    f"resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_LIMIT}, {MEMORY_LIMIT})); "
+    "del sys.argv[0]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
 
 
 def run_limited(*args: object, module: str = "toolkit.cli") -> subprocess.CompletedProcess:
@@ -49,13 +53,12 @@ def run_limited(*args: object, module: str = "toolkit.cli") -> subprocess.Comple
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     try:
         return subprocess.run(
-            [sys.executable, "-m", module, *map(str, args)],
+            [sys.executable, "-c", LIMITED_LAUNCH, module, *map(str, args)],
             cwd=REPO,
             env=env,
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
-            preexec_fn=_limit_memory,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"{module} {' '.join(map(str, args))} hung for {TIMEOUT}s (did it open the pipe?)")
