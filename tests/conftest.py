@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 import torch
-from filelock import FileLock
+from long_build import build_lock
 
 from toolkit.card import InputSpec
 from toolkit.checkpoint import make_card, save_checkpoint
@@ -69,9 +69,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], Built]) -> B
     """
     if XDIST_WORKERS == 1:
         return build(tmp_path_factory.mktemp(name))
-    shared = shared_folder(tmp_path_factory)
-    with FileLock(str(shared / f"{name}.lock")):
-        return load_or_build(shared, name, build)
+    return locked_build(shared_folder(tmp_path_factory), name, build)
 
 
 def shared_folder(tmp_path_factory) -> Path:
@@ -79,6 +77,12 @@ def shared_folder(tmp_path_factory) -> Path:
     shared = tmp_path_factory.getbasetemp().parent / "built-once"
     shared.mkdir(exist_ok=True)
     return shared
+
+
+def locked_build(shared: Path, name: str, build: Callable[[Path], Built]) -> Built:
+    """``load_or_build`` holding ``name``'s lock: one process builds, the others wait and load."""
+    with build_lock(shared, name):
+        return load_or_build(shared, name, build)
 
 
 def load_or_build(shared: Path, name: str, build: Callable[[Path], Built]) -> Built:
@@ -388,8 +392,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 
 def build_pipeline_in_background(shared: Path) -> None:
-    with FileLock(str(shared / "ckpt.lock")):
-        checkpoint = load_or_build(shared, "ckpt", build_untrained_checkpoint)
+    checkpoint = locked_build(shared, "ckpt", build_untrained_checkpoint)
     load_or_build(shared, "pipeline", functools.partial(build_pipeline_export, checkpoint))
 
 
@@ -429,9 +432,8 @@ def start_long_builds(request, tmp_path_factory) -> Iterator[None]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files whose tests use a long build run after the others, those using the longest last (order kept
     otherwise; `make test` passes --no-loadscope-reorder so that xdist keeps it too)."""
-    rank: dict[str, int] = {}
+    rank: dict[Path, int] = {}
     for item in items:
         uses = [i for i, fixture in enumerate(LONG_BUILDS) if fixture in item.fixturenames]
-        file = item.nodeid.split("::")[0]
-        rank[file] = max([rank.get(file, -1), *uses])
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+        rank[item.path] = max([rank.get(item.path, -1), *uses])
+    items.sort(key=lambda item: rank[item.path])

@@ -13,8 +13,13 @@ from pathlib import Path
 from filelock import FileLock
 
 
+def build_lock(shared: Path, name: str) -> FileLock:
+    """The lock every process holds while it builds or loads the shared build ``name``."""
+    return FileLock(str(shared / f"{name}.lock"))
+
+
 def main(shared: Path, name: str) -> None:
-    with FileLock(str(shared / f"{name}.lock")):
+    with build_lock(shared, name):
         import conftest  # PyTorch and rtool: seconds, spent holding the lock
 
         builds = dict(conftest.LONG_BUILDS.values())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -149,8 +150,6 @@ def test_a_pte_alone_carries_its_card_and_batch_limit(cpu_export_dir, tmp_path):
 
 def test_asking_whether_executorch_runs_does_not_import_it():
     """Every parity and bench lists the runtimes; importing ExecuTorch to answer cost each one seconds."""
-    import subprocess
-
     code = (
         "import sys; from runtimes import available; from exporters import get_exporter; "
         "print(available('executorch')[0], get_exporter('executorch').available()[0], "
