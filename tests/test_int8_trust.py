@@ -99,7 +99,11 @@ def broken_build(original):
     def build(self, exclude=(), only=None):
         graph = original(self, exclude, only)
         inits = {t.name: t for t in graph.graph.initializer}
-        dq = next(n for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits)
+        producer = {out: node for node in graph.graph.node for out in node.output}
+        # the DequantizeLinear feeding the first Conv's weight input: the bias has one too, and a negated bias
+        # can leave a trained model's predictions almost unchanged
+        dq = producer[next(n for n in graph.graph.node if n.op_type == "Conv").input[1]]
+        assert dq.op_type == "DequantizeLinear", dq.op_type
         scale = inits[dq.input[1]]
         scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale), scale.name))
         return graph
