@@ -93,16 +93,19 @@ def test_gate_holds_each_file_to_its_precisions_parity_thresholds(tmp_path):
     assert engine.validation["gate"]["status"] == "failed"
 
 
+def _producers(graph: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.graph.node for out in node.output}
+
+
 def broken_build(original):
     """A quantizer whose first convolution's weight scales come out negated: a file that runs, badly."""
 
     def build(self, exclude=(), only=None):
         graph = original(self, exclude, only)
         inits = {t.name: t for t in graph.graph.initializer}
-        producer = {out: node for node in graph.graph.node for out in node.output}
         # the DequantizeLinear feeding the first Conv's weight input: the bias has one too, and a negated bias
         # can leave a trained model's predictions almost unchanged
-        dq = producer[next(n for n in graph.graph.node if n.op_type == "Conv").input[1]]
+        dq = _producers(graph)[next(n for n in graph.graph.node if n.op_type == "Conv").input[1]]
         assert dq.op_type == "DequantizeLinear", dq.op_type
         scale = inits[dq.input[1]]
         scale.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(scale), scale.name))
@@ -168,10 +171,6 @@ def trained_quantizers(trained_checkpoint):
     context = ExportContext(options={Int8Options: Int8Options(calib_size=16)})
     fp32 = fp32_graph(model, card, context)
     return {target: quantizer(fp32, card, target, context) for target in ("cpu", "tensorrt")}
-
-
-def _producers(graph: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
-    return {out: node for node in graph.graph.node for out in node.output}
 
 
 @pytest.mark.parametrize("target", ["cpu", "tensorrt"])
